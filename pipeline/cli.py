@@ -1,0 +1,90 @@
+"""``dfpipe``: the only place that reads argv. One subcommand per stage.
+
+Each subcommand's flags come from its stage config dataclass (``pipeline.config``); the handler
+is ``run(cfg) -> int`` in the stage module, imported only when that subcommand runs so that
+``dfpipe --help`` stays fast. Exit status: 0 all good, 1 some items failed (the stage says
+which), 2 the command could not run (one-line reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline import __version__, config
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+# name -> (config class, "module:function", one-line help)
+COMMANDS: dict[str, tuple[type, str, str]] = {
+    "synth": (config.SynthConfig, "pipeline.synth:run", "write a synthetic DFDC-like dataset"),
+    "extract": (config.ExtractConfig, "pipeline.extract:run",
+                "detect faces (MTCNN) in raw videos -> crops + videos/faces manifests"),
+    "prepare": (config.PrepareConfig, "pipeline.prepare:run",
+                "filter 200-400 face frames, subsample 30 frames, grouped train/val/test split"),
+    "train": (config.TrainConfig, "pipeline.training:run",
+              "train cnn_lstm or the single-frame baseline -> checkpoints/<run>/"),
+    "evaluate": (config.EvaluateConfig, "pipeline.evaluation:run",
+                 "compare checkpoints on one split -> report (metrics, plots)"),
+    "score": (config.ScoreConfig, "pipeline.scoring:run",
+              "score whole videos -> verdicts (+ evidence sheets with --explain)"),
+    "serve": (config.ServeConfig, "pipeline.service.app:run",
+              "web page + JSON API for analysts (loopback by default)"),
+    "bench": (config.BenchConfig, "pipeline.bench:run", "speed benchmarks (never part of tests)"),
+    "run": (config.RunConfig, "pipeline.run:run",
+            "the whole pipeline end to end (synthetic data when no input is given)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (used by ``main`` and by the CLI tests)."""
+    parser = argparse.ArgumentParser(
+        prog="dfpipe",
+        description="Video-level deepfake detection: raw DFDC-style videos -> per-video verdicts.",
+    )
+    parser.add_argument("--version", action="version", version=f"dfpipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (cls, _target, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=cls.__doc__)
+        config.add_arguments(p, cls)
+    return parser
+
+
+def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
+    """Log to stderr; -v/-q move the level by one step each."""
+    level = logging.INFO + 10 * (quiet - verbose)
+    logging.basicConfig(
+        level=max(logging.DEBUG, min(level, logging.CRITICAL)),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dfpipe``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    cls, target, _ = COMMANDS[args.command]
+    try:
+        cfg = config.from_namespace(cls, args)
+        module_name, func_name = target.split(":")
+        handler = getattr(importlib.import_module(module_name), func_name)
+        return int(handler(cfg) or 0)
+    except PipelineError as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; finished items are kept, rerun to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

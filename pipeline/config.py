@@ -1,0 +1,302 @@
+"""One frozen dataclass per stage: the single source of defaults.
+
+The CLI builds its flags from these fields (``add_arguments``) and turns parsed arguments back
+into a config (``from_namespace``); every stage writes its resolved config (``to_dict``) beside its
+outputs. A field's ``metadata`` carries its help text and, optionally, ``positional``, ``choices``,
+``short`` (a one-letter alias) or ``cli=False`` (not exposed as a flag).
+
+Unknown keys fail loudly (``from_dict``), as in nanoGPT's configurator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_MANIFEST_DIR = "data_manifests"
+DEFAULT_CHECKPOINT_DIR = "checkpoints"
+
+
+def opt(default: Any, help: str, **meta: Any) -> Any:
+    """A config field with a default and CLI help text."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-types dict of a config (tuples become lists, paths strings)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict; unknown keys raise ``ConfigError``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        if _is_tuple(hints[k]) and isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def _is_tuple(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for ``X | None`` annotations."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one CLI argument per field of the config dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("cli", True) is False:
+            continue
+        tp, _optional = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = meta.get("help", "")
+        kw: dict[str, Any] = {"help": help_text}
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        if _is_tuple(tp):
+            inner = typing.get_args(tp)[0]
+            kw.update(nargs="+" if meta.get("positional") else "*", type=inner)
+        elif tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = tp
+        if meta.get("positional"):
+            if not _is_tuple(tp) and default is not None and default != "":
+                kw["nargs"] = "?"
+            if _is_tuple(tp) and default:
+                kw["nargs"] = "*"
+            parser.add_argument(f.name, default=default, **kw)
+            continue
+        if default is not None and help_text:
+            kw["help"] = f"{help_text} (default: {default if not _is_tuple(tp) else ' '.join(map(str, default))})"
+        flags = ["--" + f.name.replace("_", "-")]
+        if meta.get("short"):
+            flags.insert(0, "-" + meta["short"])
+        parser.add_argument(*flags, dest=f.name, default=default, **kw)
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
+    """Build ``cls`` from parsed arguments (fields not on the CLI keep their defaults)."""
+    data = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if hasattr(ns, f.name):
+            v = getattr(ns, f.name)
+            if _is_tuple(_base_type(hints[f.name])[0]) and v is not None:
+                v = tuple(v)
+            data[f.name] = v
+    return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage configs. Each stage module's ``run(cfg)`` takes exactly one of these.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """``dfpipe synth``: a synthetic DFDC-like dataset with a real face (skimage astronaut)."""
+
+    out: str = opt("", "output folder (parts with metadata.json + mp4 clips)", positional=True)
+    n_originals: int = opt(6, "REAL original clips to make")
+    fakes_per_original: int = opt(2, "FAKE clips made from each original")
+    parts: int = opt(1, "number of dfdc_train_part_N folders to spread clips over")
+    frames: int = opt(300, "frames per clip (DFDC: 300)")
+    frames_jitter: int = opt(0, "clip length varies uniformly in frames +- this")
+    outlier_share: float = opt(
+        0.0, "share of clips whose length lands outside 200-400 frames (half short, half long)"
+    )
+    width: int = opt(480, "frame width in pixels")
+    height: int = opt(270, "frame height in pixels")
+    fps: float = opt(30.0, "frames per second")
+    two_face_share: float = opt(0.0, "share of clips where a second face appears in some frames")
+    gap_share: float = opt(0.0, "share of clips with stretches of frames without any face")
+    spatial_strength: float = opt(
+        0.5, "strength of the fakes' spatial artefact (blend/colour/blur at the face boundary)"
+    )
+    temporal_strength: float = opt(
+        1.0, "strength of the fakes' temporal artefact (frame-to-frame flicker/jitter of the face)"
+    )
+    codec: str = opt("auto", "video codec: auto (H.264 if available, else mp4v), h264 or mp4v",
+                     choices=["auto", "h264", "mp4v"])
+    seed: int = opt(0, "random seed: same seed, same dataset")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """``dfpipe extract``: raw videos -> face crops + videos/faces manifests."""
+
+    inputs: tuple[str, ...] = opt((), "DFDC part folders, plain folders or video files",
+                                  positional=True)
+    out: str = opt("faces", "folder for face crops (one sub-folder per video)")
+    manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder for the videos/faces manifests")
+    device: str = opt("auto", "where MTCNN runs", choices=["auto", "cpu", "cuda"])
+    decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
+    engine: str = opt("pool", "where per-video work runs", choices=["inline", "pool", "ray"])
+    workers: int = opt(0, "worker processes (0: one per CPU core)")
+    address: str | None = opt(None, "Ray cluster address HOST:PORT (none: embedded local Ray)")
+    max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
+    detect_every: int = opt(1, "run MTCNN on every K-th frame; boxes carried along tracks between")
+    scale: float = opt(0.0, "detection downscale factor (0: by resolution, see faces.auto_scale)")
+    batch_size: int = opt(32, "frames per decode/MTCNN batch")
+    min_face_prob: float = opt(0.9, "minimum MTCNN probability for a face")
+    min_face_size: int = opt(20, "MTCNN minimum face size in detection pixels")
+    margin: float = opt(0.3, "crop margin around the box as a share of its larger side")
+    crop_size: int = opt(160, "crop size in pixels (square JPEG)")
+    jpeg_quality: int = opt(95, "JPEG quality of the crops")
+    iou_threshold: float = opt(0.3, "IoU that links a face to an existing track")
+    from_faces: str | None = opt(None, "import pre-extracted faces (Kaggle deepfake-detection-faces layout)")
+    metadata: str | None = opt(None, "metadata.csv for --from-faces (filename,label,original)")
+    overwrite: bool = opt(False, "redo videos that are already done")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """``dfpipe prepare``: videos/faces manifests -> outliers, clips and split manifests."""
+
+    manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder with the extract manifests; outputs go here too")
+    min_faces: int = opt(200, "keep videos with at least this many face crops")
+    max_faces: int = opt(400, "keep videos with at most this many face crops")
+    orphan_fakes: str = opt("drop", "fakes whose original was filtered out", choices=["drop", "keep"])
+    n_frames: int = opt(30, "frames per clip")
+    stride: int = opt(10, "slot spacing for the 'stride' sampler (slots 0, 10, ..., 290)")
+    sampler: str = opt("stride", "frame sampler", choices=["stride", "uniform"])
+    short_clips: str = opt("drop", "clips that cannot give n_frames frames", choices=["drop", "pad"])
+    test_share: float = opt(0.2, "share of groups for test")
+    val_share: float = opt(0.2, "share of the remaining groups for validation")
+    seed: int = opt(0, "split seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``dfpipe train``: clips + split manifests -> a checkpoint run folder."""
+
+    model: str = opt("cnn_lstm", "model name from the registry", choices=["cnn_lstm", "frame"])
+    backbone: str = opt("tiny", "encoder backbone from the registry")
+    preset: str | None = opt(None, "named model preset (e.g. seed_study)")
+    pretrained: bool = opt(False, "load pretrained backbone weights (local file or torchvision cache)")
+    weights: str | None = opt(None, "path of a backbone weights file")
+    manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder with clips/split manifests")
+    out_dir: str = opt(DEFAULT_CHECKPOINT_DIR, "folder for run folders")
+    run_name: str | None = opt(None, "run folder name (default <model>_<time>_s<seed>)")
+    image_size: int = opt(160, "input size in pixels")
+    frame_index: int = opt(15, "slot used by the single-frame model (0-based; 15 = the 16th of 30)")
+    lstm_hidden: int = opt(128, "LSTM hidden size")
+    lstm_layers: int = opt(1, "LSTM layers")
+    bidirectional: bool = opt(False, "bidirectional LSTM")
+    dropout: float = opt(0.2, "dropout before the head")
+    epochs: int = opt(10, "maximum epochs")
+    batch_size: int = opt(8, "clips (or frames) per batch")
+    lr: float = opt(1e-3, "AdamW learning rate")
+    weight_decay: float = opt(1e-4, "AdamW weight decay")
+    patience: int = opt(3, "early stopping: epochs without validation-loss improvement")
+    balance: str = opt("weighted_loss", "class imbalance handling",
+                       choices=["none", "weighted_loss", "balanced_sampler"])
+    augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, jpeg")
+    freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first")
+    workers: int = opt(0, "DataLoader workers")
+    device: str = opt("auto", "training device", choices=["auto", "cpu", "cuda"])
+    amp: bool = opt(True, "mixed precision on CUDA")
+    resume: str | None = opt(None, "resume from this checkpoint (last.pt of a run)")
+    seed: int = opt(0, "random seed")
+    max_steps: int = opt(0, "stop an epoch after this many steps (0: no limit; for smoke runs)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``dfpipe evaluate``: checkpoints + clips/split manifests -> a comparison report."""
+
+    checkpoint: tuple[str, ...] = opt((), "checkpoint files to compare (repeatable)")
+    manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder with clips/split manifests")
+    split: str = opt("test", "split to evaluate", choices=["train", "val", "test"])
+    out: str = opt("reports/latest", "report folder")
+    threshold_rule: str = opt("balanced_accuracy", "how the validation threshold is chosen",
+                              choices=["balanced_accuracy", "fpr"])
+    target_fpr: float = opt(0.1, "false-positive rate for --threshold-rule fpr")
+    bootstrap: int = opt(1000, "bootstrap resamples for 95% intervals (grouped by original)")
+    device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
+    seed: int = opt(0, "bootstrap seed")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``dfpipe score``: videos -> per-video verdicts (+ evidence sheets)."""
+
+    inputs: tuple[str, ...] = opt((), "video files or folders", positional=True)
+    checkpoint: str = opt("", "checkpoint file")
+    out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
+    explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
+    engine: str = opt("inline", "where per-video work runs", choices=["inline", "pool", "ray"])
+    workers: int = opt(0, "worker processes (0: one per CPU core)")
+    address: str | None = opt(None, "Ray cluster address (none: embedded local Ray)")
+    device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
+    threshold: float | None = opt(None, "decision threshold (default: the checkpoint's)")
+    overwrite: bool = opt(False, "rescore videos already in the results file")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``dfpipe serve``: the analysts' web page and JSON API."""
+
+    checkpoint: str = opt("", "checkpoint file")
+    host: str = opt("127.0.0.1", "bind address (loopback by default)")
+    port: int = opt(8000, "port")
+    max_upload_mb: int = opt(200, "largest accepted upload in MiB (413 beyond)")
+    max_concurrent: int = opt(1, "videos scored at once")
+    max_queue: int = opt(4, "requests waiting beyond that before 503")
+    device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``dfpipe bench``: speed measurements (never part of the tests)."""
+
+    video: str | None = opt(None, "10 s 1080p clip to measure (default: a generated one)")
+    out: str = opt("benchmarks/results", "folder for the results JSON/Markdown")
+    what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
+                                "which benchmarks to run")
+    repeats: int = opt(3, "repetitions per measurement")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``dfpipe run``: the whole pipeline end to end (synthetic data when no input is given)."""
+
+    inputs: tuple[str, ...] = opt((), "DFDC part folders (none: a generated synthetic set)",
+                                  positional=True)
+    work_dir: str = opt("runs/demo", "folder for everything this run writes")
+    epochs: int = opt(6, "training epochs per model")
+    backbone: str = opt("tiny", "encoder backbone")
+    workers: int = opt(0, "extraction workers (0: one per core)")
+    seed: int = opt(0, "seed for data generation, split and training")

@@ -1,0 +1,29 @@
+"""Typed errors. Library code raises these; the CLI turns them into one-line messages."""
+
+
+class PipelineError(Exception):
+    """Base class: a problem the user can act on (its message says how)."""
+
+
+class ConfigError(PipelineError):
+    """A configuration value or combination is invalid."""
+
+
+class ManifestError(PipelineError):
+    """A manifest is missing, malformed or of the wrong kind."""
+
+
+class VideoReadError(PipelineError):
+    """A video cannot be opened or decoded."""
+
+
+class MetadataError(PipelineError):
+    """A DFDC ``metadata.json`` is unreadable or has the wrong shape."""
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint is missing, truncated, tampered with, or for another model."""
+
+
+class MissingDependencyError(PipelineError):
+    """An optional dependency is not installed; the message names the install command."""

@@ -1,0 +1,111 @@
+"""CLI skeleton, config mapping and manifest I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline import cli, config, manifest
+from pipeline.errors import ConfigError, ManifestError
+from pipeline.fsutil import atomic_path, atomic_write_text, remove_stale_temps
+
+
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ["synth", "extract", "prepare", "train", "evaluate", "score", "serve", "bench", "run"]:
+        assert name in out
+
+
+def test_python_dash_m_runs():
+    r = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "dfpipe" in r.stdout
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_subcommand_parses_its_defaults(name):
+    cls = cli.COMMANDS[name][0]
+    parser = cli.build_parser()
+    positional = [f for f in dataclasses.fields(cls) if f.metadata.get("positional")]
+    argv = [name] + ["x"] * len(positional)
+    cfg = config.from_namespace(cls, parser.parse_args(argv))
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("positional"):
+            continue
+        assert getattr(cfg, f.name) == getattr(defaults, f.name), f.name
+
+
+def test_flags_map_onto_fields():
+    parser = cli.build_parser()
+    ns = parser.parse_args(["extract", "a", "b", "--workers", "3", "--detect-every", "5",
+                            "--overwrite", "--engine", "inline"])
+    cfg = config.from_namespace(config.ExtractConfig, ns)
+    assert cfg.inputs == ("a", "b") and cfg.workers == 3 and cfg.detect_every == 5
+    assert cfg.overwrite is True and cfg.engine == "inline"
+
+
+def test_from_dict_refuses_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown key"):
+        config.from_dict(config.PrepareConfig, {"min_faces": 1, "nope": 2})
+    cfg = config.from_dict(config.TrainConfig, config.to_dict(config.TrainConfig(augment=("flip", "jpeg"))))
+    assert cfg.augment == ("flip", "jpeg")
+
+
+def test_manifest_round_trip_and_sidecar(tmp_path):
+    df = pd.DataFrame({"video_id": ["a", "b"], "label": ["REAL", "FAKE"], "group": ["a", "a"],
+                       "split": ["train", "test"]})
+    src = tmp_path / "input.txt"
+    src.write_text("x")
+    path = manifest.write_manifest(df, tmp_path / "split.csv", "split", config={"seed": 1},
+                                   inputs=[src], counts={"videos": 2})
+    back = manifest.read_manifest(path, "split")
+    assert back.to_dict("records") == df.to_dict("records")
+    meta = json.loads(manifest.meta_path(path).read_text())
+    assert meta["kind"] == "split" and meta["rows"] == 2 and meta["config"] == {"seed": 1}
+    assert str(src) in meta["inputs"]
+
+
+def test_manifest_missing_columns_named(tmp_path):
+    p = tmp_path / "faces.csv"
+    p.write_text("video_id,frame\na,1\n")
+    with pytest.raises(ManifestError, match="missing column"):
+        manifest.read_manifest(p, "faces")
+    with pytest.raises(ManifestError, match="not found"):
+        manifest.read_manifest(tmp_path / "nope.csv", "faces")
+
+
+def test_manifest_nullable_ints(tmp_path):
+    df = manifest.empty("clips")
+    df.loc[0] = ["v", "FAKE", "o", 0, pd.NA, pd.NA, "", 0]
+    path = manifest.write_manifest(df, tmp_path / "clips.csv", "clips")
+    back = manifest.read_manifest(path, "clips")
+    assert back["frame"].isna().all() and back["mask"].tolist() == [0]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    p = tmp_path / "f.txt"
+    atomic_write_text(p, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(p) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert p.read_text() == "old"
+    assert remove_stale_temps(tmp_path) == 0
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_atomic_dir_replaces_whole(tmp_path):
+    d = tmp_path / "vid"
+    with atomic_path(d, is_dir=True) as tmp:
+        (tmp / "a.jpg").write_text("1")
+    with atomic_path(d, is_dir=True) as tmp:
+        (tmp / "b.jpg").write_text("2")
+    assert sorted(x.name for x in d.iterdir()) == ["b.jpg"]
