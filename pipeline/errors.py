@@ -27,3 +27,7 @@ class CheckpointError(PipelineError):
 
 class MissingDependencyError(PipelineError):
     """An optional dependency is not installed; the message names the install command."""
+
+
+class SplitError(PipelineError):
+    """A train/val/test split is impossible or leaks a group across splits."""

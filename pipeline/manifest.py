@@ -85,7 +85,7 @@ SCHEMAS: dict[str, Schema] = {
                 "label": "string",
                 "original": "string",
                 "n_faces": "Int64",
-                "reason": "string",  # too_few_faces | too_many_faces | orphan_fake | not_ok
+                "reason": "string",  # "code: detail"; codes in data_manifests/README.md
             },
             "videos left out by the frame-count filter (written by `dfpipe prepare`)",
         ),
@@ -108,8 +108,8 @@ SCHEMAS: dict[str, Schema] = {
             {
                 "video_id": "string",
                 "slot": "int64",
-                "start_frame": "int64",
-                "reason": "string",
+                "start_frame": "Int64",  # slot's first frame (stride); <NA> for uniform
+                "reason": "string",  # no_face | multi_face | past_end | too_few_usable_frames
             },
             "sampler slots without a usable frame (written by `dfpipe prepare`)",
         ),
