@@ -1,0 +1,1 @@
+"""The analysts' web service (``dfpipe serve``): see ``pipeline.service.app``."""
