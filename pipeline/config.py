@@ -129,19 +129,19 @@ class SynthConfig:
     """``dfpipe synth``: a synthetic DFDC-like dataset with a real face (skimage astronaut)."""
 
     out: str = opt("", "output folder (parts with metadata.json + mp4 clips)", positional=True)
-    n_originals: int = opt(6, "REAL original clips to make")
+    n_originals: int = opt(6, "REAL original clips to make (one group = an original + its fakes)")
     fakes_per_original: int = opt(2, "FAKE clips made from each original")
-    parts: int = opt(1, "number of dfdc_train_part_N folders to spread clips over")
+    parts: int = opt(1, "dfdc_train_part_N folders; groups spread round-robin, fakes with originals")
     frames: int = opt(300, "frames per clip (DFDC: 300)")
-    frames_jitter: int = opt(0, "clip length varies uniformly in frames +- this")
+    frames_jitter: int = opt(0, "clip length varies uniformly in frames +- this (per group)")
     outlier_share: float = opt(
-        0.0, "share of clips whose length lands outside 200-400 frames (half short, half long)"
+        0.0, "share of groups whose length is 150 or 450 frames (outside 200-400; short/long alternate)"
     )
     width: int = opt(480, "frame width in pixels")
     height: int = opt(270, "frame height in pixels")
     fps: float = opt(30.0, "frames per second")
-    two_face_share: float = opt(0.0, "share of clips where a second face appears in some frames")
-    gap_share: float = opt(0.0, "share of clips with stretches of frames without any face")
+    two_face_share: float = opt(0.0, "share of groups where a second face appears in one stretch of frames")
+    gap_share: float = opt(0.0, "share of groups with one stretch of frames without any face")
     spatial_strength: float = opt(
         0.5, "strength of the fakes' spatial artefact (blend/colour/blur at the face boundary)"
     )
