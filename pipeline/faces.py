@@ -1,0 +1,326 @@
+"""Faces in one video: frames -> detections -> IoU tracks -> square crops.
+
+The per-video core ``extract_faces(reader, detector, cfg) -> VideoFaces`` is pure (no disk
+writes) so the scoring stage reuses it; ``write_video_faces`` writes crops as
+``<frame:04d>_<track>.jpg``. Detection goes through the ``FaceDetector`` protocol; the MTCNN
+adapter runs facenet-pytorch's ``detect()`` (never the keep_all=False path, which crashes on
+batches where some frames have no face) on downscaled frames and rescales the boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from pipeline.video_io import VideoReader, open_video
+
+logger = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in full-resolution pixels
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face in one frame."""
+
+    box: Box
+    prob: float  # NaN for a box carried along a track without detection
+
+
+class FaceDetector(Protocol):
+    """Anything that finds faces in a batch of RGB frames."""
+
+    def detect(self, frames: np.ndarray) -> list[list[Detection]]:
+        """Faces per frame of ``frames`` ``(N, H, W, 3)`` uint8 RGB, boxes in input pixels."""
+        ...
+
+
+def auto_scale(width: int, height: int) -> float:
+    """Detection downscale factor by resolution: the long side is brought to ~480 px.
+
+    1920x1080 (either orientation) -> 0.25, 1280x720 -> 0.375, 640x360 -> 0.75; small frames
+    are never upscaled (1.0).
+    """
+    long_side = max(width, height)
+    return min(1.0, 480.0 / long_side) if long_side > 0 else 1.0
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _resize(frames: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return frames
+    h, w = frames.shape[1:3]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])  # (N, h', w', 3)
+
+
+class MTCNNDetector:
+    """facenet-pytorch MTCNN on downscaled frames, with a larger-scale retry for misses.
+
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda``.
+        min_face_size: MTCNN minimum face size, in detection (downscaled) pixels.
+        thresholds: MTCNN P/R/O-net thresholds.
+        scale: fixed downscale factor; 0 picks ``auto_scale`` per frame size.
+        retry_scale: frames without a face are detected again at this factor times ``scale``
+            (1 disables the retry); never above full resolution.
+        min_prob: faces below this probability are dropped.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        min_face_size: int = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        scale: float = 0.0,
+        retry_scale: float = 2.0,
+        min_prob: float = 0.9,
+    ) -> None:
+        from facenet_pytorch import MTCNN
+
+        self.device = resolve_device(device)
+        self.scale = scale
+        self.retry_scale = retry_scale
+        self.min_prob = min_prob
+        self._mtcnn = MTCNN(
+            keep_all=True,
+            min_face_size=min_face_size,
+            thresholds=list(thresholds),
+            post_process=False,
+            device=self.device,
+        )
+        self.n_retried = 0  # frames re-detected at the larger scale (for measurements)
+
+    def _detect_at(self, frames: np.ndarray, scale: float) -> list[list[Detection]]:
+        small = _resize(frames, scale)
+        boxes, probs = self._mtcnn.detect(small)  # per frame: (F, 4) array or None
+        out: list[list[Detection]] = []
+        for b, p in zip(boxes, probs, strict=True):
+            dets = []
+            if b is not None:
+                for box, prob in zip(np.asarray(b, dtype=np.float64), np.asarray(p, dtype=np.float64), strict=True):
+                    if prob is None or not np.isfinite(prob) or prob < self.min_prob:
+                        continue
+                    dets.append(Detection(tuple(float(v) / scale for v in box), float(prob)))
+            out.append(dets)
+        return out
+
+    def detect(self, frames: np.ndarray) -> list[list[Detection]]:
+        """Faces per frame of ``frames`` ``(N, H, W, 3)``; boxes in full-resolution pixels."""
+        if len(frames) == 0:
+            return []
+        h, w = frames.shape[1:3]
+        scale = self.scale or auto_scale(w, h)
+        out = self._detect_at(frames, scale)
+        big = min(1.0, scale * self.retry_scale)
+        missed = [i for i, d in enumerate(out) if not d]
+        if missed and big > scale:
+            self.n_retried += len(missed)
+            again = self._detect_at(frames[missed], big)
+            for i, d in zip(missed, again, strict=True):
+                out[i] = d
+        return out
+
+
+# ---------------------------------------------------------------------------- tracks
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Tracker:
+    """Online greedy IoU tracker: a face joins the track whose last box overlaps it most.
+
+    Tracks never expire (a face that reappears at the same place after a gap keeps its id);
+    ids are 0, 1, ... in order of first appearance (left to right within a frame).
+    """
+
+    def __init__(self, iou_threshold: float = 0.3) -> None:
+        self.iou_threshold = iou_threshold
+        self.last: dict[int, Box] = {}  # track id -> last box
+
+    def update(self, boxes: Sequence[Box]) -> list[int]:
+        """Track ids for the boxes of the next frame."""
+        pairs = sorted(
+            ((iou(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()),
+            key=lambda x: (-x[0], x[1], x[2]),
+        )
+        ids: list[int | None] = [None] * len(boxes)
+        used: set[int] = set()
+        for score, i, t in pairs:
+            if score < self.iou_threshold:
+                break
+            if ids[i] is None and t not in used:
+                ids[i] = t
+                used.add(t)
+        for i in sorted((i for i in range(len(boxes)) if ids[i] is None), key=lambda i: boxes[i][0]):
+            ids[i] = len(self.last)
+            used.add(ids[i])
+            self.last[ids[i]] = boxes[i]
+        for i, t in enumerate(ids):
+            self.last[t] = boxes[i]
+        return [int(t) for t in ids]  # type: ignore[arg-type]
+
+
+def assign_tracks(detections_per_frame: Sequence[Sequence[Box]], iou_threshold: float = 0.3) -> list[list[int]]:
+    """Track ids per frame for per-frame box lists (see ``Tracker``)."""
+    tracker = Tracker(iou_threshold)
+    return [tracker.update(list(boxes)) for boxes in detections_per_frame]
+
+
+# ---------------------------------------------------------------------------- crops
+
+
+def crop_face(frame: np.ndarray, box: Box, margin: float = 0.3, size: int = 160) -> np.ndarray:
+    """Square ``(size, size, 3)`` crop around ``box`` from a full-resolution frame.
+
+    The square's side is the box's larger side plus ``margin`` of it on each side, centred on the
+    box; parts outside the frame are zero-padded (so faces at the border stay centred).
+    """
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    side = max(side, 2.0)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
+    n = int(math.ceil(side))
+    h, w = frame.shape[:2]
+    out = np.zeros((n, n, 3), dtype=frame.dtype)
+    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
+    if sx2 > sx1 and sy2 > sy1:
+        out[sy1 - top : sy2 - top, sx1 - left : sx2 - left] = frame[sy1:sy2, sx1:sx2]
+    interp = cv2.INTER_AREA if n > size else cv2.INTER_LINEAR
+    return cv2.resize(out, (size, size), interpolation=interp)  # (size, size, 3)
+
+
+# ---------------------------------------------------------------------------- per video
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One face crop: frame index, track id, full-resolution box, MTCNN probability."""
+
+    frame: int
+    track: int
+    box: Box
+    prob: float
+
+    @property
+    def name(self) -> str:
+        """Crop file name ``<frame:04d>_<track>.jpg``."""
+        return f"{self.frame:04d}_{self.track}.jpg"
+
+
+@dataclass
+class VideoFaces:
+    """All faces of one video: records and their crops (same order)."""
+
+    info: Any  # VideoInfo
+    records: list[FaceRecord] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def n_face_frames(self) -> int:
+        """Frames with at least one face."""
+        return len({r.frame for r in self.records})
+
+    @property
+    def n_multi_face_frames(self) -> int:
+        """Frames with at least two faces."""
+        counts: dict[int, int] = {}
+        for r in self.records:
+            counts[r.frame] = counts.get(r.frame, 0) + 1
+        return sum(1 for c in counts.values() if c >= 2)
+
+    @property
+    def n_tracks(self) -> int:
+        """Distinct track ids."""
+        return len({r.track for r in self.records})
+
+
+def extract_faces(
+    reader_or_path: VideoReader | str | os.PathLike,
+    detector: FaceDetector,
+    cfg: Any,
+    *,
+    frames: Sequence[int] | None = None,
+) -> VideoFaces:
+    """Detect, track and crop every face of one video (nothing written to disk).
+
+    Args:
+        reader_or_path: an open ``VideoReader`` or a path (opened with ``cfg.decoder``).
+        detector: e.g. ``MTCNNDetector``.
+        cfg: an ``ExtractConfig`` (uses batch_size, detect_every, iou_threshold, margin,
+            crop_size, decoder).
+        frames: frame indices to process (default: all).
+
+    With ``detect_every = K > 1`` the detector runs on every K-th processed frame; the frames in
+    between get the boxes of the tracks seen at the last detection (prob NaN).
+
+    Raises:
+        VideoReadError: the video cannot be decoded.
+    """
+    reader = (
+        open_video(reader_or_path, getattr(cfg, "decoder", "decord"))
+        if isinstance(reader_or_path, (str, os.PathLike))
+        else reader_or_path
+    )
+    every = max(1, int(cfg.detect_every))
+    tracker = Tracker(cfg.iou_threshold)
+    result = VideoFaces(info=reader.info)
+    carried: list[tuple[int, Box]] = []  # (track, box) from the last detection
+    k = 0  # position among processed frames
+    for idx, batch in reader.iter_batches(cfg.batch_size, frames):
+        det_pos = [j for j in range(len(idx)) if (k + j) % every == 0]
+        dets = detector.detect(batch[det_pos]) if det_pos else []
+        by_pos = dict(zip(det_pos, dets, strict=True))
+        for j, frame_idx in enumerate(idx):
+            if j in by_pos:
+                found = by_pos[j]
+                ids = tracker.update([d.box for d in found])
+                faces = [(t, d.box, d.prob) for t, d in zip(ids, found, strict=True)]
+                carried = [(t, d.box) for t, d in zip(ids, found, strict=True)]
+            else:
+                faces = [(t, b, float("nan")) for t, b in carried]
+            for t, b, p in sorted(faces, key=lambda x: x[0]):
+                result.records.append(FaceRecord(int(frame_idx), int(t), b, p))
+                result.crops.append(crop_face(batch[j], b, cfg.margin, cfg.crop_size))
+        k += len(idx)
+    return result
+
+
+def write_video_faces(video_faces: VideoFaces, out_dir: str | os.PathLike, jpeg_quality: int = 95) -> list[Path]:
+    """Write each crop as ``out_dir/<frame:04d>_<track>.jpg``; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    for rec, crop in zip(video_faces.records, video_faces.crops, strict=True):
+        p = out_dir / rec.name
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
+        if not ok:
+            raise OSError(f"{p}: JPEG encoding failed")
+        p.write_bytes(buf.tobytes())
+        paths.append(p)
+    return paths
