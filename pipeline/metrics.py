@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +105,47 @@ def confusion(y_true: Sequence | np.ndarray, p_fake: Sequence | np.ndarray, thre
     }
 
 
-def eer(y_true: Sequence | np.ndarray, p_fake: Sequence | np.ndarray) -> float:
-    """Equal error rate: where FPR = FNR on the ROC curve, linearly interpolated between points.
+def roc_points(y_true: Sequence | np.ndarray, p_fake: Sequence | np.ndarray) -> dict[str, np.ndarray]:
+    """ROC and precision-recall points at every distinct score, highest threshold first.
 
-    NaN unless both classes are present.
+    The same points as scikit-learn's ``roc_curve(drop_intermediate=False)`` (including the
+    leading (0, 0) point at threshold +inf) and ``precision_recall_curve``, computed in numpy
+    without input checks so that a thousand bootstrap resamples stay cheap.
+
+    Returns:
+        ``thresholds``, ``fpr``, ``tpr`` (with the leading point) and ``precision`` (one per
+        distinct score, without it). Rates are NaN when a class is absent.
     """
     y, p = _arrays(y_true, p_fake)
+    return _roc_points(y, p)
+
+
+def _roc_points(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    order = np.argsort(-p, kind="mergesort")
+    p_s, y_s = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(p_s)), y_s.size - 1]  # last index of each distinct score
+    tps = np.cumsum(y_s)[last].astype(float)
+    fps = (last + 1) - tps
+    n_pos, n_neg = tps[-1] if tps.size else 0.0, fps[-1] if fps.size else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.r_[0.0, tps / n_pos]
+        fpr = np.r_[0.0, fps / n_neg]
+        precision = tps / (tps + fps)
+    return {"thresholds": np.r_[np.inf, p_s[last]], "fpr": fpr, "tpr": tpr, "precision": precision}
+
+
+def _auc_ap_eer(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
+    """ROC AUC (trapezoids), average precision (step sum, as scikit-learn) and EER."""
     if not (y == 0).any() or not (y == 1).any():
-        return math.nan
-    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+        return math.nan, math.nan, math.nan
+    pts = _roc_points(y, p)
+    fpr, tpr = pts["fpr"], pts["tpr"]
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    ap = float(np.sum(np.diff(tpr) * pts["precision"]))  # sum of (R_n - R_{n-1}) * P_n
+    return auc, ap, _eer_from_roc(fpr, tpr)
+
+
+def _eer_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     fnr = 1.0 - tpr
     diff = fpr - fnr  # goes from -1 (threshold above all scores) to +1, non-decreasing
     idx = int(np.argmax(diff >= 0))  # first point at or past the crossing
@@ -126,6 +157,15 @@ def eer(y_true: Sequence | np.ndarray, p_fake: Sequence | np.ndarray) -> float:
     fpr_x = fpr[idx - 1] + w * (fpr[idx] - fpr[idx - 1])
     fnr_x = fnr[idx - 1] + w * (fnr[idx] - fnr[idx - 1])
     return float((fpr_x + fnr_x) / 2)
+
+
+def eer(y_true: Sequence | np.ndarray, p_fake: Sequence | np.ndarray) -> float:
+    """Equal error rate: where FPR = FNR on the ROC curve, linearly interpolated between points.
+
+    NaN unless both classes are present.
+    """
+    y, p = _arrays(y_true, p_fake)
+    return _auc_ap_eer(y, p)[2]
 
 
 def video_metrics(
@@ -146,12 +186,13 @@ def video_metrics(
     n_real, n_fake = int(np.sum(y == 0)), int(np.sum(y == 1))
     both = n_real > 0 and n_fake > 0
     c = confusion(y, p, threshold)
+    auc, ap, eer_value = _auc_ap_eer(y, p)
     tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
     recall = _div(tp, tp + fn)
     specificity = _div(tn, tn + fp)
     out: dict[str, float] = {
-        "roc_auc": float(roc_auc_score(y, p)) if both else math.nan,
-        "average_precision": float(average_precision_score(y, p)) if both else math.nan,
+        "roc_auc": auc,
+        "average_precision": ap,
         "log_loss": log_loss(y, p),
         "balanced_log_loss": balanced_log_loss(y, p),
         "accuracy": _div(tp + tn, y.size),
@@ -160,7 +201,7 @@ def video_metrics(
         "recall": recall,
         "specificity": specificity,
         "f1": _div(2 * tp, 2 * tp + fp + fn),
-        "eer": eer(y, p),
+        "eer": eer_value,
         "threshold": float(threshold),
         "n_real": n_real,
         "n_fake": n_fake,

@@ -218,3 +218,21 @@ def test_bootstrap_video_metrics_intervals_contain_estimates():
     for name in M.METRIC_NAMES:
         assert ci[name]["lo"] <= est[name] <= ci[name]["hi"], name
         assert ci[name]["n_valid"] + ci[name]["n_skipped"] == 200
+
+
+@pytest.mark.parametrize("decimals", [1, 2, 6])
+def test_ranking_metrics_with_ties_match_sklearn(data, decimals):
+    y, p = data
+    p = np.round(p, decimals)  # many tied scores at 1 decimal
+    got = M.video_metrics(y, p)
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert got["average_precision"] == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
+    pts = M.roc_points(y, p)
+    np.testing.assert_allclose(pts["fpr"], fpr)
+    np.testing.assert_allclose(pts["tpr"], tpr)
+    np.testing.assert_allclose(pts["thresholds"][1:], thr[1:])
+    prec, rec, _ = skm.precision_recall_curve(y, p)
+    # scikit-learn lists PR points lowest threshold first and appends (recall 0, precision 1)
+    np.testing.assert_allclose(pts["precision"], prec[:-1][::-1])
+    np.testing.assert_allclose(pts["tpr"][1:], rec[:-1][::-1])
