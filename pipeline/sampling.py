@@ -1,0 +1,211 @@
+"""Frame subsampling: one video's face rows -> ``n_frames`` slots (clip rows + gap rows).
+
+A *usable* frame is a frame with exactly one face row (a frame with two faces is ambiguous:
+which face belongs to the clip?). Both samplers take a faces table for ONE video with at least
+the columns ``frame, track, crop_path`` and assume nothing else, so the scoring stage can pass one
+face track at a time.
+
+``stride`` (default; the original study's rule made exact): slot ``k`` (``k = 0..n_frames-1``)
+starts at frame ``k * stride``. If that frame is usable it is taken; otherwise the sampler advances
+frame by frame while ``frame < (k + 1) * stride`` (never into the next slot) and takes the first
+usable frame. If none is found the slot is a gap, with reason
+
+- ``no_face``: no frame in the slot's window has a face;
+- ``multi_face``: faces were found in the window, but only in frames with two or more;
+- ``past_end``: the window starts at or after the video's last frame (only when the video's
+  frame count is given; a 250-frame video has slots 25..29 past its end).
+
+Slots are always ``0..n_frames-1`` at ``k * stride`` whatever the video's length: frames after
+``n_frames * stride`` (e.g. frames 300-399 of a 400-frame video) are never used, and a shorter
+video ends in gaps.
+
+``uniform``: ``n_frames`` usable frames evenly spaced over the video's usable frames (positions
+``round(i * (m - 1) / (n_frames - 1))`` in the sorted list of its ``m`` usable frames, rounded half
+up). With ``m < n_frames`` all usable frames are taken in order and the last slots are gaps with
+reason ``too_few_usable_frames``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pipeline.errors import ConfigError, ManifestError
+
+CLIP_COLUMNS = ["video_id", "label", "original", "slot", "frame", "track", "crop_path", "mask"]
+GAP_COLUMNS = ["video_id", "slot", "start_frame", "reason"]
+
+
+@dataclass(frozen=True)
+class SlotChoice:
+    """What one slot got: a face crop (``frame`` set) or a gap (``frame`` None, ``reason`` set).
+
+    ``start_frame`` is the slot's first frame for the stride sampler (None for uniform);
+    ``reason`` is ``""`` for a frame taken at the slot start, ``"advanced"`` when the sampler moved
+    on to a later frame of the window, else the gap reason.
+    """
+
+    slot: int
+    start_frame: int | None
+    frame: int | None
+    track: int | None
+    crop_path: str | None
+    reason: str
+
+    @property
+    def is_gap(self) -> bool:
+        """True when the slot has no frame."""
+        return self.frame is None
+
+
+def _frame_table(faces: pd.DataFrame) -> tuple[dict[int, int], dict[int, tuple[int, str]]]:
+    """(frame -> number of face rows, frame -> (track, crop_path) for frames with exactly one)."""
+    missing = [c for c in ("frame", "track", "crop_path") if c not in faces.columns]
+    if missing:
+        raise ManifestError(f"faces table: missing column(s) {missing}")
+    frames = faces["frame"].to_numpy()
+    tracks = faces["track"].to_numpy()
+    crops = faces["crop_path"].astype("string").fillna("").to_numpy()
+    counts: dict[int, int] = {}
+    single: dict[int, tuple[int, str]] = {}
+    for f, t, c in zip(frames, tracks, crops, strict=True):
+        f = int(f)
+        counts[f] = counts.get(f, 0) + 1
+        single[f] = (int(t), str(c))
+    single = {f: v for f, v in single.items() if counts[f] == 1}
+    return counts, single
+
+
+def _check(n_frames: int, stride: int = 1) -> None:
+    if n_frames < 1:
+        raise ConfigError(f"n_frames must be >= 1, not {n_frames}")
+    if stride < 1:
+        raise ConfigError(f"stride must be >= 1, not {stride}")
+
+
+def sample_stride(
+    faces: pd.DataFrame,
+    n_frames: int = 30,
+    stride: int = 10,
+    video_frames: int | None = None,
+) -> list[SlotChoice]:
+    """The stride sampler (see the module docstring).
+
+    Args:
+        faces: face rows of one video (``frame``, ``track``, ``crop_path``).
+        n_frames: number of slots.
+        stride: slot spacing in frames.
+        video_frames: the video's frame count if known (gaps past the end say ``past_end``).
+
+    Returns:
+        ``n_frames`` choices, slot order.
+    """
+    _check(n_frames, stride)
+    counts, single = _frame_table(faces)
+    out = []
+    for k in range(n_frames):
+        start = k * stride
+        choice = None
+        any_face = False
+        for f in range(start, start + stride):
+            if f in single:
+                track, crop = single[f]
+                reason = "" if f == start else "advanced"
+                choice = SlotChoice(k, start, f, track, crop, reason)
+                break
+            any_face = any_face or counts.get(f, 0) > 0
+        if choice is None:
+            if any_face:
+                reason = "multi_face"
+            elif video_frames is not None and start >= video_frames:
+                reason = "past_end"
+            else:
+                reason = "no_face"
+            choice = SlotChoice(k, start, None, None, None, reason)
+        out.append(choice)
+    return out
+
+
+def uniform_positions(m: int, n: int) -> list[int]:
+    """``n`` evenly spaced positions in ``range(m)`` (``m >= n``), rounded half up, exact ints."""
+    if n == 1:
+        return [(m - 1) // 2]
+    return [(2 * i * (m - 1) + (n - 1)) // (2 * (n - 1)) for i in range(n)]
+
+
+def sample_uniform(faces: pd.DataFrame, n_frames: int = 30) -> list[SlotChoice]:
+    """The uniform sampler (see the module docstring).
+
+    Args:
+        faces: face rows of one video (``frame``, ``track``, ``crop_path``).
+        n_frames: number of slots.
+
+    Returns:
+        ``n_frames`` choices, slot order; frames strictly increasing over the non-gap slots.
+    """
+    _check(n_frames)
+    _counts, single = _frame_table(faces)
+    usable = sorted(single)
+    m = len(usable)
+    picked = [usable[p] for p in uniform_positions(m, n_frames)] if m >= n_frames else usable
+    out = []
+    for k in range(n_frames):
+        if k < len(picked):
+            f = picked[k]
+            out.append(SlotChoice(k, None, f, single[f][0], single[f][1], ""))
+        else:
+            out.append(SlotChoice(k, None, None, None, None, "too_few_usable_frames"))
+    return out
+
+
+def sample_video(
+    faces: pd.DataFrame,
+    sampler: str = "stride",
+    n_frames: int = 30,
+    stride: int = 10,
+    video_frames: int | None = None,
+) -> list[SlotChoice]:
+    """Dispatch to ``sample_stride`` or ``sample_uniform`` by name."""
+    if sampler == "stride":
+        return sample_stride(faces, n_frames, stride, video_frames)
+    if sampler == "uniform":
+        return sample_uniform(faces, n_frames)
+    raise ConfigError(f"unknown sampler {sampler!r}; known: stride, uniform")
+
+
+def n_usable(choices: Sequence[SlotChoice]) -> int:
+    """Number of slots that got a frame."""
+    return sum(not c.is_gap for c in choices)
+
+
+def clip_rows(
+    video_id: str, label: str, original: str, choices: Sequence[SlotChoice]
+) -> pd.DataFrame:
+    """One clips-manifest row per slot: gaps become pad rows (frame <NA>, crop_path "", mask 0)."""
+    return pd.DataFrame(
+        {
+            "video_id": pd.Series([video_id] * len(choices), dtype="string"),
+            "label": pd.Series([label] * len(choices), dtype="string"),
+            "original": pd.Series([original] * len(choices), dtype="string"),
+            "slot": pd.Series([c.slot for c in choices], dtype="int64"),
+            "frame": pd.Series([c.frame for c in choices], dtype="Int64"),
+            "track": pd.Series([c.track for c in choices], dtype="Int64"),
+            "crop_path": pd.Series([c.crop_path or "" for c in choices], dtype="string"),
+            "mask": pd.Series([0 if c.is_gap else 1 for c in choices], dtype="int64"),
+        }
+    )
+
+
+def gap_rows(video_id: str, choices: Sequence[SlotChoice]) -> pd.DataFrame:
+    """One gaps-manifest row per gap slot."""
+    gaps = [c for c in choices if c.is_gap]
+    return pd.DataFrame(
+        {
+            "video_id": pd.Series([video_id] * len(gaps), dtype="string"),
+            "slot": pd.Series([c.slot for c in gaps], dtype="int64"),
+            "start_frame": pd.Series([c.start_frame for c in gaps], dtype="Int64"),
+            "reason": pd.Series([c.reason for c in gaps], dtype="string"),
+        }
+    )

@@ -1,0 +1,242 @@
+"""Grouped train/val/test split: kept videos -> split table (video_id, label, group, split).
+
+Group = the original video: a REAL's own id, a FAKE's ``original`` (also when that original is
+absent from the data: FF++ ``750_743`` is group ``750``; a FAKE without any ``original`` is its
+own group). A group never crosses splits, so a model is never tested on a fake of a face it was
+trained on.
+
+Shares are shares of *groups*: ``n_test = round(test_share * G)``, ``n_val = round(val_share *
+(G - n_test))``, the rest train, each at least 1. Stratification by label "as far as groups allow":
+groups are ordered by composition (stratum ``mixed`` = has REAL and FAKE, ``real_only``,
+``fake_only``; then number of fakes; ties in a seeded random order) and dealt along that order
+to the split furthest below its quota, so every stratum and group size is spread in proportion.
+If a split then lacks a label, groups are swapped between splits (deterministically) until every
+split has both. Same videos + same seed -> same split.
+
+Impossible cases raise ``SplitError`` with the reason: fewer than 3 groups, or fewer than 3
+groups holding a REAL (or a FAKE) video, since each of the 3 splits needs both labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import ConfigError, SplitError
+from pipeline.manifest import LABELS
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ["video_id", "label", "group", "split"]
+_STRATUM_ORDER = {"mixed": 0, "real_only": 1, "fake_only": 2}
+
+
+def group_of(video_id: str, label: str, original: str | None) -> str:
+    """The group id of one video: a FAKE's original (if any), else the video itself."""
+    if label == "FAKE" and original and not pd.isna(original):
+        return str(original)
+    return str(video_id)
+
+
+def assign_groups(videos: pd.DataFrame) -> pd.Series:
+    """Group id per row of ``videos`` (``video_id``, ``label``, ``original``)."""
+    orig = videos["original"].astype("string").fillna("")
+    return pd.Series(
+        [group_of(v, lab, o) for v, lab, o in zip(videos["video_id"], videos["label"], orig, strict=True)],
+        index=videos.index,
+        dtype="string",
+    )
+
+
+def split_counts(n_groups: int, test_share: float, val_share: float) -> dict[str, int]:
+    """Groups per split: test = round(test_share*G), val = round(val_share*rest), each >= 1."""
+    if not 0 < test_share < 1 or not 0 < val_share < 1:
+        raise ConfigError(f"test_share and val_share must lie in (0, 1), got {test_share}, {val_share}")
+    if n_groups < 3:
+        raise SplitError(
+            f"only {n_groups} group(s) (originals): need at least 3 for train/val/test"
+        )
+    n_test = min(max(1, int(np.floor(test_share * n_groups + 0.5))), n_groups - 2)
+    n_val = min(max(1, int(np.floor(val_share * (n_groups - n_test) + 0.5))), n_groups - n_test - 1)
+    return {"train": n_groups - n_test - n_val, "val": n_val, "test": n_test}
+
+
+def _group_table(videos: pd.DataFrame) -> pd.DataFrame:
+    df = pd.DataFrame(
+        {"video_id": videos["video_id"].astype(str), "label": videos["label"].astype(str),
+         "group": assign_groups(videos).astype(str)}
+    )
+    bad = df.loc[~df["label"].isin(LABELS), "video_id"].tolist()
+    if bad:
+        raise SplitError(f"video(s) without a REAL/FAKE label cannot be split: {bad[:5]}")
+    dup = df.loc[df["video_id"].duplicated(), "video_id"].unique().tolist()
+    if dup:
+        raise SplitError(f"duplicate video_id(s) {dup[:5]}")
+    g = df.groupby("group", sort=True)["label"].agg(
+        n_real=lambda s: int((s == "REAL").sum()), n_fake=lambda s: int((s == "FAKE").sum())
+    )
+    g["stratum"] = np.where(
+        (g["n_real"] > 0) & (g["n_fake"] > 0), "mixed",
+        np.where(g["n_real"] > 0, "real_only", "fake_only"),
+    )
+    return g
+
+
+def _missing(assign: dict[str, str], groups: pd.DataFrame) -> list[tuple[str, str]]:
+    """(split, label) pairs with no video."""
+    out = []
+    for s in SPLITS:
+        members = [g for g, sp in assign.items() if sp == s]
+        sub = groups.loc[members]
+        if int(sub["n_real"].sum()) == 0:
+            out.append((s, "REAL"))
+        if int(sub["n_fake"].sum()) == 0:
+            out.append((s, "FAKE"))
+    return out
+
+
+def _repair(assign: dict[str, str], groups: pd.DataFrame, order: list[str]) -> None:
+    """Swap groups between splits until every split has both labels (in place)."""
+    col = {"REAL": "n_real", "FAKE": "n_fake"}
+    for _ in range(4 * len(order) + 10):
+        missing = _missing(assign, groups)
+        if not missing:
+            return
+        s, lab = missing[0]
+        best = None
+        for g in order:  # a group holding the missing label, from another split
+            t = assign[g]
+            if t == s or groups.at[g, col[lab]] == 0:
+                continue
+            for h in order:  # swapped with a group of split s (keeps the split sizes)
+                if assign[h] != s:
+                    continue
+                trial = dict(assign)
+                trial[g], trial[h] = s, t
+                if len(_missing(trial, groups)) < len(missing):
+                    best = trial
+                    break
+            if best is not None:
+                break
+        if best is None:  # tiny sets: move a group instead (split sizes drift from the shares)
+            for g in order:
+                t = assign[g]
+                if t == s or groups.at[g, col[lab]] == 0:
+                    continue
+                if sum(sp == t for sp in assign.values()) < 2:
+                    continue
+                trial = dict(assign)
+                trial[g] = s
+                if len(_missing(trial, groups)) < len(missing):
+                    best = trial
+                    logger.warning(
+                        "moved group %s from %s to %s so that every split has both labels; "
+                        "split sizes differ from the requested shares", g, t, s,
+                    )
+                    break
+        if best is None:
+            raise SplitError(
+                f"cannot give split '{s}' a {lab} video without leaving another split without "
+                f"one ({len(groups)} groups, {int((groups['n_real'] > 0).sum())} with REAL, "
+                f"{int((groups['n_fake'] > 0).sum())} with FAKE videos)"
+            )
+        assign.clear()
+        assign.update(best)
+    raise SplitError("could not balance labels over splits (no progress)")
+
+
+def split_groups(
+    videos: pd.DataFrame, test_share: float = 0.2, val_share: float = 0.2, seed: int = 0
+) -> pd.DataFrame:
+    """Grouped, label-stratified, deterministic split (see the module docstring).
+
+    Args:
+        videos: kept videos (``video_id``, ``label``, ``original``).
+        test_share: share of groups for test.
+        val_share: share of the remaining groups for validation.
+        seed: shuffling seed.
+
+    Returns:
+        Split table with columns ``video_id, label, group, split`` in the input's row order.
+    """
+    groups = _group_table(videos)
+    for lab, c in (("REAL", "n_real"), ("FAKE", "n_fake")):
+        holders = int((groups[c] > 0).sum())
+        if holders < 3:
+            raise SplitError(
+                f"only {holders} group(s) contain a {lab} video: each of train/val/test needs "
+                f"both labels, so at least 3 are needed (groups: {len(groups)})"
+            )
+    quota = split_counts(len(groups), test_share, val_share)
+
+    rng = np.random.default_rng(seed)
+    tiebreak = rng.permutation(len(groups))
+    ordered = groups.assign(
+        _s=groups["stratum"].map(_STRATUM_ORDER), _t=tiebreak
+    ).sort_values(["_s", "n_fake", "_t"], kind="stable")
+    order = ordered.index.tolist()
+
+    # deal along the order to the split furthest below its share of the groups seen so far
+    n = len(order)
+    count = dict.fromkeys(SPLITS, 0)
+    assign: dict[str, str] = {}
+    for i, g in enumerate(order):
+        open_splits = [s for s in SPLITS if count[s] < quota[s]]
+        s = max(open_splits, key=lambda s: (quota[s] * (i + 1) / n - count[s], -SPLITS.index(s)))
+        assign[g] = s
+        count[s] += 1
+    _repair(assign, groups, order)
+
+    out = pd.DataFrame(
+        {
+            "video_id": videos["video_id"].astype("string").to_numpy(),
+            "label": videos["label"].astype("string").to_numpy(),
+            "group": assign_groups(videos).to_numpy(),
+        }
+    )
+    out["split"] = out["group"].map(assign).astype("string")
+    check_split(out)
+    return out
+
+
+def check_split(split: pd.DataFrame) -> None:
+    """Raise ``SplitError`` unless the split is sound.
+
+    Checks: unique video ids, split values in train/val/test, every split non-empty, no group in
+    two splits, both labels in every split.
+    """
+    dup = split.loc[split["video_id"].duplicated(), "video_id"].unique().tolist()
+    if dup:
+        raise SplitError(f"video(s) listed twice in the split: {dup[:5]}")
+    bad = sorted(set(split["split"]) - set(SPLITS))
+    if bad:
+        raise SplitError(f"unknown split name(s) {bad}; expected {list(SPLITS)}")
+    per_group = split.groupby("group")["split"].nunique()
+    leaking = per_group[per_group > 1].index.tolist()
+    if leaking:
+        raise SplitError(f"group(s) in more than one split (leak): {leaking[:5]}")
+    for s in SPLITS:
+        labels = set(split.loc[split["split"] == s, "label"])
+        for lab in LABELS:
+            if lab not in labels:
+                raise SplitError(f"split '{s}' has no {lab} video")
+
+
+def split_summary(split: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per split: videos, groups, real, fake, fake_share."""
+    out = {}
+    for s in SPLITS:
+        sub = split[split["split"] == s]
+        n_fake = int((sub["label"] == "FAKE").sum())
+        out[s] = {
+            "videos": len(sub),
+            "groups": int(sub["group"].nunique()),
+            "real": len(sub) - n_fake,
+            "fake": n_fake,
+            "fake_share": round(n_fake / len(sub), 4) if len(sub) else 0.0,
+        }
+    return out
