@@ -20,3 +20,37 @@ def real_samples() -> Path:
     if not (REAL_SAMPLES / "README.md").is_file():
         pytest.skip(f"real samples not present at {REAL_SAMPLES}")
     return REAL_SAMPLES
+
+
+# --- synthetic data (pipeline.synth) ------------------------------------------------------------
+
+SYNTH_SMALL = dict(n_originals=2, fakes_per_original=1, parts=1, frames=60, width=480, height=270,
+                   fps=30.0, two_face_share=0.5, gap_share=0.5, seed=7)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic DFDC-like dataset (written once per test session).
+
+    2 originals x 1 fake, one part, 60 frames at 480x270 and 30 fps: one group (REAL + FAKE)
+    shows a second face in a stretch of frames, the other has a stretch with no face.
+    ``pipeline.synth.load_truth(synth_dir)`` gives the per-clip truth (two-face and no-face frames).
+    """
+    from pipeline.config import SynthConfig
+    from pipeline.synth import write_dataset
+
+    return write_dataset(SynthConfig(out=str(tmp_path_factory.mktemp("synth") / "data"),
+                                     **SYNTH_SMALL))
+
+
+@pytest.fixture
+def clip_factory():
+    """``make_clip(path, n_frames=30, *, width=480, height=270, fps=30.0, seed=0, fake=False,
+    two_face=None, gap=None, codec="auto") -> ClipSpec``: one synthetic clip with a face.
+
+    ``two_face``/``gap`` are [start, stop) frame ranges; the returned spec reproduces the frames
+    (``pipeline.synth.render_frames(spec)``) and the face box (``pipeline.synth.face_box``).
+    """
+    from pipeline.synth import make_clip
+
+    return make_clip
