@@ -1,0 +1,215 @@
+"""Image encoders: (N, C, H, W) normalized images -> pooled features (N, F).
+
+Every backbone is built through ``create_backbone(name, pretrained, weights)`` and exposes
+``num_features``; torchvision classifier heads are removed so the output is the globally pooled
+feature vector, which is what ``TimeDistributed`` needs.
+
+Weights are never downloaded here. ``pretrained=True`` loads, in order: the file given as
+``weights``, else torchvision's (or facenet-pytorch's) own cache file; when neither exists the
+error names the URL to download and the path to put it at. ``pretrained=False`` is random init.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+# state-dict key prefixes of classifier heads that a weights file may carry and we drop
+_HEAD_PREFIXES = ("fc.", "classifier.", "logits.", "last_linear.", "last_bn.")
+
+
+def register_backbone(name: str) -> Callable:
+    """Decorator adding a backbone constructor ``fn(pretrained, weights) -> nn.Module``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone '{name}' is already registered")
+        _BACKBONES[name] = fn
+        return fn
+
+    return deco
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones, sorted."""
+    return sorted(_BACKBONES)
+
+
+def create_backbone(name: str, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """Build backbone ``name``; the module returns (N, F) features and has ``.num_features``.
+
+    Args:
+        name: a name from ``list_backbones()``.
+        pretrained: load pretrained weights (from ``weights`` or the local cache; never online).
+        weights: path of a weights file (a state dict); implies ``pretrained``.
+    """
+    if name not in _BACKBONES:
+        raise ConfigError(f"unknown backbone '{name}'; known: {', '.join(list_backbones())}")
+    module = _BACKBONES[name](pretrained=pretrained or weights is not None, weights=weights)
+    module.backbone_name = name
+    return module
+
+
+def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> None:
+    """Load a state-dict file into ``module``; head keys may be extra, body keys must all match."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"backbone '{name}': weights file {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/pickled files
+        raise ConfigError(f"backbone '{name}': cannot read weights file {path}: {e}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"backbone '{name}': {path} does not hold a state dict")
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ConfigError(f"backbone '{name}': {path} does not fit: {str(e).splitlines()[-1].strip()}") from e
+    if missing or unexpected:
+        raise ConfigError(
+            f"backbone '{name}': {path} does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    logger.info("backbone %s: loaded weights from %s", name, path)
+
+
+def _pretrained_or_raise(module: nn.Module, name: str, weights: str | None, url: str,
+                         cache_file: Path) -> None:
+    if weights is not None:
+        load_weights_file(module, weights, name)
+    elif cache_file.is_file():
+        load_weights_file(module, cache_file, name)
+    else:
+        raise ConfigError(
+            f"pretrained weights for backbone '{name}' are not available offline: download {url} "
+            f"and put it at {cache_file} (or pass --weights FILE); use --no-pretrained for random init"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# tiny: a 4-layer CNN for fast tests and CPU smoke runs
+# --------------------------------------------------------------------------------------------
+
+
+class TinyCNN(nn.Module):
+    """Four stride-2 conv blocks + global average pool -> 64 features.
+
+    GroupNorm instead of BatchNorm: the output does not depend on the other images in the batch,
+    so a 2-process DDP run computes exactly the same gradients as one process with the combined
+    batch (tests rely on that).
+    """
+
+    num_features = 64
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, self.num_features]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                       nn.GroupNorm(4, cout), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))  # (N, F, 1, 1)
+        return x.flatten(1)  # (N, F)
+
+
+@register_backbone("tiny")
+def _tiny(pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    module = TinyCNN()
+    if weights is not None:
+        load_weights_file(module, weights, "tiny")
+    elif pretrained:
+        raise ConfigError("backbone 'tiny' has no published pretrained weights; pass --weights FILE")
+    return module
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision classifiers with their heads removed
+# --------------------------------------------------------------------------------------------
+
+
+def _torchvision_backbone(name: str, pretrained: bool, weights: str | None) -> nn.Module:
+    import torchvision
+
+    module = torchvision.models.get_model(name, weights=None)  # random init; weights below
+    if hasattr(module, "fc"):  # resnet: avgpool -> flatten -> fc
+        module.num_features = module.fc.in_features
+        module.fc = nn.Identity()
+    else:  # mobilenet_v3 / efficientnet: avgpool -> flatten -> classifier
+        first_linear = next(m for m in module.classifier if isinstance(m, nn.Linear))
+        module.num_features = first_linear.in_features
+        module.classifier = nn.Identity()
+    if pretrained:
+        enum = torchvision.models.get_model_weights(name).DEFAULT
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+        _pretrained_or_raise(module, name, weights, enum.url, cache)
+    return module
+
+
+TORCHVISION_BACKBONES = (
+    "resnet18", "resnet34", "resnet50",
+    "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+)
+
+for _name in TORCHVISION_BACKBONES:
+    register_backbone(_name)(
+        lambda pretrained=False, weights=None, _n=_name: _torchvision_backbone(_n, pretrained, weights)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# facenet-pytorch InceptionResnetV1 (VGGFace2 face embeddings, trained at 160 px)
+# --------------------------------------------------------------------------------------------
+
+FACENET_URL = ("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+               "20180402-114759-vggface2.pt")
+
+
+class FaceNetEncoder(nn.Module):
+    """InceptionResnetV1 up to its global average pool -> 1792 features (no L2-normalized head)."""
+
+    num_features = 1792
+
+    def __init__(self) -> None:
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        # the embedding head (last_linear/last_bn) is not used: drop it so no parameter is unused
+        del self.net.last_linear, self.net.last_bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        for layer in (n.conv2d_1a, n.conv2d_2a, n.conv2d_2b, n.maxpool_3a, n.conv2d_3b,
+                      n.conv2d_4a, n.conv2d_4b, n.repeat_1, n.mixed_6a, n.repeat_2, n.mixed_7a,
+                      n.repeat_3, n.block8, n.avgpool_1a):
+            x = layer(x)
+        return x.flatten(1)  # (N, 1792, 1, 1) -> (N, 1792)
+
+
+@register_backbone("inception_resnet_v1")
+def _facenet(pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    module = FaceNetEncoder()
+    if pretrained:
+        torch_home = Path(os.path.expanduser(os.getenv(
+            "TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))))
+        cache = torch_home / "checkpoints" / os.path.basename(FACENET_URL)
+        _pretrained_or_raise(module.net, "inception_resnet_v1", weights, FACENET_URL, cache)
+    return module

@@ -1,0 +1,169 @@
+"""The registered models: ``cnn_lstm``, ``frame`` and ``frame_mean``.
+
+- ``cnn_lstm``: the encoder on every frame (``TimeDistributed``: time folded into the batch),
+  pooled features -> stacked LSTMs -> optional dense layer -> linear head.
+- ``frame``: the same encoder on one image -> linear head.
+- ``frame_mean``: a ``frame`` model applied to every frame of a clip; per-frame probabilities
+  averaged over valid frames, returned as a logit (built from a trained ``frame`` model with
+  ``FrameMean.from_frame`` or ``checkpoint.build_model(ckpt, as_model="frame_mean")``).
+
+Masking (padded slots, mask 0) in the LSTM: ``pack_padded_sequence`` only handles padding at the
+end, but a clip's gaps can sit anywhere. So the features of padded slots are zeroed before the
+LSTM (their pixels never matter) and the readout ignores them: ``readout="last"`` takes the
+forward direction's output at the last valid slot (and the backward direction's at the first
+valid slot), ``readout="mean"`` averages the outputs over valid slots. An all-ones mask and no
+mask give identical outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.models import register_model
+from pipeline.models.backbones import create_backbone
+
+FRAME_EPS = 1e-6  # frame_mean clamps the mean probability into [eps, 1-eps]: finite logits
+
+
+class TimeDistributed(nn.Module):
+    """Apply an image encoder to every frame: (B, T, C, H, W) -> (B, T, F)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_features = encoder.num_features
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        b, t = clip.shape[:2]
+        x = clip.reshape(b * t, *clip.shape[2:])  # (B*T, C, H, W)
+        x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.encoder(x)  # (B*T, F)
+        return feats.reshape(b, t, -1)  # (B, T, F)
+
+
+def _encode_image(encoder: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    return encoder(image.contiguous(memory_format=torch.channels_last))  # (B, F)
+
+
+class CNNLSTM(nn.Module):
+    """Encoder per frame -> LSTM stack over the 30 slots -> head. Forward: (clip, mask) -> (B,)."""
+
+    input_key = "clip"
+
+    def __init__(self, backbone: str = "tiny", lstm_hidden: int = 128, lstm_layers: int = 1,
+                 lstm_sizes: list[int] | None = None, bidirectional: bool = False,
+                 dense: int = 0, dropout: float = 0.2, readout: str = "last",
+                 pretrained: bool = False, weights: str | None = None) -> None:
+        super().__init__()
+        if readout not in ("last", "mean"):
+            raise ValueError(f"readout must be 'last' or 'mean', not {readout!r}")
+        self.readout = readout
+        self.bidirectional = bidirectional
+        self.encoder = TimeDistributed(create_backbone(backbone, pretrained, weights))
+        sizes = list(lstm_sizes) if lstm_sizes else [lstm_hidden] * lstm_layers
+        dirs = 2 if bidirectional else 1
+        self.lstms = nn.ModuleList()
+        width = self.encoder.num_features
+        for size in sizes:
+            self.lstms.append(nn.LSTM(width, size, batch_first=True, bidirectional=bidirectional))
+            width = size * dirs
+        head: list[nn.Module] = [nn.Dropout(dropout)]
+        if dense:
+            head += [nn.Linear(width, dense), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = dense
+        head.append(nn.Linear(width, 1))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t = clip.shape[:2]
+        if mask is None:
+            mask = torch.ones(b, t, device=clip.device)
+        m = mask.to(clip.dtype if clip.is_floating_point() else torch.float32)
+        feats = self.encoder(clip)  # (B, T, F)
+        x = feats * m.to(feats.dtype).unsqueeze(-1)  # (B, T, F), padded slots zeroed
+        for lstm in self.lstms:
+            x, _ = lstm(x)  # (B, T, H*dirs)
+        x = self._readout(x, m)  # (B, H*dirs)
+        return self.head(x).squeeze(-1)  # (B,)
+
+    def _readout(self, out: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) LSTM outputs -> (B, D), ignoring masked slots."""
+        if self.readout == "mean":
+            w = m.to(out.dtype).unsqueeze(-1)  # (B, T, 1)
+            return (out * w).sum(1) / w.sum(1).clamp_min(1.0)
+        t = out.shape[1]
+        idx = torch.arange(t, device=out.device).expand_as(m)  # (B, T)
+        valid = m > 0
+        last = torch.where(valid, idx, torch.zeros_like(idx)).amax(1)  # (B,) last valid slot
+        first = torch.where(valid, idx, torch.full_like(idx, t - 1)).amin(1)  # (B,)
+        rows = torch.arange(out.shape[0], device=out.device)
+        if not self.bidirectional:
+            return out[rows, last]  # (B, D)
+        half = out.shape[-1] // 2
+        return torch.cat([out[rows, last, :half], out[rows, first, half:]], dim=-1)  # (B, D)
+
+
+class FrameModel(nn.Module):
+    """Encoder on one image -> head. Forward: image (B, C, H, W) -> (B,)."""
+
+    input_key = "image"
+
+    def __init__(self, backbone: str = "tiny", dropout: float = 0.2, pretrained: bool = False,
+                 weights: str | None = None) -> None:
+        super().__init__()
+        self.encoder = create_backbone(backbone, pretrained, weights)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.num_features, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(_encode_image(self.encoder, image)).squeeze(-1)  # (B,)
+
+
+class FrameMean(nn.Module):
+    """A frame model on every valid frame; logit of the masked mean of per-frame probabilities.
+
+    Costs no training of its own: wrap a trained ``frame`` model (``from_frame``).
+    """
+
+    input_key = "clip"
+
+    def __init__(self, backbone: str = "tiny", dropout: float = 0.2, pretrained: bool = False,
+                 weights: str | None = None) -> None:
+        super().__init__()
+        self.frame = FrameModel(backbone, dropout, pretrained, weights)
+
+    @classmethod
+    def from_frame(cls, frame_model: FrameModel) -> FrameMean:
+        """Wrap an existing (trained) frame model; shares its parameters."""
+        obj = cls.__new__(cls)
+        nn.Module.__init__(obj)
+        obj.frame = frame_model
+        obj.model_name = "frame_mean"
+        obj.model_kwargs = dict(getattr(frame_model, "model_kwargs", {}))
+        return obj
+
+    def forward(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t = clip.shape[:2]
+        logits = self.frame(clip.reshape(b * t, *clip.shape[2:]))  # (B*T,)
+        probs = torch.sigmoid(logits.float()).reshape(b, t)  # (B, T)
+        m = torch.ones_like(probs) if mask is None else mask.to(probs.dtype)
+        p = (probs * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B,)
+        return torch.logit(p.clamp(FRAME_EPS, 1 - FRAME_EPS))  # (B,)
+
+
+@register_model("cnn_lstm")
+def cnn_lstm(**kwargs) -> nn.Module:
+    """CNN per frame -> LSTM(s) -> (dense) -> head; the video model."""
+    return CNNLSTM(**kwargs)
+
+
+@register_model("frame")
+def frame(**kwargs) -> nn.Module:
+    """Single-frame baseline (the middle slot in training)."""
+    return FrameModel(**kwargs)
+
+
+@register_model("frame_mean")
+def frame_mean(**kwargs) -> nn.Module:
+    """Single-frame model on all frames, probabilities averaged (from a trained ``frame``)."""
+    return FrameMean(**kwargs)
