@@ -1,0 +1,200 @@
+"""``dfpipe prepare``: videos.csv + faces.csv -> outliers.csv, clips.csv, gaps.csv, split.csv.
+
+Steps (each decision lands in a manifest; nothing is moved or deleted):
+
+1. consistency: ``n_faces`` of ``videos.csv`` must equal the video's rows in ``faces.csv``
+   (filled from faces.csv when empty); a mismatch is an outlier ``faces_mismatch`` and exit 1;
+2. frame-count filter (``pipeline.filtering.window_filter``): status, label, ``n_faces`` window;
+3. subsampling (``pipeline.sampling``): ``n_frames`` slots per video, gaps recorded; a video with
+   fewer usable slots is dropped (``too_few_usable_frames: 27/30``) or padded with mask 0 rows;
+4. orphan fakes (``pipeline.filtering.orphan_filter``): fakes whose original was left out;
+5. grouped split (``pipeline.splits``), checked for leaks and labels before it is written.
+
+Exit 0 when done, 1 when some input rows were inconsistent (listed as outliers), 2 (typed error)
+when the inputs are missing or the split is impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline import manifest
+from pipeline.config import PrepareConfig, to_dict
+from pipeline.errors import ConfigError
+from pipeline.filtering import orphan_filter, reason_counts, window_filter
+from pipeline.sampling import clip_rows, gap_rows, n_usable, sample_video
+from pipeline.splits import check_split, split_groups, split_summary
+
+logger = logging.getLogger(__name__)
+
+
+def _validate_config(cfg: PrepareConfig) -> None:
+    if cfg.min_faces < 0 or cfg.max_faces < cfg.min_faces:
+        raise ConfigError(f"--min-faces {cfg.min_faces} / --max-faces {cfg.max_faces}: empty window")
+    if cfg.n_frames < 1 or cfg.stride < 1:
+        raise ConfigError(f"--n-frames {cfg.n_frames} and --stride {cfg.stride} must be >= 1")
+    if not 0 < cfg.test_share < 1 or not 0 < cfg.val_share < 1:
+        raise ConfigError(
+            f"--test-share {cfg.test_share} and --val-share {cfg.val_share} must lie in (0, 1)"
+        )
+
+
+def check_face_counts(
+    videos: pd.DataFrame, faces: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fill missing ``n_faces`` from faces rows; split off ``ok`` videos whose count disagrees.
+
+    Returns:
+        (videos with ``n_faces`` filled, outlier rows ``faces_mismatch``).
+    """
+    rows = faces.groupby("video_id").size()
+    videos = videos.copy()
+    in_faces = videos["video_id"].map(rows).fillna(0).astype("int64")
+    n = videos["n_faces"].astype("Int64")
+    videos["n_faces"] = n.fillna(pd.Series(in_faces, index=videos.index).astype("Int64"))
+    bad = (videos["status"] == "ok") & n.notna() & (n != in_faces).fillna(False)
+    out = videos.loc[bad, ["video_id", "label", "original", "n_faces"]].copy()
+    out["reason"] = [
+        f"faces_mismatch: videos.csv n_faces {a}, faces.csv has {b} rows"
+        for a, b in zip(n[bad], in_faces[bad], strict=True)
+    ]
+    unknown = sorted(set(rows.index) - set(videos["video_id"]))
+    if unknown:
+        logger.warning("faces.csv has rows for %d video(s) not in videos.csv (ignored): %s",
+                       len(unknown), ", ".join(unknown[:5]))
+    return videos[~bad].reset_index(drop=True), out.reset_index(drop=True)
+
+
+def sample_all(
+    kept: pd.DataFrame, faces: pd.DataFrame, cfg: PrepareConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Run the sampler on every kept video.
+
+    Returns:
+        (kept videos, clip rows, gap rows of every sampled video, outlier rows of dropped short
+        clips, counts).
+    """
+    by_video = dict(iter(faces.groupby("video_id", sort=False)))
+    empty_faces = manifest.empty("faces")
+    clips, gaps, short, keep_mask = [], [], [], []
+    advanced = 0
+    for row in tqdm(kept.itertuples(index=False), total=len(kept), desc="sample", unit="video",
+                    disable=None):
+        vf = None if pd.isna(row.n_frames) else int(row.n_frames)
+        choices = sample_video(by_video.get(row.video_id, empty_faces), cfg.sampler,
+                               cfg.n_frames, cfg.stride, vf)
+        advanced += sum(c.reason == "advanced" for c in choices)
+        gaps.append(gap_rows(row.video_id, choices))
+        got = n_usable(choices)
+        if got < cfg.n_frames:
+            short.append((row, got))
+            if cfg.short_clips == "drop":
+                keep_mask.append(False)
+                continue
+        keep_mask.append(True)
+        clips.append(clip_rows(row.video_id, row.label, row.original, choices))
+    short_out = pd.DataFrame(
+        {
+            "video_id": [r.video_id for r, _ in short],
+            "label": [r.label for r, _ in short],
+            "original": [r.original for r, _ in short],
+            "n_faces": pd.Series([r.n_faces for r, _ in short], dtype="Int64"),
+            "reason": [f"too_few_usable_frames: {g}/{cfg.n_frames}" for _, g in short],
+        }
+    )
+    if cfg.short_clips == "pad":
+        short_out = short_out.iloc[0:0]
+    clip_df = pd.concat(clips, ignore_index=True) if clips else manifest.empty("clips")
+    gap_df = pd.concat(gaps, ignore_index=True) if gaps else manifest.empty("gaps")
+    counts = {
+        "sampled": len(kept),
+        "short_clips": len(short),
+        "short_clips_dropped": len(short) if cfg.short_clips == "drop" else 0,
+        "short_clips_padded": len(short) if cfg.short_clips == "pad" else 0,
+        "gap_slots": len(gap_df),
+        "gaps_by_reason": {str(k): int(v) for k, v in
+                           sorted(gap_df["reason"].value_counts().items())},
+        "advanced_slots": advanced,
+    }
+    kept = kept[pd.Series(keep_mask, index=kept.index, dtype=bool)].reset_index(drop=True)
+    return kept, clip_df, gap_df, short_out, counts
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [manifest.validate(f, "outliers") for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else manifest.empty("outliers")
+
+
+def _log_summary(counts: dict[str, Any]) -> None:
+    lines = [
+        f"videos in                {counts['videos_in']}",
+        f"kept                     {counts['kept']}",
+        f"outliers                 {counts['outliers']}",
+    ]
+    lines += [f"  {k:<23}{v}" for k, v in counts["outliers_by_reason"].items()]
+    lines += [
+        f"orphan fakes             {counts['orphan_fakes']} "
+        f"({counts['orphan_fakes_dropped']} dropped; {counts['fakes_original_absent']} fakes "
+        "whose original is absent from the input, kept)",
+        f"short clips              {counts['short_clips']} ({counts['short_clips_dropped']} dropped, "
+        f"{counts['short_clips_padded']} padded)",
+        f"gap slots                {counts['gap_slots']} {counts['gaps_by_reason']}",
+        f"{'split':<8}{'videos':>8}{'groups':>8}{'fake share':>12}",
+    ]
+    for s, d in counts["split"].items():
+        lines.append(f"{s:<8}{d['videos']:>8}{d['groups']:>8}{d['fake_share']:>12.3f}")
+    logger.info("prepare summary\n%s", "\n".join(lines))
+
+
+def run(cfg: PrepareConfig) -> int:
+    """Run the prepare stage (see the module docstring); returns the exit status."""
+    _validate_config(cfg)
+    mdir = Path(cfg.manifest_dir)
+    videos_path = manifest.manifest_path(mdir, "videos")
+    faces_path = manifest.manifest_path(mdir, "faces")
+    videos = manifest.read_manifest(videos_path, "videos")
+    faces = manifest.read_manifest(faces_path, "faces")
+    logger.info("prepare: %d videos, %d face rows from %s", len(videos), len(faces), mdir)
+
+    videos, mismatch = check_face_counts(videos, faces)
+    kept, window_out = window_filter(videos, cfg.min_faces, cfg.max_faces)
+    kept, clips, gaps, short_out, sample_counts = sample_all(kept, faces, cfg)
+    all_ids = set(videos["video_id"]) | set(mismatch["video_id"])
+    kept, orphan_out, orphan_counts = orphan_filter(kept, all_ids, cfg.orphan_fakes)
+    clips = clips[clips["video_id"].isin(set(kept["video_id"]))].reset_index(drop=True)
+
+    split = split_groups(kept, cfg.test_share, cfg.val_share, cfg.seed)
+    check_split(split)
+    per_video = clips.groupby("video_id").size()
+    if not (per_video == cfg.n_frames).all() or set(per_video.index) != set(split["video_id"]):
+        raise RuntimeError("internal error: clips do not have n_frames rows per split video")
+
+    outliers = _concat([mismatch, window_out, short_out, orphan_out])
+    counts: dict[str, Any] = {
+        "videos_in": len(videos) + len(mismatch),
+        "kept": len(kept),
+        "outliers": len(outliers),
+        "outliers_by_reason": reason_counts(outliers),
+        **orphan_counts,
+        **sample_counts,
+        "clip_rows": len(clips),
+        "padded_rows": int((clips["mask"] == 0).sum()),
+        "split": split_summary(split),
+    }
+    conf = to_dict(cfg)
+    inputs = [videos_path, faces_path]
+    for kind, table in (("outliers", outliers), ("clips", clips), ("gaps", gaps),
+                        ("split", split)):
+        manifest.write_manifest(table, manifest.manifest_path(mdir, kind), kind,
+                                config=conf, inputs=inputs, counts=counts)
+    _log_summary(counts)
+    if len(mismatch):
+        logger.error("%d video(s) whose n_faces disagrees with faces.csv (see outliers.csv)",
+                     len(mismatch))
+        return 1
+    return 0

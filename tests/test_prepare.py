@@ -1,0 +1,169 @@
+"""``dfpipe prepare`` through the CLI on hand-written videos/faces manifests."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline import cli, manifest
+
+
+def write_inputs(d, videos: list[dict], faces: dict[str, list[tuple[int, int]]]) -> None:
+    """videos: dicts with video_id, label, original, n_frames[, status, n_faces]; faces: id -> rows."""
+    vrows = []
+    for v in videos:
+        rows = faces.get(v["video_id"], [])
+        vrows.append({"part": "p0", "path": f"/data/{v['video_id']}.mp4", "fps": 30.0,
+                      "width": 480, "height": 270, "n_face_frames": len({f for f, _ in rows}),
+                      "n_faces": v.get("n_faces", len(rows)), "n_multi_face_frames": 0,
+                      "n_tracks": 1 + max((t for _, t in rows), default=0),
+                      "status": v.get("status", "ok"), "reason": "", "seconds": 0.5,
+                      **{k: v[k] for k in ("video_id", "label", "original", "n_frames")}})
+    frows = [{"video_id": vid, "frame": f, "track": t, "x1": 1.0, "y1": 2.0, "x2": 50.0,
+              "y2": 60.0, "prob": 0.99, "crop_path": f"/faces/{vid}/{f:04d}_{t}.jpg"}
+             for vid, rows in faces.items() for f, t in rows]
+    manifest.write_manifest(pd.DataFrame(vrows), d / "videos.csv", "videos")
+    manifest.write_manifest(pd.DataFrame(frows), d / "faces.csv", "faces")
+
+
+def dataset(n_originals: int = 6, fakes: int = 2):
+    """A clean DFDC-like set: every video 300 frames with one face per frame."""
+    videos, faces = [], {}
+    for i in range(n_originals):
+        o = f"o{i}"
+        videos.append({"video_id": o, "label": "REAL", "original": "", "n_frames": 300})
+        faces[o] = [(f, 0) for f in range(300)]
+        for j in range(fakes):
+            fid = f"{o}_f{j}"
+            videos.append({"video_id": fid, "label": "FAKE", "original": o, "n_frames": 300})
+            faces[fid] = [(f, 0) for f in range(300)]
+    return videos, faces
+
+
+def read_all(d):
+    return {k: manifest.read_manifest(d / f"{k}.csv", k) for k in ("outliers", "clips", "gaps", "split")}
+
+
+def test_prepare_cli_writes_four_manifests_with_sidecars(tmp_path):
+    videos, faces = dataset()
+    # o0: too few faces -> its fakes are orphans; o1_f0: two faces in frames 0..14 (too many
+    # faces AND slots 0 and 1 ambiguous) -> outlier; o2_f1: no face in frames 100..129, 190..199
+    faces["o0"] = [(f, 0) for f in range(199)]
+    faces["o1_f0"] += [(f, 1) for f in range(300)]  # two actors throughout: 600 crops
+    faces["o2_f1"] = [(f, 0) for f in range(300) if not (100 <= f < 130 or 190 <= f < 200)]
+    faces["o3"] = [(f, 0) for f in range(300) if f % 10 != 0]  # every slot advances by one
+    faces["o4"] += [(f, 1) for f in [0, 1, 2, 3, 4, 20, 21, 22]]  # two faces: slots 0, 2 advance
+    write_inputs(tmp_path, videos, faces)
+    assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 0
+    m = read_all(tmp_path)
+
+    out = m["outliers"].set_index("video_id")["reason"].to_dict()
+    assert out == {
+        "o0": "too_few_faces: 199 < 200",
+        "o1_f0": "too_many_faces: 600 > 400",
+        "o2_f1": "too_few_usable_frames: 26/30",
+        "o0_f0": "orphan_fake: original o0 was left out",
+        "o0_f1": "orphan_fake: original o0 was left out",
+    }
+    kept = {v["video_id"] for v in videos} - set(out)
+    clips = m["clips"]
+    assert set(clips["video_id"]) == kept and len(clips) == 30 * len(kept)
+    assert (clips.groupby("video_id")["slot"].apply(list) == [list(range(30))] * len(kept)).all()
+    assert (clips["mask"] == 1).all()
+    assert clips.loc[clips["video_id"] == "o3", "frame"].tolist() == list(range(1, 300, 10))
+    assert clips.loc[clips["video_id"] == "o4", "frame"].tolist()[:4] == [5, 10, 23, 30]
+    assert clips.loc[clips["video_id"] == "o4", "crop_path"].iloc[3] == "/faces/o4/0030_0.jpg"
+
+    gaps = m["gaps"]
+    assert gaps[["video_id", "slot", "start_frame", "reason"]].values.tolist() == [
+        ["o2_f1", 10, 100, "no_face"], ["o2_f1", 11, 110, "no_face"],
+        ["o2_f1", 12, 120, "no_face"], ["o2_f1", 19, 190, "no_face"]]
+
+    sp = m["split"]
+    assert set(sp["video_id"]) == kept
+    assert sp.groupby("group")["split"].nunique().max() == 1
+    for s in ("train", "val", "test"):
+        assert set(sp.loc[sp["split"] == s, "label"]) == {"REAL", "FAKE"}
+
+    for kind in ("outliers", "clips", "gaps", "split"):
+        meta = manifest.read_meta(tmp_path / f"{kind}.csv")
+        assert meta["kind"] == kind and meta["config"]["min_faces"] == 200
+        assert set(meta["inputs"]) == {str(tmp_path / "videos.csv"), str(tmp_path / "faces.csv")}
+        c = meta["counts"]
+        assert c["videos_in"] == 18 and c["kept"] == len(kept)
+        assert c["outliers_by_reason"] == {"orphan_fake": 2, "too_few_faces": 1,
+                                          "too_few_usable_frames": 1, "too_many_faces": 1}
+        assert c["orphan_fakes"] == 2 and c["short_clips_dropped"] == 1
+        assert c["advanced_slots"] == 32
+        assert sum(v["videos"] for v in c["split"].values()) == len(kept)
+
+
+def test_prepare_pad_mode_masks_and_keep_orphans(tmp_path):
+    videos, faces = dataset()
+    faces["o0"] = [(f, 0) for f in range(150)]
+    faces["o2_f1"] = [(f, 0) for f in range(300) if not (100 <= f < 130)]
+    write_inputs(tmp_path, videos, faces)
+    rc = cli.main(["prepare", "--manifest-dir", str(tmp_path), "--short-clips", "pad",
+                   "--orphan-fakes", "keep", "--min-faces", "100"])
+    assert rc == 0
+    m = read_all(tmp_path)
+    assert m["outliers"].empty
+    c = m["clips"][m["clips"]["video_id"] == "o2_f1"]
+    assert c["mask"].tolist() == [1] * 10 + [0] * 3 + [1] * 17
+    pad = c[c["mask"] == 0]
+    assert pad["frame"].isna().all() and (pad["crop_path"] == "").all()
+    c0 = m["clips"][m["clips"]["video_id"] == "o0"]
+    assert c0["mask"].tolist() == [1] * 15 + [0] * 15
+    assert len(m["clips"]) == 30 * 18
+    meta = manifest.read_meta(tmp_path / "clips.csv")["counts"]
+    assert meta["short_clips_padded"] == 2 and meta["padded_rows"] == 18
+
+
+def test_prepare_uniform_sampler(tmp_path):
+    videos, faces = dataset(3, 1)
+    write_inputs(tmp_path, videos, faces)
+    assert cli.main(["prepare", "--manifest-dir", str(tmp_path), "--sampler", "uniform"]) == 0
+    clips = manifest.read_manifest(tmp_path / "clips.csv", "clips")
+    frames = clips.loc[clips["video_id"] == "o0", "frame"].tolist()
+    assert frames[0] == 0 and frames[-1] == 299 and frames[1] == 10 and frames[2] == 21
+
+
+def test_prepare_missing_inputs_exit_2(tmp_path, capsys):
+    assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 2
+    assert "videos.csv: manifest not found" in capsys.readouterr().err
+    assert not (tmp_path / "split.csv").exists()
+
+
+def test_prepare_impossible_split_exit_2(tmp_path, capsys):
+    videos, faces = dataset(2, 1)
+    write_inputs(tmp_path, videos, faces)
+    assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 2
+    assert "only 2 group(s) contain a REAL video" in capsys.readouterr().err
+    assert not (tmp_path / "split.csv").exists()
+
+
+def test_prepare_count_mismatch_is_an_outlier_and_exit_1(tmp_path):
+    videos, faces = dataset(4, 1)
+    videos[0]["n_faces"] = 250  # faces.csv has 300 rows for o0
+    write_inputs(tmp_path, videos, faces)
+    assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 1
+    out = manifest.read_manifest(tmp_path / "outliers.csv", "outliers")
+    assert out["reason"].tolist()[:2] == [
+        "faces_mismatch: videos.csv n_faces 250, faces.csv has 300 rows",
+        "orphan_fake: original o0 was left out",
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_prepare_deterministic(tmp_path, seed):
+    videos, faces = dataset(8, 2)
+    write_inputs(tmp_path, videos, faces)
+    argv = ["prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed)]
+    assert cli.main(argv) == 0
+    first = (tmp_path / "split.csv").read_text()
+    assert cli.main(argv) == 0
+    assert (tmp_path / "split.csv").read_text() == first
+    meta = json.loads((tmp_path / "split.meta.json").read_text())
+    assert meta["config"]["seed"] == seed
