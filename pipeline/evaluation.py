@@ -1,0 +1,454 @@
+"""``dfpipe evaluate``: checkpoints + clips/split manifests -> one comparison report folder.
+
+Every model is scored on the same split of the same clips manifest. The report folder holds:
+
+- ``predictions.csv`` (manifest kind ``predictions``: video_id, label, group, model, p_fake) for
+  the evaluated split, ``val_predictions.csv`` for the validation split the thresholds come from,
+  ``frame_predictions.csv`` (one row per valid frame) for frame models;
+- ``metrics.json``: every metric at threshold 0.5 and at the validation-chosen threshold, each
+  with its grouped-bootstrap 95% interval and its count of videos per class;
+- ``report.md`` with a comparison table and the plots (``roc.png``, ``pr.png``,
+  ``confusion.png``, ``calibration.png``, ``training_curves.png``). Its first line is a
+  WARNING when any model was trained on synthetic data.
+
+The pure core is ``build_report`` (prediction tables in, report folder out); ``run`` loads the
+checkpoints, predicts, and calls it. The whole folder is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import __version__, plots
+from pipeline import metrics as M
+from pipeline.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from pipeline.manifest import validate, write_manifest
+
+logger = logging.getLogger(__name__)
+
+METRIC_LABELS: dict[str, str] = {
+    "roc_auc": "ROC AUC",
+    "average_precision": "average precision",
+    "log_loss": "log loss (DFDC)",
+    "balanced_log_loss": "class-balanced log loss",
+    "eer": "EER",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "precision": "precision",
+    "recall": "recall (TPR)",
+    "specificity": "specificity (TNR)",
+    "f1": "F1",
+}
+"""Report names of ``pipeline.metrics.METRIC_NAMES``, threshold-free ones first."""
+
+FRAME_COLUMNS = ("video_id", "label", "group", "model", "frame", "p_fake")
+
+
+@dataclass
+class ModelInfo:
+    """What the report says about one evaluated model.
+
+    Attributes:
+        name: the model's name in tables and plots (unique in one report).
+        arch: registry name (``cnn_lstm``, ``frame``) or ``frame_mean`` for the derived wrapper.
+        checkpoint: path of the checkpoint file.
+        train_data: the checkpoint's training-data summary (``synthetic`` flag included).
+        history: per-epoch dicts from the checkpoint (for training curves).
+        derived_from: for ``frame_mean``: the frame model it wraps (no training of its own).
+        checkpoint_threshold: the threshold stored in the checkpoint at training time, if any.
+        note: one line shown under the model in the report.
+    """
+
+    name: str
+    arch: str
+    checkpoint: str = ""
+    train_data: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    derived_from: str | None = None
+    checkpoint_threshold: float | None = None
+    note: str = ""
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the training data summary says the data was synthetic."""
+        return bool(self.train_data.get("synthetic", False))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (history left out: it is in the checkpoint)."""
+        d = dataclasses.asdict(self)
+        d.pop("history")
+        d["synthetic"] = self.synthetic
+        d["history_epochs"] = len(self.history)
+        return d
+
+
+def labels_to_y(labels: pd.Series, source: str = "predictions") -> np.ndarray:
+    """REAL/FAKE strings -> 0/1 (1 = FAKE); anything else raises ``ValueError``."""
+    lab = labels.astype("string").str.upper()
+    bad = sorted(set(lab[~lab.isin(["REAL", "FAKE"])].astype(str)))
+    if bad:
+        raise ValueError(f"{source}: labels must be REAL or FAKE, got {bad[:5]}")
+    return (lab == "FAKE").to_numpy(dtype=int)
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _cell(m: Mapping[str, Any]) -> str:
+    if not math.isfinite(m["value"]):
+        return "n/a"
+    ci = f" [{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if math.isfinite(m["lo"]) else " [n/a]"
+    return f"{_fmt(m['value'])}{ci}"
+
+
+def _metrics_with_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float,
+                     n_bootstrap: int, seed: int) -> dict[str, Any]:
+    point = M.video_metrics(y, p, threshold)
+    ci = M.bootstrap_video_metrics(y, p, groups, threshold, n=n_bootstrap, seed=seed) \
+        if n_bootstrap > 0 else {}
+    out: dict[str, Any] = {
+        "threshold": float(threshold),
+        "n_real": point["n_real"],
+        "n_fake": point["n_fake"],
+        "confusion": {k: point[k] for k in ("tp", "fp", "tn", "fn")},
+        "metrics": {},
+    }
+    for name in M.METRIC_NAMES:
+        c = ci.get(name, {"lo": math.nan, "hi": math.nan, "n_valid": 0, "n_skipped": 0})
+        out["metrics"][name] = {"value": point[name], "lo": c["lo"], "hi": c["hi"],
+                                "n_real": point["n_real"], "n_fake": point["n_fake"],
+                                "bootstrap_valid": c["n_valid"],
+                                "bootstrap_skipped": c["n_skipped"]}
+    return out
+
+
+def _val_threshold(model: str, val: pd.DataFrame | None, info: ModelInfo, rule: str,
+                   target_fpr: float) -> tuple[float, str]:
+    """(threshold, where it came from) for one model."""
+    rows = val[val["model"] == model] if val is not None and len(val) else None
+    if rows is not None and len(rows):
+        y = labels_to_y(rows["label"], "val predictions")
+        n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
+        if n_real and n_fake:
+            t = M.choose_threshold(y, rows["p_fake"].to_numpy(float), rule, target_fpr)
+            what = "max balanced accuracy" if rule == "balanced_accuracy" else \
+                f"FPR <= {target_fpr:g}"
+            return t, f"val split ({n_real} REAL / {n_fake} FAKE), {what}"
+    if info.checkpoint_threshold is not None and math.isfinite(info.checkpoint_threshold):
+        return float(info.checkpoint_threshold), "checkpoint (no usable val predictions)"
+    return 0.5, "0.5 (no usable val predictions)"
+
+
+def _frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """Per-frame ROC AUC, AP and log loss of each frame model (frame label = video label)."""
+    out: dict[str, Any] = {}
+    for model, rows in frames.groupby("model", sort=False):
+        y = labels_to_y(rows["label"], "frame predictions")
+        p = rows["p_fake"].to_numpy(float)
+        g = rows["group"].astype(str).to_numpy()
+        point = M.video_metrics(y, p)
+        res: dict[str, Any] = {
+            "n_real_frames": point["n_real"], "n_fake_frames": point["n_fake"],
+            "n_videos": int(rows["video_id"].nunique()), "metrics": {},
+        }
+        resamples = M.bootstrap_resamples(g, n_bootstrap, seed) if n_bootstrap > 0 else []
+        for name in ("roc_auc", "average_precision", "log_loss"):
+            vals = np.array([M.video_metrics(y[i], p[i])[name] for i in resamples], dtype=float)
+            lo, hi = M.percentile_interval(vals) if resamples else (math.nan, math.nan)
+            res["metrics"][name] = {"value": point[name], "lo": lo, "hi": hi,
+                                    "bootstrap_skipped": int(np.sum(~np.isfinite(vals)))}
+        out[str(model)] = res
+    return out
+
+
+def _train_data_line(info: ModelInfo) -> str:
+    td = info.train_data
+    if not td:
+        return "no training-data summary in the checkpoint"
+    parts = []
+    if "synthetic" in td:
+        parts.append("**SYNTHETIC**" if td["synthetic"] else "real data")
+    for k, v in td.items():
+        if k == "synthetic":
+            continue
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v, sort_keys=True, default=str)
+            if len(v) > 160:
+                v = v[:157] + "..."
+        parts.append(f"{k}: {v}")
+    return "; ".join(parts)
+
+
+def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: list[str]) -> str:
+    models = list(summary["models"])
+    lines: list[str] = []
+    synthetic = [n for n in models if infos[n].synthetic]
+    if synthetic:
+        lines.append(
+            f"**WARNING: {', '.join(synthetic)} trained on SYNTHETIC data: these numbers measure "
+            "the synthetic artefacts, not real deepfakes.**"
+        )
+        lines.append("")
+    d = summary["data"]
+    lines += [
+        f"# dfpipe evaluation: `{summary['split']}` split",
+        "",
+        f"{d['n_videos']} videos ({d['n_real']} REAL / {d['n_fake']} FAKE) in {d['n_groups']} "
+        f"groups (an original and its fakes). Created {summary['created']} by dfpipe "
+        f"{summary['dfpipe_version']}.",
+        f"Intervals: 95% percentile bootstrap over groups ({summary['bootstrap']} resamples, "
+        f"seed {summary['seed']}), so related fakes do not inflate confidence.",
+        "",
+        "## Models",
+        "",
+        "| model | architecture | checkpoint | thresholds (0.5 and validation) | trained on |",
+        "|---|---|---|---|---|",
+    ]
+    for n in models:
+        info, m = infos[n], summary["models"][n]
+        ck = f"`{info.checkpoint}`" if info.checkpoint else "-"
+        if info.derived_from:
+            ck += f" (derived from `{info.derived_from}`, no training of its own)"
+        lines.append(
+            f"| {n} | {info.arch} | {ck} | 0.5; val {m['val_threshold']:.4f} from "
+            f"{m['val_threshold_source']} | {_train_data_line(info)} |"
+        )
+    notes = [f"- **{n}**: {infos[n].note}" for n in models if infos[n].note]
+    if notes:
+        lines += [""] + notes
+    lines += [
+        "",
+        "## Comparison (video level)",
+        "",
+        "Each cell: value [95% interval]. The threshold column says which decision threshold a "
+        "number uses: `-` none (ranking/probability metrics), `0.5`, or `val` (chosen per model "
+        "on the validation split, value in the first row).",
+        "",
+        "| metric | threshold | videos REAL / FAKE | " + " | ".join(models) + " |",
+        "|---|---|---|" + "---|" * len(models),
+        "| validation threshold | - | - | "
+        + " | ".join(f"{summary['models'][n]['val_threshold']:.4f}" for n in models) + " |",
+    ]
+    first = summary["models"][models[0]]
+    counts = f"{first['at_0.5']['n_real']} / {first['at_0.5']['n_fake']}"
+    for metric, label in METRIC_LABELS.items():
+        keys = ["at_0.5"] if metric in M.THRESHOLD_FREE else ["at_0.5", "at_val"]
+        for key in keys:
+            thr = "-" if metric in M.THRESHOLD_FREE else key.removeprefix("at_")
+            cells = [_cell(summary["models"][n][key]["metrics"][metric]) for n in models]
+            lines.append(f"| {label} | {thr} | {counts} | " + " | ".join(cells) + " |")
+    skipped = {
+        (n, metric): summary["models"][n]["at_0.5"]["metrics"][metric]["bootstrap_skipped"]
+        for n in models for metric in M.METRIC_NAMES
+    }
+    skipped = {k: v for k, v in skipped.items() if v}
+    lines += [
+        "",
+        "ROC AUC, average precision and EER are computed from probabilities, never from hard "
+        "labels. Log loss is the DFDC competition metric (natural log, probabilities clipped to "
+        "1e-15); the class-balanced log loss is the mean of the REAL videos' mean loss and the "
+        "FAKE videos' mean loss (each class weighs one half). EER: the error rate where "
+        "false-positive rate = false-negative rate, interpolated on the ROC curve.",
+    ]
+    if skipped:
+        worst = max(skipped.values())
+        lines.append(
+            f"Bootstrap resamples with only one class were skipped for class-dependent metrics "
+            f"(at most {worst} of {summary['bootstrap']}; counts in metrics.json)."
+        )
+    if summary.get("frame_level"):
+        lines += [
+            "",
+            "## Frame level",
+            "",
+            "Frame models applied to every valid frame of each clip; a frame carries its video's "
+            "label. Intervals resample groups of videos, as above.",
+            "",
+            "| model | frames REAL / FAKE | videos | per-frame ROC AUC | per-frame AP | "
+            "per-frame log loss |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n, fl in summary["frame_level"].items():
+            mm = fl["metrics"]
+            lines.append(
+                f"| {n} | {fl['n_real_frames']} / {fl['n_fake_frames']} | {fl['n_videos']} | "
+                f"{_cell(mm['roc_auc'])} | {_cell(mm['average_precision'])} | "
+                f"{_cell(mm['log_loss'])} |"
+            )
+    captions = {
+        "roc.png": "ROC curves (video level)",
+        "pr.png": "Precision-recall curves (video level)",
+        "confusion.png": "Confusion matrices at 0.5 and at the validation threshold",
+        "calibration.png": "Reliability (calibration) and p_fake histograms",
+        "training_curves.png": "Training curves from the checkpoints' history",
+    }
+    lines += ["", "## Plots", ""]
+    for fig in figures:
+        lines += [f"### {captions.get(fig, fig)}", "", f"![{captions.get(fig, fig)}]({fig})", ""]
+    lines += [
+        "## Files",
+        "",
+        "- `predictions.csv`: per-video p_fake of every model on this split "
+        "(video_id, label, group, model, p_fake)",
+        "- `val_predictions.csv`: the same on the validation split (thresholds come from it)",
+        "- `metrics.json`: every number above, with bootstrap details",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_report(
+    predictions: pd.DataFrame,
+    val_predictions: pd.DataFrame | None,
+    model_infos: Mapping[str, ModelInfo],
+    out_dir: str | os.PathLike,
+    *,
+    frame_predictions: pd.DataFrame | None = None,
+    split: str = "test",
+    threshold_rule: str = "balanced_accuracy",
+    target_fpr: float = 0.1,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the report folder from prediction tables; return the metrics summary.
+
+    Args:
+        predictions: rows of manifest kind ``predictions`` for the evaluated split.
+        val_predictions: the same for the validation split (thresholds), or None.
+        model_infos: model name -> ``ModelInfo``; its order is the report's column order. Every
+            model in ``predictions`` needs one.
+        out_dir: report folder (replaced atomically as a whole).
+        frame_predictions: optional per-frame rows (``FRAME_COLUMNS``) for the frame-level view.
+        split: name of the evaluated split (for the report).
+        threshold_rule: ``balanced_accuracy`` or ``fpr`` (see ``metrics.choose_threshold``).
+        target_fpr: the bound for ``threshold_rule="fpr"``.
+        n_bootstrap: grouped bootstrap resamples (0: no intervals).
+        seed: bootstrap seed; every model uses the same resamples.
+        config: resolved config written to ``config.json``.
+
+    Raises:
+        ValueError: models scored on different videos, unknown labels or missing model infos.
+    """
+    preds = validate(predictions, "predictions", "predictions")
+    if preds.empty:
+        raise ValueError("no predictions to evaluate")
+    vals = validate(val_predictions, "predictions", "val predictions") \
+        if val_predictions is not None and len(val_predictions) else None
+    models = [m for m in model_infos if m in set(preds["model"])]
+    missing = sorted(set(preds["model"]) - set(model_infos))
+    if missing:
+        raise ValueError(f"predictions for model(s) {missing} without a ModelInfo")
+    reference: set[str] | None = None
+    for m in models:
+        ids = preds.loc[preds["model"] == m, "video_id"]
+        if ids.duplicated().any():
+            raise ValueError(f"model {m}: duplicate video_id(s) {sorted(set(ids[ids.duplicated()]))[:5]}")
+        if reference is None:
+            reference, ref_model = set(ids), m
+        elif set(ids) != reference:
+            diff = sorted(set(ids) ^ reference)[:5]
+            raise ValueError(f"models {ref_model} and {m} were scored on different videos: {diff}")
+
+    base = preds[preds["model"] == models[0]]
+    y_all = labels_to_y(base["label"])
+    summary: dict[str, Any] = {
+        "split": split,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dfpipe_version": __version__,
+        "threshold_rule": threshold_rule,
+        "target_fpr": target_fpr,
+        "bootstrap": n_bootstrap,
+        "seed": seed,
+        "data": {"n_videos": len(base), "n_real": int((y_all == 0).sum()),
+                 "n_fake": int((y_all == 1).sum()), "n_groups": int(base["group"].nunique())},
+        "any_synthetic": any(model_infos[m].synthetic for m in models),
+        "models": {},
+    }
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    conf_cells: dict[str, list] = {}
+    for m in models:
+        rows = preds[preds["model"] == m].sort_values("video_id")
+        y = labels_to_y(rows["label"])
+        p = rows["p_fake"].to_numpy(float)
+        g = rows["group"].astype(str).to_numpy()
+        thr, source = _val_threshold(m, vals, model_infos[m], threshold_rule, target_fpr)
+        logger.info("%s: %d videos, validation threshold %.4f (%s)", m, len(rows), thr, source)
+        at_05 = _metrics_with_ci(y, p, g, 0.5, n_bootstrap, seed)
+        at_val = _metrics_with_ci(y, p, g, thr, n_bootstrap, seed)
+        summary["models"][m] = {
+            "info": model_infos[m].to_dict(),
+            "val_threshold": thr,
+            "val_threshold_source": source,
+            "at_0.5": at_05,
+            "at_val": at_val,
+        }
+        curves[m] = (y, p)
+        conf_cells[m] = [("threshold 0.5", at_05["confusion"]),
+                         (f"val threshold {thr:.3f}", at_val["confusion"])]
+
+    frames = None
+    if frame_predictions is not None and len(frame_predictions):
+        miss = [c for c in FRAME_COLUMNS if c not in frame_predictions.columns]
+        if miss:
+            raise ValueError(f"frame predictions: missing column(s) {miss}")
+        frames = frame_predictions[list(FRAME_COLUMNS)].copy()
+        summary["frame_level"] = _frame_level(frames, n_bootstrap, seed)
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        figures = ["roc.png", "pr.png", "confusion.png", "calibration.png"]
+        plots.roc_plot(curves, tmp / "roc.png", title=f"ROC, video level ({split} split)")
+        plots.pr_plot(curves, tmp / "pr.png",
+                      title=f"Precision-recall, video level ({split} split, FAKE = positive)")
+        plots.confusion_plot(conf_cells, tmp / "confusion.png")
+        plots.calibration_plot(curves, tmp / "calibration.png")
+        histories = {m: model_infos[m].history for m in models
+                     if model_infos[m].history and not model_infos[m].derived_from}
+        if plots.training_curves_plot(histories, tmp / "training_curves.png") is not None:
+            figures.append("training_curves.png")
+        cfg = dict(config or {})
+        write_manifest(preds, tmp / "predictions.csv", "predictions", config=cfg,
+                       counts={"models": models, **summary["data"]})
+        if vals is not None:
+            write_manifest(vals, tmp / "val_predictions.csv", "predictions", config=cfg)
+        if frames is not None:
+            buf = io.StringIO()
+            frames.to_csv(buf, index=False)
+            atomic_write_text(tmp / "frame_predictions.csv", buf.getvalue())
+        summary["figures"] = figures
+        atomic_write_json(tmp / "metrics.json", _json_safe(summary))
+        atomic_write_json(tmp / "config.json", cfg)
+        atomic_write_text(tmp / "report.md", _markdown(summary, model_infos, figures))
+    logger.info("report written to %s", out_dir)
+    return summary
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,163 @@
+"""The evaluation report from synthetic predictions, and `dfpipe evaluate` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from pipeline import evaluation as E
+from pipeline import metrics as M
+from pipeline.manifest import read_manifest
+
+
+def _predictions(n_groups: int, seed: int, models: dict[str, float]) -> pd.DataFrame:
+    """One REAL original + two FAKEs per group; ``models``: name -> separation strength."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_groups):
+        for k, label in enumerate(["REAL", "FAKE", "FAKE"]):
+            vid = f"s{seed}_g{i}_v{k}"
+            for name, strength in models.items():
+                y = 1 if label == "FAKE" else 0
+                logit = strength * (2 * y - 1) + rng.normal(0, 1.0)
+                rows.append({"video_id": vid, "label": label, "group": f"s{seed}_g{i}",
+                             "model": name, "p_fake": 1 / (1 + math.exp(-logit))})
+    return pd.DataFrame(rows)
+
+
+def _frames(preds: pd.DataFrame, model: str, n_frames: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for r in preds[preds["model"] == model].itertuples():
+        for f in range(n_frames):
+            p = float(np.clip(r.p_fake + rng.normal(0, 0.15), 0, 1))
+            rows.append({"video_id": r.video_id, "label": r.label, "group": r.group,
+                         "model": "frame", "frame": f, "p_fake": p})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def infos():
+    hist = [{"epoch": e, "train_loss": 0.7 - 0.05 * e, "val_loss": 0.68 - 0.03 * e,
+             "val_roc_auc": 0.55 + 0.05 * e} for e in range(1, 7)]
+    return {
+        "cnn_lstm": E.ModelInfo("cnn_lstm", "cnn_lstm", "checkpoints/a/best.pt",
+                                {"synthetic": True, "n_train_videos": 24}, hist),
+        "frame": E.ModelInfo("frame", "frame", "checkpoints/b/best.pt",
+                             {"synthetic": False, "n_train_videos": 24}, hist[:4]),
+        "frame_mean": E.ModelInfo("frame_mean", "frame_mean", "checkpoints/b/best.pt",
+                                  {"synthetic": False}, derived_from="frame"),
+    }
+
+
+@pytest.fixture
+def report(tmp_path, infos):
+    models = {"cnn_lstm": 1.5, "frame": 0.6, "frame_mean": 0.9}
+    test = _predictions(40, 0, models)
+    val = _predictions(20, 1, models)
+    out = tmp_path / "report"
+    summary = E.build_report(test, val, infos, out, frame_predictions=_frames(test, "frame"),
+                             n_bootstrap=200, seed=0, config={"split": "test"})
+    return out, summary, test, val
+
+
+def test_report_files_and_first_line_warning(report):
+    out, summary, _, _ = report
+    for name in ["report.md", "metrics.json", "predictions.csv", "predictions.meta.json",
+                 "val_predictions.csv", "frame_predictions.csv", "roc.png", "pr.png",
+                 "confusion.png", "calibration.png", "training_curves.png", "config.json"]:
+        assert (out / name).is_file(), name
+    md = (out / "report.md").read_text()
+    first = md.splitlines()[0]
+    assert first.startswith("**WARNING") and "cnn_lstm" in first and "SYNTHETIC" in first
+    assert "frame," not in first  # only the synthetic model is named
+    for m in ("cnn_lstm", "frame", "frame_mean"):
+        assert f"| {m} |" in md
+    assert "| metric | threshold | videos REAL / FAKE | cnn_lstm | frame | frame_mean |" in md
+    assert "## Frame level" in md and "![" in md
+    assert not list(out.parent.glob(".tmp-*"))  # nothing half-written left behind
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_warning_without_synthetic(tmp_path, infos):
+    infos = {k: v for k, v in infos.items() if k != "cnn_lstm"}
+    test = _predictions(10, 0, {"frame": 1.0, "frame_mean": 1.0})
+    E.build_report(test, None, infos, tmp_path / "r", n_bootstrap=0)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.startswith("# dfpipe evaluation")
+    assert "WARNING" not in md
+    s = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert s["models"]["frame"]["val_threshold"] == 0.5
+    assert "no usable val predictions" in s["models"]["frame"]["val_threshold_source"]
+
+
+def test_metrics_json_recomputed_with_sklearn(report):
+    out, _, test, val = report
+    s = json.loads((out / "metrics.json").read_text())
+    assert list(s["models"]) == ["cnn_lstm", "frame", "frame_mean"]
+    for m in s["models"]:
+        rows = test[test["model"] == m]
+        y = (rows["label"] == "FAKE").to_numpy(int)
+        p = rows["p_fake"].to_numpy()
+        vrows = val[val["model"] == m]
+        t_val = M.choose_threshold((vrows["label"] == "FAKE").to_numpy(int), vrows["p_fake"])
+        entry = s["models"][m]
+        assert entry["val_threshold"] == pytest.approx(t_val)
+        assert "val split (20 REAL / 40 FAKE)" in entry["val_threshold_source"]
+        for key, thr in (("at_0.5", 0.5), ("at_val", t_val)):
+            res = entry[key]
+            assert res["threshold"] == pytest.approx(thr)
+            mm = res["metrics"]
+            pred = (p >= thr).astype(int)
+            assert mm["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y, p))
+            assert mm["average_precision"]["value"] == pytest.approx(
+                skm.average_precision_score(y, p))
+            assert mm["log_loss"]["value"] == pytest.approx(skm.log_loss(y, p))
+            assert mm["balanced_accuracy"]["value"] == pytest.approx(
+                skm.balanced_accuracy_score(y, pred))
+            assert mm["f1"]["value"] == pytest.approx(skm.f1_score(y, pred))
+            for name, v in mm.items():
+                assert v["n_real"] == 40 and v["n_fake"] == 80
+                assert v["lo"] <= v["value"] <= v["hi"], (m, key, name)
+    fl = s["frame_level"]["frame"]
+    frames = pd.read_csv(out / "frame_predictions.csv")
+    fy = (frames["label"] == "FAKE").to_numpy(int)
+    assert fl["metrics"]["roc_auc"]["value"] == pytest.approx(
+        skm.roc_auc_score(fy, frames["p_fake"]))
+    assert fl["n_real_frames"] == 200 and fl["n_fake_frames"] == 400
+
+
+def test_predictions_manifest_roundtrip(report):
+    out, _, test, _ = report
+    back = read_manifest(out / "predictions.csv", "predictions")
+    assert len(back) == len(test) and set(back["model"]) == {"cnn_lstm", "frame", "frame_mean"}
+    assert list(back.columns) == ["video_id", "label", "group", "model", "p_fake"]
+
+
+def test_rejects_models_on_different_videos(tmp_path, infos):
+    test = _predictions(5, 0, {"cnn_lstm": 1.0, "frame": 1.0})
+    test = test.drop(index=test.index[(test["model"] == "frame")][:1])
+    with pytest.raises(ValueError, match="different videos"):
+        E.build_report(test, None, infos, tmp_path / "r", n_bootstrap=0)
+    assert not (tmp_path / "r").exists()
+    bad = _predictions(5, 0, {"cnn_lstm": 1.0})
+    bad.loc[0, "label"] = "MAYBE"
+    with pytest.raises(ValueError, match="REAL or FAKE"):
+        E.build_report(bad, None, infos, tmp_path / "r", n_bootstrap=0)
+
+
+def test_fpr_rule_respects_target(tmp_path, infos):
+    test = _predictions(30, 0, {"frame": 1.0})
+    val = _predictions(30, 1, {"frame": 1.0})
+    s = E.build_report(test, val, {"frame": infos["frame"]}, tmp_path / "r",
+                       threshold_rule="fpr", target_fpr=0.05, n_bootstrap=0)
+    v = val[val["model"] == "frame"]
+    fpr = np.mean(v.loc[v["label"] == "REAL", "p_fake"] >= s["models"]["frame"]["val_threshold"])
+    assert fpr <= 0.05
+    assert "FPR <= 0.05" in s["models"]["frame"]["val_threshold_source"]
