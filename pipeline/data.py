@@ -1,0 +1,263 @@
+"""Datasets for training and evaluation: clips + split manifests -> tensors in dicts.
+
+One preprocessing path for every consumer: ``load_crop`` reads a JPEG crop as RGB uint8, and
+``crops_to_tensor`` turns a list of RGB uint8 crops into a normalized ``(T, C, H, W)`` float
+tensor. Training, evaluation and scoring (crops held in memory) all go through it, so the
+normalization constants below exist once.
+
+Samples are dicts:
+- clip mode (``cnn_lstm``, ``frame_mean``): ``{"clip": (T, C, H, W), "mask": (T,), "label", "video_id"}``;
+  padded slots (mask 0) are all-zero tensors.
+- image mode (``frame``): ``{"image": (C, H, W), "label", "video_id"}`` from slot ``frame_index``
+  (or the nearest valid slot when that one is padding; ties go to the earlier slot).
+
+``label`` is a float 0/1 tensor (1 = FAKE). Augmentation is sampled once per clip, from a seed
+made of (seed, epoch, index), and applied identically to every frame: results do not depend on
+DataLoader workers or on the number of DDP processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline.errors import ManifestError, PipelineError
+
+logger = logging.getLogger(__name__)
+
+# ImageNet statistics: torchvision backbones were trained with them; the tiny CNN and
+# InceptionResnetV1 are fine-tuned with them too (one normalization for every model).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+AUGMENTATIONS = ("flip", "color", "jpeg")
+
+
+class CropReadError(PipelineError):
+    """A face crop listed in a manifest cannot be read."""
+
+
+def load_crop(path: str | os.PathLike) -> np.ndarray:
+    """Read a face crop as an RGB uint8 array (H, W, 3); ``CropReadError`` names the file."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise CropReadError(f"{path}: cannot read face crop: {e}") from e
+
+
+def crops_to_tensor(crops: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
+    """RGB uint8 crops (H, W, 3) -> normalized float tensor (T, C, image_size, image_size).
+
+    Crops of another size are resized (area interpolation when shrinking, linear otherwise).
+    """
+    frames = []
+    for c in crops:
+        if c.ndim != 3 or c.shape[2] != 3 or c.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 (H, W, 3) crop, got {c.dtype} {c.shape}")
+        if c.shape[:2] != (image_size, image_size):
+            interp = cv2.INTER_AREA if c.shape[0] > image_size else cv2.INTER_LINEAR
+            c = cv2.resize(c, (image_size, image_size), interpolation=interp)
+        frames.append(c)
+    x = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (T, C, H, W) in [0, 1]
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std  # (T, C, H, W)
+
+
+# --------------------------------------------------------------------------------------------
+# augmentation: sampled once per clip, the same on every frame
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipAugment:
+    """Parameters of one clip's augmentation (``identity()`` changes nothing)."""
+
+    flip: bool = False
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    jpeg_quality: int = 0  # 0: no re-compression
+
+    @classmethod
+    def identity(cls) -> ClipAugment:
+        """No-op augmentation."""
+        return cls()
+
+    @classmethod
+    def sample(cls, ops: Sequence[str], rng: np.random.Generator) -> ClipAugment:
+        """Draw parameters for the enabled ``ops`` (subset of ``AUGMENTATIONS``)."""
+        unknown = sorted(set(ops) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
+        kw: dict[str, Any] = {}
+        if "flip" in ops:
+            kw["flip"] = bool(rng.random() < 0.5)
+        if "color" in ops:
+            kw["brightness"], kw["contrast"], kw["saturation"] = (
+                float(x) for x in rng.uniform(0.8, 1.2, size=3))
+        if "jpeg" in ops and rng.random() < 0.5:
+            kw["jpeg_quality"] = int(rng.integers(40, 96))
+        return cls(**kw)
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        """Apply to one RGB uint8 crop."""
+        x = crop
+        if self.flip:
+            x = x[:, ::-1]
+        if (self.brightness, self.contrast, self.saturation) != (1.0, 1.0, 1.0):
+            f = x.astype(np.float32) * self.brightness
+            gray = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W)
+            f = gray.mean() + self.contrast * (f - gray.mean())
+            gray = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            f = gray[..., None] + self.saturation * (f - gray[..., None])
+            x = np.clip(f, 0, 255).astype(np.uint8)
+        if self.jpeg_quality:
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(x[..., ::-1]),
+                                   [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            x = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        return np.ascontiguousarray(x)
+
+
+# --------------------------------------------------------------------------------------------
+# manifests -> per-video records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video's clip: crop paths per slot ("" = padding), mask, label (1 = FAKE)."""
+
+    video_id: str
+    label: int
+    paths: tuple[str, ...]
+    mask: tuple[int, ...]
+
+
+def label_to_int(label: str) -> int:
+    """REAL -> 0, FAKE -> 1."""
+    if label not in ("REAL", "FAKE"):
+        raise ManifestError(f"label must be REAL or FAKE, got {label!r}")
+    return int(label == "FAKE")
+
+
+def build_records(clips: pd.DataFrame, split: pd.DataFrame, which: str) -> list[VideoRecord]:
+    """Records of the videos in split ``which`` (sorted by video_id), from validated manifests.
+
+    Raises ``ManifestError`` when a video of the split has no clip rows, rows with gaps in the
+    slot numbering, or a different number of slots than the others.
+    """
+    ids = sorted(split.loc[split["split"] == which, "video_id"].astype(str))
+    by_video = {v: g for v, g in clips.groupby("video_id", sort=False)}
+    records, lengths = [], set()
+    for vid in ids:
+        g = by_video.get(vid)
+        if g is None:
+            raise ManifestError(f"clips manifest has no rows for video {vid} (split {which})")
+        g = g.sort_values("slot")
+        slots = g["slot"].to_numpy()
+        if not np.array_equal(slots, np.arange(len(g))):
+            raise ManifestError(f"clips manifest: video {vid} has slots {slots.tolist()}, "
+                                f"expected 0..{len(g) - 1}")
+        mask = tuple(int(m) for m in g["mask"])
+        paths = tuple(str(p) if m else "" for p, m in zip(g["crop_path"], mask, strict=True))
+        if any(m and not p for p, m in zip(paths, mask, strict=True)):
+            raise ManifestError(f"clips manifest: video {vid} has a valid slot without crop_path")
+        lengths.add(len(g))
+        records.append(VideoRecord(vid, label_to_int(str(g["label"].iloc[0])), paths, mask))
+    if len(lengths) > 1:
+        raise ManifestError(f"clips manifest: videos have different slot counts {sorted(lengths)}")
+    return records
+
+
+def nearest_valid_slot(mask: Sequence[int], index: int) -> int:
+    """``index`` if valid, else the nearest slot with mask 1 (ties: the earlier one)."""
+    valid = [i for i, m in enumerate(mask) if m]
+    if not valid:
+        raise ManifestError("clip has no valid frame")
+    return min(valid, key=lambda i: (abs(i - index), i))
+
+
+class ClipDataset(Dataset):
+    """Videos of one split as clip or image samples (see the module docstring).
+
+    Indexable by ``i`` (no augmentation unless ``augment`` is set, then epoch 0) or by
+    ``(i, epoch)`` as yielded by ``pipeline.engine.EpochSampler`` (augmentation seeded by
+    ``(seed, epoch, i)``).
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], mode: str = "clip", image_size: int = 160,
+                 frame_index: int = 15, augment: Sequence[str] = (), seed: int = 0) -> None:
+        if mode not in ("clip", "image"):
+            raise ValueError(f"mode must be 'clip' or 'image', not {mode!r}")
+        unknown = sorted(set(augment) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
+        self.records = list(records)
+        self.mode = mode
+        self.image_size = image_size
+        self.frame_index = frame_index
+        self.augment = tuple(augment)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """0/1 label per sample."""
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+    def _augmenter(self, index: int, epoch: int) -> ClipAugment:
+        if not self.augment:
+            return ClipAugment.identity()
+        rng = np.random.default_rng([self.seed, epoch, index])
+        return ClipAugment.sample(self.augment, rng)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        rec = self.records[index]
+        aug = self._augmenter(int(index), int(epoch))
+        label = torch.tensor(float(rec.label))
+        if self.mode == "image":
+            slot = nearest_valid_slot(rec.mask, self.frame_index)
+            image = crops_to_tensor([aug(load_crop(rec.paths[slot]))], self.image_size)[0]
+            return {"image": image, "label": label, "video_id": rec.video_id}
+        valid = [i for i, m in enumerate(rec.mask) if m]
+        clip = torch.zeros(len(rec.mask), 3, self.image_size, self.image_size)  # (T, C, H, W)
+        if valid:
+            clip[valid] = crops_to_tensor([aug(load_crop(rec.paths[i])) for i in valid],
+                                          self.image_size)
+        mask = torch.tensor(rec.mask, dtype=torch.float32)  # (T,)
+        return {"clip": clip, "mask": mask, "label": label, "video_id": rec.video_id}
+
+
+def read_clips_and_split(manifest_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validated clips and split manifests of a manifest folder."""
+    from pipeline.manifest import manifest_path, read_manifest
+
+    clips = read_manifest(manifest_path(manifest_dir, "clips"), "clips")
+    split = read_manifest(manifest_path(manifest_dir, "split"), "split")
+    return clips, split
+
+
+def split_dataset(manifest_dir: str | os.PathLike | None, which: str, mode: str, *,
+                  clips: pd.DataFrame | None = None, split: pd.DataFrame | None = None,
+                  **kwargs: Any) -> ClipDataset:
+    """A ``ClipDataset`` for split ``which`` (manifests read from ``manifest_dir`` unless given)."""
+    if clips is None or split is None:
+        clips, split = read_clips_and_split(Path(manifest_dir))
+    return ClipDataset(build_records(clips, split, which), mode=mode, **kwargs)
