@@ -1,0 +1,135 @@
+"""Checkpoints that rebuild their own model: payload dict <-> ``.pt`` file.
+
+A checkpoint holds only plain types and tensors, so it loads with
+``torch.load(weights_only=True)`` (no code runs on load). Keys:
+
+- ``format_version`` (``FORMAT_VERSION``), ``kind`` ("dfpipe-checkpoint")
+- ``model``: ``{"name", "kwargs"}`` -> ``create_model(name, **kwargs)``; ``state_dict``
+- ``epoch`` (epochs completed), ``metrics`` (validation metrics of that epoch),
+  ``best`` (``{"epoch", "loss", "metrics"}``), ``threshold`` + ``threshold_rule`` (chosen on
+  validation at the best epoch: scoring uses it)
+- ``config`` (resolved ``TrainConfig`` as a plain dict), ``train_data`` (clips/split manifest
+  sha256, counts per label per split, ``synthetic`` flag), ``preprocess`` (image size,
+  normalization, frame index), ``versions`` (dfpipe, torch, torchvision, python, numpy)
+- ``history`` (one dict per epoch: ``train_loss``, ``val_loss``, ``val_roc_auc``, ...)
+- resume state, in ``last.pt`` only: ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``stopper``
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import platform
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import CheckpointError
+from pipeline.fsutil import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KIND = "dfpipe-checkpoint"
+REQUIRED_KEYS = ("format_version", "model", "state_dict", "epoch", "config")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically (temp file + ``os.replace``); returns the path."""
+    path = Path(path)
+    payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    expect_model: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; ``CheckpointError`` says what is wrong.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where tensors go.
+        expect_model: if given, the stored model name must be this one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused: the file holds pickled objects that are not "
+                              f"plain types/tensors (weights_only load): {first}") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
+        raise CheckpointError(f"{path}: not a dfpipe checkpoint")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {ckpt['format_version']}, this dfpipe "
+                              f"reads format {FORMAT_VERSION}")
+    if expect_model is not None and ckpt["model"]["name"] != expect_model:
+        raise CheckpointError(f"{path}: checkpoint is a '{ckpt['model']['name']}' model, "
+                              f"expected '{expect_model}'")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any], as_model: str | None = None) -> nn.Module:
+    """Rebuild the model from a loaded checkpoint alone (registry + kwargs + state dict), eval mode.
+
+    Args:
+        ckpt: a dict from ``load_checkpoint``.
+        as_model: ``"frame_mean"`` wraps a stored ``frame`` model as the all-frames average.
+    """
+    from pipeline.models import create_model
+    from pipeline.models.temporal import FrameMean
+
+    name, kwargs = ckpt["model"]["name"], dict(ckpt["model"]["kwargs"])
+    model = create_model(name, **kwargs)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint state dict does not fit model '{name}': "
+                              f"{str(e).splitlines()[0]}") from e
+    if as_model is not None and as_model != name:
+        if (name, as_model) != ("frame", "frame_mean"):
+            raise CheckpointError(f"a '{name}' checkpoint cannot be used as '{as_model}' "
+                                  "(only frame -> frame_mean)")
+        model = FrameMean.from_frame(model)
+    return model.eval()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a checkpoint."""
+    import torchvision
+
+    from pipeline import __version__
+
+    return {"dfpipe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def plain(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays, tuples and paths into plain Python types."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
