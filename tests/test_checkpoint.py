@@ -100,7 +100,7 @@ def test_wrong_format_version_and_missing_file(tmp_path):
 def test_save_is_atomic_no_temp_left_and_old_file_kept_on_failure(tmp_path):
     path = C.save_checkpoint(tmp_path / "f.pt", _payload(create_model("frame")))
     before = path.read_bytes()
-    with pytest.raises(pickle.PicklingError):  # a lambda cannot be saved: the old file must survive intact
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be saved: the old file must survive intact
         C.save_checkpoint(path, {"bad": lambda: 0})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["f.pt"]
