@@ -1,0 +1,437 @@
+"""Stage 1, ``dfpipe extract``: raw videos -> face crops + ``videos``/``faces`` manifests.
+
+Input: DFDC part folders (``metadata.json`` + mp4s; folders are searched recursively), plain
+folders or single video files. Output: ``FACES_DIR/<video_id>/<frame:04d>_<track>.jpg`` plus
+``videos.csv`` and ``faces.csv`` in the manifest folder.
+
+Resume: each finished video is one folder ``FACES_DIR/<video_id>/`` written under a temporary
+name and renamed whole, holding its crops, ``_video.json`` (its videos-row and the parameters
+that made it) and ``_faces.csv``. A rerun skips videos whose folder exists with the same
+parameters, and rebuilds both manifests from all per-video records (sorted by video_id, frame,
+track), so a run killed at any moment and rerun gives the manifests an uninterrupted run gives.
+Failed videos are recorded in ``FACES_DIR/_failed/<video_id>.json`` and retried on every rerun.
+
+Statuses: ``ok``; ``no_face`` (a readable video where MTCNN found no face: a valid outcome, not a
+failure); failures: ``missing_file`` (listed in metadata.json but absent), ``empty_file``,
+``read_error`` (not a video, truncated, decoder error), ``too_short`` (fewer than 2 frames),
+``duplicate_id`` (a second file with an id already seen), ``bad_metadata`` (a metadata.json that
+cannot be used; its folder's videos are still processed with label ""), ``error`` (anything
+else, with the exception). Exit status 1 when any failure occurred.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import config as config_mod
+from pipeline.config import ExtractConfig
+from pipeline.errors import ConfigError, MetadataError, VideoReadError
+from pipeline.fsutil import atomic_path, atomic_write_json, remove_stale_temps
+from pipeline.manifest import LABELS, SCHEMAS, manifest_path, write_manifest
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+MIN_FRAMES = 2
+OK_STATUSES = ("ok", "no_face")
+FAILED_DIR = "_failed"
+VIDEO_RECORD = "_video.json"
+FACES_RECORD = "_faces.csv"
+FACE_FIELDS = ["frame", "track", "x1", "y1", "x2", "y2", "prob", "crop"]
+# parameters that change a video's outputs: a recorded video made with others is redone
+RESULT_PARAMS = ("detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
+                 "crop_size", "jpeg_quality", "iou_threshold", "batch_size")
+# environment for pool workers; see data_manifests/README.md ("videos") for the measurement
+WORKER_ENV: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------------------- discovery
+
+
+def _row(**kw: Any) -> dict[str, Any]:
+    """A videos-row with every column (missing numbers NaN, strings "")."""
+    row: dict[str, Any] = {}
+    for col, dtype in SCHEMAS["videos"].columns.items():
+        row[col] = kw.get(col, "" if dtype == "string" else math.nan)
+    return row
+
+
+def _read_metadata(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MetadataError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from e
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise MetadataError(f"{path}: expected an object mapping 'x.mp4' to {{label, original}}")
+    return data
+
+
+def _label(entry: dict) -> str:
+    label = str(entry.get("label") or "").upper()
+    return label if label in LABELS else ""
+
+
+def _stem(name: Any) -> str:
+    return Path(str(name)).stem if name else ""
+
+
+def discover_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]:
+    """Find the videos to process and the rows that fail before any decoding.
+
+    Args:
+        paths: DFDC part folders (``metadata.json`` + videos), folders of those, plain folders
+            of videos, or video files. Folders are searched recursively.
+
+    Returns:
+        ``(items, failed_rows)``: items are plain dicts (``id``, ``video_id``, ``part``, ``path``,
+        ``label``, ``original``) sorted by video_id; failed_rows are videos-rows for metadata
+        entries whose file is missing (``missing_file``), unreadable metadata (``bad_metadata``)
+        and second files with an id already seen (``duplicate_id``).
+
+    Raises:
+        ConfigError: a given path does not exist.
+    """
+    items: list[dict] = []
+    failed: list[dict] = []
+    folders: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ConfigError(f"{p}: input not found")
+        if p.is_dir():
+            folders.extend(sorted({p, *[d for d in p.rglob("*") if d.is_dir()]}))
+        else:
+            items.append(dict(video_id=p.stem, part="", path=str(p.resolve()), label="", original=""))
+    for folder in folders:
+        videos = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+        meta_file = folder / "metadata.json"
+        meta: dict[str, dict] = {}
+        part = folder.name
+        if meta_file.is_file():
+            try:
+                meta = _read_metadata(meta_file)
+            except MetadataError as e:
+                logger.warning("%s", e)
+                failed.append(_row(video_id=f"{part}/metadata.json", part=part,
+                                   path=str(meta_file.resolve()), status="bad_metadata",
+                                   reason=f"{e}; videos in this folder get label ''"))
+        present = {f.name for f in videos}
+        for name, entry in sorted(meta.items()):
+            if name not in present:
+                failed.append(_row(video_id=_stem(name), part=part, path=str((folder / name).resolve()),
+                                   label=_label(entry), original=_stem(entry.get("original")),
+                                   status="missing_file",
+                                   reason=f"{folder / name}: listed in {meta_file} but not present"))
+        for f in videos:
+            entry = meta.get(f.name, {})
+            items.append(dict(video_id=f.stem, part=part, path=str(f.resolve()),
+                              label=_label(entry), original=_stem(entry.get("original"))))
+    seen: dict[str, str] = {}
+    unique = []
+    for it in sorted(items, key=lambda x: (x["video_id"], x["path"])):
+        if it["video_id"] in seen:
+            if seen[it["video_id"]] == it["path"]:
+                continue  # the same file given twice
+            failed.append(_row(**it, status="duplicate_id",
+                               reason=f"{it['path']}: id {it['video_id']} already used by {seen[it['video_id']]}"))
+            continue
+        seen[it["video_id"]] = it["path"]
+        unique.append({"id": it["video_id"], **it})
+    return unique, failed
+
+
+# ---------------------------------------------------------------------------- per-video work
+
+
+def result_params(cfg: ExtractConfig) -> dict[str, Any]:
+    """The config values a video's outputs depend on (stored in its record)."""
+    return {k: getattr(cfg, k) for k in RESULT_PARAMS}
+
+
+class ExtractWorker:
+    """Engine-agnostic per-video worker: built once per process (loads MTCNN once).
+
+    ``worker(item) -> videos-row dict`` never raises for a bad video: the failure is the row's
+    status and reason (and a record in ``FACES_DIR/_failed/``).
+    """
+
+    def __init__(self, cfg: ExtractConfig, threads: int = 1) -> None:
+        import torch
+
+        from pipeline.faces import MTCNNDetector
+
+        torch.set_num_threads(max(1, threads))
+        self.cfg = cfg
+        self.threads = threads
+        self.out = Path(cfg.out)
+        self.detector = MTCNNDetector(
+            device=cfg.device, min_face_size=cfg.min_face_size, scale=cfg.scale,
+            retry_scale=cfg.retry_scale, min_prob=cfg.min_face_prob,
+        )
+
+    def __call__(self, item: dict) -> dict:
+        t0 = time.perf_counter()
+        base = {k: item.get(k, "") for k in ("video_id", "part", "path", "label", "original")}
+        try:
+            row = self._process(item, base, t0)
+        except VideoReadError as e:
+            status = "empty_file" if "empty file" in str(e) else (
+                "missing_file" if "file not found" in str(e) else "read_error")
+            row = _row(**base, status=status, reason=str(e))
+        except Exception as e:  # noqa: BLE001 - one bad video must not stop the job
+            logger.exception("%s: unexpected error", item.get("path"))
+            row = _row(**base, status="error", reason=f"{item.get('path')}: {type(e).__name__}: "
+                       + " ".join(str(e).split())[:300])
+        if isinstance(row.get("seconds"), float) and math.isnan(row["seconds"]):
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+        row["id"] = item["id"]
+        if row["status"] not in OK_STATUSES:
+            try:
+                atomic_write_json(self.out / FAILED_DIR / f"{row['video_id']}.json", _plain(row))
+            except OSError as e:
+                logger.warning("cannot record failure of %s: %s", row["video_id"], e)
+        return row
+
+    def _process(self, item: dict, base: dict, t0: float) -> dict:
+        from pipeline.faces import extract_faces, write_video_faces
+        from pipeline.video_io import open_video
+
+        cfg = self.cfg
+        reader = open_video(item["path"], cfg.decoder, num_threads=self.threads)
+        info = reader.info
+        meta = dict(fps=round(info.fps, 4), n_frames=info.n_frames, width=info.width, height=info.height)
+        if info.n_frames < MIN_FRAMES:
+            return _row(**base, **meta, status="too_short",
+                        reason=f"{item['path']}: {info.n_frames} frame(s), need at least {MIN_FRAMES}")
+        faces = extract_faces(reader, self.detector, cfg)
+        reader.close()
+        status = "ok" if faces.records else "no_face"
+        row = _row(**base, **meta, n_face_frames=faces.n_face_frames, n_faces=len(faces.records),
+                   n_multi_face_frames=faces.n_multi_face_frames, n_tracks=faces.n_tracks,
+                   status=status, reason="" if faces.records else f"{item['path']}: no face found")
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(FACE_FIELDS)
+        for r in faces.records:
+            w.writerow([r.frame, r.track, *(f"{v:.2f}" for v in r.box),
+                        "" if math.isnan(r.prob) else f"{r.prob:.6f}", r.name])
+        final = self.out / item["video_id"]
+        with atomic_path(final, is_dir=True) as tmp:
+            write_video_faces(faces, tmp, cfg.jpeg_quality)
+            (tmp / FACES_RECORD).write_text(buf.getvalue())
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            # the record goes last: a folder is complete exactly when it has one
+            record = {"row": _plain(row), "params": result_params(cfg)}
+            (tmp / VIDEO_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
+        failed = self.out / FAILED_DIR / f"{item['video_id']}.json"
+        if failed.exists():
+            failed.unlink()
+        return row
+
+
+def _plain(row: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items() if k != "id"}
+
+
+def load_record(out: Path, video_id: str, cfg: ExtractConfig) -> dict | None:
+    """The stored videos-row of a finished video, or None when it must be (re)done."""
+    rec = out / video_id / VIDEO_RECORD
+    if not rec.is_file():
+        return None
+    try:
+        data = json.loads(rec.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if data.get("params") != result_params(cfg):
+        return None
+    return _row(**{k: (math.nan if v is None else v) for k, v in data["row"].items()})
+
+
+def read_face_records(out: Path, video_id: str) -> Iterator[list[Any]]:
+    """Faces-rows ``[video_id, frame, track, x1, y1, x2, y2, prob, crop_path]`` of a finished video."""
+    folder = (out / video_id).resolve()
+    with open(folder / FACES_RECORD, newline="") as f:
+        for r in csv.DictReader(f):
+            yield [video_id, int(r["frame"]), int(r["track"]), float(r["x1"]), float(r["y1"]),
+                   float(r["x2"]), float(r["y2"]), float(r["prob"]) if r["prob"] else math.nan,
+                   str(folder / r["crop"])]
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _results(cfg: ExtractConfig, todo: list[dict]) -> Iterator[dict]:
+    from pipeline.executors import run_items
+
+    return run_items(ExtractWorker, (cfg,), todo, engine=cfg.engine, workers=cfg.workers,
+                     address=cfg.address, max_in_flight=cfg.max_in_flight, desc="videos",
+                     threads_per_worker=1, env=WORKER_ENV or None, progress=False)
+
+
+def write_manifests(cfg: ExtractConfig, rows: list[dict], *, kind_counts: dict | None = None) -> dict[str, Any]:
+    """Write ``videos.csv`` and ``faces.csv`` (rows sorted) from videos-rows and face records."""
+    out = Path(cfg.out)
+    videos = pd.DataFrame([{k: r.get(k) for k in SCHEMAS["videos"].columns} for r in rows],
+                          columns=list(SCHEMAS["videos"].columns))
+    videos = videos.sort_values(["video_id", "path"], kind="stable").reset_index(drop=True)
+    face_rows: list[list[Any]] = []
+    for r in rows:
+        if r["status"] == "ok" and r.get("_faces_from") is None:
+            face_rows.extend(read_face_records(out, r["video_id"]))
+        elif r.get("_faces_from") is not None:
+            face_rows.extend(r["_faces_from"])
+    faces = pd.DataFrame(face_rows, columns=list(SCHEMAS["faces"].columns))
+    faces = faces.sort_values(["video_id", "frame", "track"], kind="stable").reset_index(drop=True)
+    statuses = Counter(videos["status"])
+    counts = {
+        "videos": len(videos),
+        "failed": int(sum(n for s, n in statuses.items() if s not in OK_STATUSES)),
+        "faces": len(faces),
+        "status": dict(sorted(statuses.items())),
+        **(kind_counts or {}),
+    }
+    mdir = Path(cfg.manifest_dir)
+    conf = config_mod.to_dict(cfg)
+    write_manifest(videos, manifest_path(mdir, "videos"), "videos", config=conf, counts=counts)
+    write_manifest(faces, manifest_path(mdir, "faces"), "faces", config=conf, counts=counts)
+    return counts
+
+
+def run(cfg: ExtractConfig) -> int:
+    """``dfpipe extract``: process every input video (resuming), write both manifests.
+
+    Returns:
+        0 when every video is ok or no_face, 1 when any failed.
+    """
+    if cfg.from_faces:
+        return import_faces(cfg)
+    if not cfg.inputs:
+        raise ConfigError("extract: give at least one input folder or video (or --from-faces DIR)")
+    if cfg.detect_every < 1 or cfg.batch_size < 1 or cfg.crop_size < 1:
+        raise ConfigError("extract: --detect-every, --batch-size and --crop-size must be >= 1")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_stale = remove_stale_temps(out) + remove_stale_temps(out / FAILED_DIR)
+    if n_stale:
+        logger.info("removed %d leftover temporary file(s) of an interrupted run", n_stale)
+    items, rows = discover_inputs(cfg.inputs)
+    todo: list[dict] = []
+    n_resumed = 0
+    for it in items:
+        rec = None if cfg.overwrite else load_record(out, it["video_id"], cfg)
+        if rec is not None:
+            rec.update({k: it[k] for k in ("part", "path", "label", "original")})
+            rows.append(rec)
+            n_resumed += 1
+        else:
+            todo.append(it)
+    logger.info("%d video(s): %d done before, %d to process, %d failed before decoding",
+                len(items), n_resumed, len(todo), len(rows) - n_resumed)
+
+    from tqdm import tqdm
+
+    by_id = {it["id"]: it for it in todo}
+
+    t0 = time.perf_counter()
+    n_faces = n_failed = 0
+    with tqdm(total=len(todo), desc="extract", unit="video", dynamic_ncols=True) as bar:
+        for res in _results(cfg, todo):
+            item = by_id[res["id"]]
+            merged = {**{k: item[k] for k in ("video_id", "part", "path", "label", "original")},
+                      **{k: v for k, v in res.items() if k in SCHEMAS["videos"].columns}}
+            row = _row(**merged)
+            if row["status"] not in OK_STATUSES:
+                n_failed += 1
+                logger.warning("%s: %s", row["status"], row["reason"])
+            elif not math.isnan(float(row["n_faces"])):
+                n_faces += int(row["n_faces"])
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(faces_per_s=f"{n_faces / max(time.perf_counter() - t0, 1e-9):.0f}",
+                            failed=n_failed)
+    counts = write_manifests(cfg, rows, kind_counts={"resumed": n_resumed, "processed": len(todo)})
+    logger.info("extract: %d videos (%s), %d faces, %.1f s; manifests in %s",
+                counts["videos"], ", ".join(f"{k} {v}" for k, v in counts["status"].items()),
+                counts["faces"], time.perf_counter() - t0, cfg.manifest_dir)
+    return 1 if counts["failed"] else 0
+
+
+# ---------------------------------------------------------------------------- import
+
+
+def _frame_number(name: str, fallback: int) -> int:
+    digits = "".join(ch if ch.isdigit() else " " for ch in Path(name).stem).split()
+    return int(digits[-1]) if digits else fallback
+
+
+def import_faces(cfg: ExtractConfig) -> int:
+    """``--from-faces DIR --metadata CSV``: pre-extracted face folders -> the same manifests.
+
+    Layout (Kaggle "deepfake-detection-faces"): ``DIR/<video_id>/<frame>.jpg`` and a CSV with
+    ``filename,label,original`` (extra columns ignored). Images are referenced where they are
+    (not copied); frame numbers come from the last number in each image name, track is 0, boxes
+    and probabilities are NaN. Metadata rows without a folder are ``missing_file``; folders
+    without a metadata row get label ""; a folder without images is ``no_face``.
+    """
+    src = Path(cfg.from_faces or "")
+    if not src.is_dir():
+        raise ConfigError(f"--from-faces {src}: folder not found")
+    meta: dict[str, dict] = {}
+    if cfg.metadata:
+        mpath = Path(cfg.metadata)
+        if not mpath.is_file():
+            raise ConfigError(f"--metadata {mpath}: file not found")
+        try:
+            table = pd.read_csv(mpath, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise MetadataError(f"{mpath}: unreadable CSV: {e}") from e
+        if "filename" not in table.columns or "label" not in table.columns:
+            raise MetadataError(f"{mpath}: needs columns filename,label[,original]; has {list(table.columns)}")
+        for r in table.to_dict("records"):
+            meta[_stem(r["filename"])] = r
+    folders = {d.name: d for d in src.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))}
+    rows: list[dict] = []
+    for vid in sorted(set(folders) | set(meta)):
+        entry = meta.get(vid, {})
+        base = dict(video_id=vid, part=src.name, label=_label(entry),
+                    original=_stem(entry.get("original", "")))
+        if vid not in folders:
+            rows.append(_row(**base, path=str((src / vid).resolve()), status="missing_file",
+                             reason=f"{src / vid}: listed in {cfg.metadata} but no face folder"))
+            continue
+        folder = folders[vid].resolve()
+        images = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        faces = []
+        seen: set[int] = set()
+        for i, img in enumerate(images):
+            frame = _frame_number(img.name, i)
+            if frame in seen:
+                frame = max(seen) + 1
+            seen.add(frame)
+            faces.append([vid, frame, 0, math.nan, math.nan, math.nan, math.nan, math.nan, str(img)])
+        row = _row(**base, path=str(folder), n_face_frames=len(faces), n_faces=len(faces),
+                   n_multi_face_frames=0, n_tracks=1 if faces else 0,
+                   status="ok" if faces else "no_face",
+                   reason="" if faces else f"{folder}: no images")
+        row["_faces_from"] = faces
+        rows.append(row)
+    counts = write_manifests(cfg, rows, kind_counts={"imported_from": str(src)})
+    logger.info("import: %d videos (%s), %d faces; manifests in %s", counts["videos"],
+                ", ".join(f"{k} {v}" for k, v in counts["status"].items()), counts["faces"],
+                cfg.manifest_dir)
+    return 1 if counts["failed"] else 0
+
+
+__all__ = ["ExtractWorker", "discover_inputs", "import_faces", "load_record", "run", "write_manifests"]

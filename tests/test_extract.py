@@ -1,0 +1,228 @@
+"""extract stage: discovery, the worker on synthetic clips with real MTCNN (pretrained weights
+shipped with facenet-pytorch, offline), bad inputs as rows, resume, import, real DFDC samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import cli
+from pipeline.config import ExtractConfig
+from pipeline.extract import ExtractWorker, discover_inputs, run
+from pipeline.manifest import manifest_path, read_manifest, read_meta
+from pipeline.synth import load_truth, write_clip
+
+torch.set_num_threads(1)
+
+
+def _cfg(tmp, inputs, **kw):
+    base = dict(inputs=tuple(map(str, inputs)), out=str(tmp / "faces"), manifest_dir=str(tmp / "m"),
+                engine="inline", crop_size=48)
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+def _manifests(cfg):
+    v = read_manifest(manifest_path(cfg.manifest_dir, "videos"), "videos")
+    f = read_manifest(manifest_path(cfg.manifest_dir, "faces"), "faces")
+    return v, f
+
+
+def test_discover_inputs(tmp_path, clip_factory):
+    part = tmp_path / "dfdc_train_part_3"
+    part.mkdir()
+    clip_factory(part / "aaa.mp4", n_frames=2, width=64, height=64)
+    clip_factory(part / "bbb.mp4", n_frames=2, width=64, height=64)
+    (part / "notes.txt").write_text("not a video")
+    (part / "metadata.json").write_text(json.dumps({
+        "aaa.mp4": {"label": "FAKE", "split": "train", "original": "bbb.mp4"},
+        "bbb.mp4": {"label": "REAL", "split": "train", "original": None},
+        "gone.mp4": {"label": "REAL", "split": "train", "original": None}}))
+    other = tmp_path / "loose"
+    other.mkdir()
+    clip_factory(other / "aaa.mp4", n_frames=2, width=64, height=64)  # same id as in the part
+    items, failed = discover_inputs([tmp_path])
+    assert [(i["id"], i["part"], i["label"], i["original"]) for i in items] == [
+        ("aaa", "dfdc_train_part_3", "FAKE", "bbb"), ("bbb", "dfdc_train_part_3", "REAL", "")]
+    assert {(r["video_id"], r["status"]) for r in failed} == {("gone", "missing_file"), ("aaa", "duplicate_id")}
+    assert all(str(tmp_path) in r["reason"] for r in failed)
+    with pytest.raises(Exception, match="input not found"):
+        discover_inputs([tmp_path / "nope"])
+
+
+def test_worker_on_synthetic_dataset(synth_dir, tmp_path):
+    items, failed = discover_inputs([synth_dir])
+    truth = {t["video_id"]: t for t in load_truth(synth_dir)}
+    assert not failed and len(items) == 4
+    worker = ExtractWorker(ExtractConfig(out=str(tmp_path), crop_size=64))
+    for it in items:
+        row = worker(it)
+        assert row["status"] == "ok", row
+        assert row["label"] in ("REAL", "FAKE") and row["n_frames"] == 60
+        crops = sorted((tmp_path / it["video_id"]).glob("*.jpg"))
+        t = truth[it["video_id"]]
+        two, none = set(t["two_face_frames"]), set(t["no_face_frames"])
+        assert len(crops) == row["n_faces"]
+        assert row["n_face_frames"] >= 0.9 * (60 - len(none))
+        assert row["n_face_frames"] <= 60 - 0.8 * len(none)
+        assert row["n_multi_face_frames"] >= 0.8 * len(two)
+        assert row["n_tracks"] == (2 if two else 1)
+        names = {p.name for p in crops}
+        if two:  # the second face has its own track
+            assert len({f"{f:04d}_1.jpg" for f in two} & names) >= 0.8 * len(two)
+        assert all(len(n) == len("0000_0.jpg") and n.endswith(".jpg") for n in names)
+    from PIL import Image
+    assert Image.open(crops[0]).size == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    """One good clip and every kind of bad input, in DFDC folders."""
+    from pipeline.synth import make_clip
+
+    root = tmp_path_factory.mktemp("bad")
+    part = root / "dfdc_train_part_0"
+    part.mkdir()
+    make_clip(part / "good.mp4", n_frames=8)
+    data = (part / "good.mp4").read_bytes()
+    (part / "truncated.mp4").write_bytes(data[: len(data) // 10])
+    (part / "zero.mp4").write_bytes(b"")
+    (part / "random.mp4").write_bytes(np.random.default_rng(0).bytes(40_000))
+    (part / "text.mp4").write_text("hello, I am not a video\n")
+    make_clip(part / "oneframe.mp4", n_frames=1)
+    write_clip((np.full((96, 128, 3), 90, np.uint8) for _ in range(6)), part / "noface.mp4", 30.0)
+    make_clip(part / "extra.mp4", n_frames=4)  # present but not in metadata
+    listed = ["good", "truncated", "zero", "random", "text", "oneframe", "noface", "missing"]
+    (part / "metadata.json").write_text(json.dumps(
+        {f"{v}.mp4": {"label": "REAL", "split": "train", "original": None} for v in listed}))
+    broken = root / "dfdc_train_part_1"
+    broken.mkdir()
+    (broken / "metadata.json").write_text("{not json")
+    make_clip(broken / "inbroken.mp4", n_frames=3)
+    return root
+
+
+EXPECTED = {
+    "good": "ok", "extra": "ok", "inbroken": "ok", "truncated": "read_error", "zero": "empty_file",
+    "random": "read_error", "text": "read_error", "oneframe": "too_short", "noface": "no_face",
+    "missing": "missing_file", "dfdc_train_part_1/metadata.json": "bad_metadata",
+}
+
+
+def test_bad_inputs_become_rows_and_the_job_goes_on(bad_inputs, tmp_path):
+    cfg = _cfg(tmp_path, [bad_inputs])
+    assert run(cfg) == 1
+    videos, faces = _manifests(cfg)
+    got = dict(zip(videos["video_id"], videos["status"], strict=True))
+    assert got == EXPECTED
+    for _, r in videos.iterrows():
+        if r["status"] != "ok":
+            assert r["reason"] and "\n" not in r["reason"]
+            assert r["video_id"].split("/")[0] in r["reason"] or "dfdc_train_part_1" in r["reason"]
+        else:
+            assert r["reason"] == ""
+    labels = dict(zip(videos["video_id"], videos["label"], strict=True))
+    assert labels["good"] == "REAL" and labels["extra"] == "" and labels["inbroken"] == ""
+    assert set(faces["video_id"]) == {"good", "extra", "inbroken"}
+    assert faces["crop_path"].map(os.path.isfile).all()
+    assert (faces.groupby("video_id").size() == videos.set_index("video_id")["n_faces"].dropna()
+            .astype(int).loc[["extra", "good", "inbroken"]]).all()
+    # failures are recorded for inspection; the no-face video is done, not failed
+    failed = {p.stem for p in (tmp_path / "faces" / "_failed").glob("*.json")}
+    assert failed == {"truncated", "zero", "random", "text", "oneframe"}
+    assert (tmp_path / "faces" / "noface" / "_video.json").is_file()
+    meta = read_meta(manifest_path(cfg.manifest_dir, "videos"))
+    assert meta["config"]["crop_size"] == 48 and meta["counts"]["failed"] == 7
+
+
+def _without_timing(df):
+    return df.drop(columns=["seconds"]) if "seconds" in df else df
+
+
+def test_resume_skips_done_videos_and_equals_an_uninterrupted_run(synth_dir, tmp_path):
+    full = _cfg(tmp_path / "a", [synth_dir], scale=0.5)
+    assert run(full) == 0
+    v_full, f_full = _manifests(full)
+    assert len(v_full) == 4 and (v_full["status"] == "ok").all()
+
+    # a "killed" run: one video finished, a half-written temp folder and temp file left behind
+    part = _cfg(tmp_path / "b", [synth_dir], scale=0.5)
+    done_id = sorted(v_full["video_id"])[0]
+    shutil.copytree(tmp_path / "a" / "faces" / done_id, tmp_path / "b" / "faces" / done_id)
+    half = tmp_path / "b" / "faces" / f".tmp-{sorted(v_full['video_id'])[1]}.xyz"
+    half.mkdir()
+    (half / "0000_0.jpg").write_bytes(b"\xff\xd8 partial")
+    rec = tmp_path / "b" / "faces" / done_id / "_video.json"
+    mtime = rec.stat().st_mtime_ns
+    assert run(part) == 0
+    assert not half.exists()
+    assert rec.stat().st_mtime_ns == mtime  # not recomputed
+    v_b, f_b = _manifests(part)
+    pd.testing.assert_frame_equal(_without_timing(v_b), _without_timing(v_full))
+    strip = lambda f, root: f.assign(crop_path=f["crop_path"].str.replace(str(root), ""))  # noqa: E731
+    pd.testing.assert_frame_equal(strip(f_b, tmp_path / "b"), strip(f_full, tmp_path / "a"))
+
+    # a third run recomputes nothing at all; changed parameters redo the videos
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "faces").glob("*/_video.json")}
+    assert run(part) == 0
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    v_c, _ = _manifests(part)
+    pd.testing.assert_frame_equal(v_c, v_b)  # seconds come from the records too
+    assert run(_cfg(tmp_path / "b", [synth_dir], crop_size=32, detect_every=20)) == 0
+    assert all(p.stat().st_mtime_ns != m for p, m in mtimes.items())
+
+
+def test_cli_end_to_end_with_detect_every(synth_dir, tmp_path):
+    rc = cli.main(["extract", str(synth_dir), "--out", str(tmp_path / "f"), "--manifest-dir",
+                   str(tmp_path / "m"), "--engine", "inline", "--detect-every", "4", "--scale", "0.5"])
+    assert rc == 0
+    v = read_manifest(tmp_path / "m" / "videos.csv", "videos")
+    f = read_manifest(tmp_path / "m" / "faces.csv", "faces")
+    assert (v["status"] == "ok").all() and len(f) == v["n_faces"].sum()
+    assert f["prob"].isna().any() and f["prob"].notna().any()  # carried and detected boxes
+
+
+def test_import_pre_extracted_faces(tmp_path):
+    src = tmp_path / "faces_224"
+    for vid, n in [("aaa", 3), ("bbb", 2), ("ccc", 0)]:
+        (src / vid).mkdir(parents=True)
+        for i in range(n):
+            (src / vid / f"frame_{i * 10}.jpg").write_bytes(b"jpg")
+    meta = tmp_path / "metadata.csv"
+    meta.write_text("filename,label,original,split\naaa.mp4,FAKE,bbb.mp4,train\n"
+                    "bbb.mp4,REAL,,train\nzzz.mp4,REAL,,train\n")
+    cfg = ExtractConfig(from_faces=str(src), metadata=str(meta), manifest_dir=str(tmp_path / "m"))
+    assert run(cfg) == 1  # zzz has no folder
+    v, f = _manifests(cfg)
+    assert dict(zip(v["video_id"], v["status"], strict=True)) == {
+        "aaa": "ok", "bbb": "ok", "ccc": "no_face", "zzz": "missing_file"}
+    assert dict(zip(v["video_id"], v["label"], strict=True))["ccc"] == ""
+    assert v.set_index("video_id").loc["aaa", "original"] == "bbb"
+    assert list(f[f.video_id == "aaa"]["frame"]) == [0, 10, 20]
+    assert f["crop_path"].map(os.path.isfile).all() and f["x1"].isna().all()
+
+
+@pytest.mark.slow
+def test_real_dfdc_samples(real_samples, tmp_path):
+    """Every present DFDC sample is processed (portrait, 30.025 fps, the dark clip), faces in
+    most frames; metadata entries without a file are reported. Every 10th frame only
+    (``detect_every`` keeps all frames; here time matters, so a frame subset through the worker)."""
+    cfg = _cfg(tmp_path, [real_samples / "dfdc"], decoder="pyav", detect_every=10, crop_size=64)
+    assert run(cfg) == 1  # 4 metadata entries have no file
+    v, f = _manifests(cfg)
+    missing = set(v[v.status == "missing_file"]["video_id"])
+    assert missing == {"awnfpubqmo", "aagfhgtpmv", "aapnvogymq", "abarnvbtwb"}
+    ok = v[v.status == "ok"].set_index("video_id")
+    assert set(ok.index) == {"brtujopkby", "widuwuoiur", "yhffcuhhjy", "abofeumbvv", "abqwwspghj",
+                             "lynaeydofd"}
+    assert (ok["n_face_frames"] >= 0.8 * ok["n_frames"]).all(), ok[["n_face_frames", "n_frames"]]
+    assert ok.loc["brtujopkby", ["width", "height"]].tolist() == [1080, 1920]
+    assert ok.loc["yhffcuhhjy", "n_frames"] == 301 and abs(ok.loc["yhffcuhhjy", "fps"] - 30.025) < 0.01
+    det = f[f.prob.notna()]
+    assert det.groupby("video_id").size().min() >= 20  # of 30 detected frames per clip
