@@ -169,6 +169,8 @@ class ExtractConfig:
     max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
     detect_every: int = opt(1, "run MTCNN on every K-th frame; boxes carried along tracks between")
     scale: float = opt(0.0, "detection downscale factor (0: by resolution, see faces.auto_scale)")
+    retry_scale: float = opt(2.0, "frames without a face are detected again at this many times "
+                             "the scale, up to full resolution (1: no retry)")
     batch_size: int = opt(32, "frames per decode/MTCNN batch")
     min_face_prob: float = opt(0.9, "minimum MTCNN probability for a face")
     min_face_size: int = opt(20, "MTCNN minimum face size in detection pixels")
@@ -245,6 +247,9 @@ class EvaluateConfig:
                               choices=["balanced_accuracy", "fpr"])
     target_fpr: float = opt(0.1, "false-positive rate for --threshold-rule fpr")
     bootstrap: int = opt(1000, "bootstrap resamples for 95% intervals (grouped by original)")
+    frame_level: bool = opt(True, "frame models: also per-frame AUC and the frame_mean aggregation")
+    batch_size: int = opt(8, "clips (or frames) per prediction batch")
+    workers: int = opt(0, "DataLoader workers")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     seed: int = opt(0, "bootstrap seed")
 
