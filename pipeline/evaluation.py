@@ -34,6 +34,8 @@ import pandas as pd
 
 from pipeline import __version__, plots
 from pipeline import metrics as M
+from pipeline.config import EvaluateConfig, to_dict
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.fsutil import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.manifest import validate, write_manifest
 
@@ -54,7 +56,8 @@ METRIC_LABELS: dict[str, str] = {
 }
 """Report names of ``pipeline.metrics.METRIC_NAMES``, threshold-free ones first."""
 
-FRAME_COLUMNS = ("video_id", "label", "group", "model", "frame", "p_fake")
+FRAME_COLUMNS = ("video_id", "label", "group", "model", "slot", "p_fake")
+"""Columns of ``frame_predictions.csv``: one row per valid slot of each clip."""
 
 
 @dataclass
@@ -452,3 +455,190 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+# ------------------------------------------------------------------------------------------
+# dfpipe evaluate: checkpoints -> predictions -> build_report
+# ------------------------------------------------------------------------------------------
+
+
+def _resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _as_label(v: Any) -> str:
+    if isinstance(v, str):
+        return v.upper()
+    return "FAKE" if int(round(float(v))) == 1 else "REAL"
+
+
+def _attach_split(preds: pd.DataFrame, split_rows: pd.DataFrame, model: str,
+                  source: str) -> pd.DataFrame:
+    """Predictions (video_id, [label,] p_fake) -> manifest rows with the split's label and group."""
+    ref = split_rows.set_index("video_id")
+    missing = sorted(set(ref.index) - set(preds["video_id"].astype(str)))
+    if missing:
+        raise PipelineError(f"{source}: no prediction for {len(missing)} video(s), e.g. {missing[:3]}")
+    out = pd.DataFrame({"video_id": preds["video_id"].astype(str).to_numpy(),
+                        "p_fake": preds["p_fake"].astype(float).to_numpy()})
+    out["label"] = ref.loc[out["video_id"], "label"].astype(str).to_numpy()
+    out["group"] = ref.loc[out["video_id"], "group"].astype(str).to_numpy()
+    if "label" in preds.columns:
+        pred_labels = preds["label"].map(_as_label).to_numpy()
+        bad = out["video_id"][pred_labels != out["label"].to_numpy()]
+        if len(bad):
+            raise PipelineError(f"{source}: labels disagree with split.csv for {list(bad[:3])}")
+    out["model"] = model
+    return out
+
+
+def _frame_pass(frame_model: Any, loader: Any, device: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A frame model on every valid slot of every clip.
+
+    Returns:
+        (video table: video_id, p_fake as the ``frame_mean`` wrapper computes it: the mean of
+        per-frame probabilities over valid slots, clamped like ``FrameMean``;
+        frame table: video_id, slot, p_fake).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from pipeline.engine import probabilities
+    from pipeline.models.temporal import FRAME_EPS
+
+    frame_model.eval()
+    videos, frames = [], []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="frames", unit="batch", leave=False):
+            clip, mask = batch["clip"], batch["mask"]  # (B, T, C, H, W), (B, T)
+            b, t = clip.shape[:2]
+            valid = mask.reshape(-1) > 0  # (B*T,)
+            flat = clip.reshape(b * t, *clip.shape[2:])[valid].to(device)  # (N_valid, C, H, W)
+            probs = torch.zeros(b * t, dtype=torch.float64)  # (B*T,)
+            if flat.shape[0]:
+                probs[valid] = probabilities(frame_model(flat)).cpu().double()  # (N_valid,)
+            probs = probs.reshape(b, t)  # (B, T)
+            m = mask.to(torch.float64)  # (B, T)
+            p_video = ((probs * m).sum(1) / m.sum(1).clamp_min(1.0)).clamp(FRAME_EPS, 1 - FRAME_EPS)
+            for i, vid in enumerate(batch["video_id"]):
+                videos.append({"video_id": str(vid), "p_fake": float(p_video[i])})
+                for slot in torch.nonzero(mask[i] > 0).flatten().tolist():
+                    frames.append({"video_id": str(vid), "slot": int(slot),
+                                   "p_fake": float(probs[i, slot])})
+    return pd.DataFrame(videos), pd.DataFrame(frames)
+
+
+def _preprocess(ckpt: Mapping[str, Any]) -> tuple[int, int]:
+    """(image size, frame index) the model was trained with: ``preprocess``, else ``config``."""
+    pre, cfg = ckpt.get("preprocess") or {}, ckpt.get("config") or {}
+    size = pre.get("image_size", cfg.get("image_size", 160))
+    index = pre.get("frame_index", cfg.get("frame_index", 15))
+    return int(size), int(index)
+
+
+def _unique_name(arch: str, path: Path, taken: set[str]) -> str:
+    name = arch
+    if name in taken:
+        name = f"{arch}_{path.parent.name or path.stem}"
+    k = 2
+    base = name
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def run(cfg: EvaluateConfig) -> int:
+    """Score every checkpoint on ``cfg.split`` (thresholds from ``val``) and write the report."""
+    from pipeline.checkpoint import build_model, load_checkpoint
+    from pipeline.data import ClipDataset, build_records, read_clips_and_split
+    from pipeline.engine import make_loader, predict
+
+    if not cfg.checkpoint:
+        raise ConfigError("evaluate: give at least one --checkpoint")
+    if cfg.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {cfg.bootstrap}")
+    device = _resolve_device(cfg.device)
+    clips, split = read_clips_and_split(cfg.manifest_dir)
+    splits = {s: split[split["split"] == s] for s in dict.fromkeys([cfg.split, "val"])}
+    if splits[cfg.split].empty:
+        raise PipelineError(f"{cfg.manifest_dir}: split '{cfg.split}' has no videos")
+    records = {s: build_records(clips, split, s) for s, rows in splits.items() if len(rows)}
+
+    def loader(which: str, mode: str, image_size: int, frame_index: int) -> Any:
+        ds = ClipDataset(records[which], mode=mode, image_size=image_size, frame_index=frame_index)
+        return make_loader(ds, cfg.batch_size, workers=cfg.workers)
+
+    infos: dict[str, ModelInfo] = {}
+    tables: dict[str, list[pd.DataFrame]] = {s: [] for s in records}
+    frame_tables: list[pd.DataFrame] = []
+    taken: set[str] = set()
+    for ck in cfg.checkpoint:
+        path = Path(ck)
+        ckpt = load_checkpoint(path, map_location="cpu")
+        model = build_model(ckpt).to(device).eval()
+        arch = str(ckpt["model"]["name"])
+        image_size, frame_index = _preprocess(ckpt)
+        mode = getattr(model, "input_key", "clip")
+        name = _unique_name(arch, path, taken)
+        thr = ckpt.get("threshold")
+        best = ckpt.get("best") or {}
+        info = ModelInfo(name=name, arch=arch, checkpoint=str(path),
+                         train_data=dict(ckpt.get("train_data") or {}),
+                         history=list(ckpt.get("history") or []),
+                         checkpoint_threshold=None if thr is None else float(thr),
+                         note=f"{ckpt.get('epoch', '?')} epoch(s) trained, best epoch "
+                              f"{best.get('epoch', '?')}; checkpoint threshold "
+                              f"{_fmt(float(thr)) if thr is not None else 'n/a'} "
+                              f"({ckpt.get('threshold_rule', '?')}, informational: the report "
+                              "re-chooses it on this manifest's val split)")
+        infos[name] = info
+        for which in records:
+            logger.info("%s: predicting %d %s videos", name, len(records[which]), which)
+            df = predict(model, loader(which, mode, image_size, frame_index), device,
+                         progress=True, desc=f"{name} {which}")
+            tables[which].append(_attach_split(df, splits[which], name, f"{path} on {which}"))
+        if arch == "frame" and cfg.frame_level:
+            mean_name = _unique_name("frame_mean", path, taken)
+            infos[mean_name] = ModelInfo(
+                name=mean_name, arch="frame_mean", checkpoint=str(path),
+                train_data=info.train_data, derived_from=name,
+                note=f"`{name}` applied to every valid frame, probabilities averaged "
+                     "(no training of its own; threshold chosen on val like the others)")
+            for which in records:
+                vids, frames = _frame_pass(model, loader(which, "clip", image_size, frame_index),
+                                           device)
+                tables[which].append(_attach_split(vids, splits[which], mean_name,
+                                                   f"{path} (frame_mean) on {which}"))
+                if which == cfg.split:
+                    ref = splits[which].set_index("video_id")
+                    frames["label"] = ref.loc[frames["video_id"], "label"].astype(str).to_numpy()
+                    frames["group"] = ref.loc[frames["video_id"], "group"].astype(str).to_numpy()
+                    frames["model"] = name
+                    frame_tables.append(frames[list(FRAME_COLUMNS)])
+        del model
+
+    val = pd.concat(tables["val"]) if cfg.split != "val" and "val" in tables else None
+    if cfg.split == "val":
+        logger.warning("evaluating on the val split: the thresholds are chosen on the same videos")
+        val = pd.concat(tables["val"])
+    summary = build_report(
+        pd.concat(tables[cfg.split]), val, infos, cfg.out,
+        frame_predictions=pd.concat(frame_tables) if frame_tables else None,
+        split=cfg.split, threshold_rule=cfg.threshold_rule, target_fpr=cfg.target_fpr,
+        n_bootstrap=cfg.bootstrap, seed=cfg.seed, config=to_dict(cfg),
+    )
+    if summary["any_synthetic"]:
+        print("WARNING: some models were trained on synthetic data (see the report's first line)")
+    for name, m in summary["models"].items():
+        mm = m["at_0.5"]["metrics"]
+        print(f"{name:>14}: ROC AUC {_cell(mm['roc_auc'])}  log loss {_cell(mm['log_loss'])}  "
+              f"balanced acc @val {_cell(m['at_val']['metrics']['balanced_accuracy'])}")
+    print(f"report: {Path(cfg.out) / 'report.md'}")
+    return 0

@@ -37,7 +37,7 @@ def _frames(preds: pd.DataFrame, model: str, n_frames: int = 5) -> pd.DataFrame:
         for f in range(n_frames):
             p = float(np.clip(r.p_fake + rng.normal(0, 0.15), 0, 1))
             rows.append({"video_id": r.video_id, "label": r.label, "group": r.group,
-                         "model": "frame", "frame": f, "p_fake": p})
+                         "model": "frame", "slot": f, "p_fake": p})
     return pd.DataFrame(rows)
 
 
@@ -161,3 +161,112 @@ def test_fpr_rule_respects_target(tmp_path, infos):
     fpr = np.mean(v.loc[v["label"] == "REAL", "p_fake"] >= s["models"]["frame"]["val_threshold"])
     assert fpr <= 0.05
     assert "FPR <= 0.05" in s["models"]["frame"]["val_threshold_source"]
+
+
+# --------------------------------------------------------------------------------------------
+# `dfpipe evaluate` end to end: tiny manifests + random-init tiny checkpoints (no training,
+# no pretrained weights; the numbers are meaningless, the plumbing is what is tested)
+# --------------------------------------------------------------------------------------------
+
+
+def _save_random_checkpoint(path, name, synthetic=True, **kwargs):
+    import torch
+
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, backbone="tiny", **kwargs)
+    hist = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69, "val_roc_auc": 0.5},
+            {"epoch": 2, "train_loss": 0.65, "val_loss": 0.68, "val_roc_auc": 0.6}]
+    save_checkpoint(path, {
+        "model": {"name": name, "kwargs": dict(model.model_kwargs)},
+        "state_dict": model.state_dict(), "epoch": 2, "best": {"epoch": 2},
+        "config": {"model": name, "image_size": 32, "frame_index": 15},
+        "preprocess": {"image_size": 32, "frame_index": 15},
+        "train_data": {"synthetic": synthetic, "n_train": 2},
+        "history": hist, "threshold": 0.42, "threshold_rule": "balanced_accuracy",
+    })
+    return path
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    import torch
+    from train_fixtures import make_manifests
+
+    from pipeline.cli import main
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval_e2e")
+    counts = {"train": 1, "val": 3, "test": 3}
+    mdir = make_manifests(root, n_real=counts, n_fake=counts, size=32,
+                          pad_slots={"test_fake_000": [0, 15, 29]})
+    a = _save_random_checkpoint(root / "run_a" / "best.pt", "cnn_lstm", lstm_hidden=8)
+    b = _save_random_checkpoint(root / "run_b" / "best.pt", "frame", synthetic=False)
+    out = root / "report"
+    rc = main(["evaluate", "--checkpoint", str(a), str(b), "--manifest-dir", str(mdir),
+               "--out", str(out), "--bootstrap", "50", "--device", "cpu", "--batch-size", "4"])
+    return rc, out, mdir, b
+
+
+def test_cli_evaluate_end_to_end(e2e):
+    rc, out, _, _ = e2e
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    assert md.splitlines()[0].startswith("**WARNING: cnn_lstm trained on SYNTHETIC")
+    assert "| metric | threshold | videos REAL / FAKE | cnn_lstm | frame | frame_mean |" in md
+    assert "## Frame level" in md
+    preds = read_manifest(out / "predictions.csv", "predictions")
+    assert sorted(set(preds["model"])) == ["cnn_lstm", "frame", "frame_mean"]
+    for _, rows in preds.groupby("model"):
+        assert sorted(rows["video_id"]) == sorted(
+            [f"test_{lab}_{k:03d}" for lab in ("real", "fake") for k in range(3)])
+        assert ((rows["p_fake"] >= 0) & (rows["p_fake"] <= 1)).all()
+    val = read_manifest(out / "val_predictions.csv", "predictions")
+    assert len(val) == 3 * 6
+    s = json.loads((out / "metrics.json").read_text())
+    assert s["models"]["frame_mean"]["info"]["derived_from"] == "frame"
+    assert s["models"]["cnn_lstm"]["info"]["synthetic"] is True
+    assert s["models"]["frame"]["info"]["checkpoint_threshold"] == 0.42
+    assert "val split (3 REAL / 3 FAKE)" in s["models"]["cnn_lstm"]["val_threshold_source"]
+    frames = pd.read_csv(out / "frame_predictions.csv")
+    assert len(frames) == 6 * 30 - 3  # every valid slot of the test clips, padding left out
+    assert set(frames.loc[frames["video_id"] == "test_fake_000", "slot"]).isdisjoint({0, 15, 29})
+    assert (out / "training_curves.png").is_file()
+
+
+def test_frame_mean_matches_the_wrapper_model(e2e):
+    """The one-pass frame view gives exactly what FrameMean (frame -> all frames) predicts."""
+    import torch
+
+    from pipeline.checkpoint import build_model, load_checkpoint
+    from pipeline.data import split_dataset
+    from pipeline.engine import make_loader, predict
+
+    _, out, mdir, b = e2e
+    wrapper = build_model(load_checkpoint(b), as_model="frame_mean")
+    ds = split_dataset(mdir, "test", "clip", image_size=32)
+    ref = predict(wrapper, make_loader(ds, 4), torch.device("cpu")).set_index("video_id")
+    preds = read_manifest(out / "predictions.csv", "predictions")
+    got = preds[preds["model"] == "frame_mean"].set_index("video_id")["p_fake"]
+    np.testing.assert_allclose(got.loc[ref.index].to_numpy(), ref["p_fake"].to_numpy(),
+                               rtol=1e-5, atol=1e-6)
+    frames = pd.read_csv(out / "frame_predictions.csv")
+    mean_of_frames = frames.groupby("video_id")["p_fake"].mean()
+    np.testing.assert_allclose(mean_of_frames.loc[ref.index].to_numpy(), ref["p_fake"].to_numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cli_evaluate_bad_checkpoint_exit_2(tmp_path, e2e, capsys):
+    from pipeline.cli import main
+
+    _, _, mdir, _ = e2e
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    rc = main(["evaluate", "--checkpoint", str(bad), "--manifest-dir", str(mdir),
+               "--out", str(tmp_path / "r"), "--bootstrap", "0", "--device", "cpu"])
+    assert rc == 2
+    assert str(bad) in capsys.readouterr().err  # the one-line error names the file
+    assert not (tmp_path / "r").exists()
+    assert main(["evaluate", "--manifest-dir", str(mdir), "--out", str(tmp_path / "r")]) == 2
