@@ -561,6 +561,8 @@ def _recorded_config(cfg: SynthConfig) -> dict[str, Any]:
 
 def _check_out_dir(out: Path, cfg: SynthConfig) -> None:
     """Refuse a non-empty folder that holds another config (or is not a synth output)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose a folder for the dataset")
     if not out.exists() or not any(out.iterdir()):
         return
     rec = out / CONFIG_FILE

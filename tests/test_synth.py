@@ -228,6 +228,21 @@ def test_zero_strength_fake_equals_original():
         assert np.array_equal(a, b)
 
 
+def _face_colour_shift(spatial: float) -> float:
+    """Largest per-channel mean colour change of the face (fake - original), no flicker."""
+    real, fake = _pair(frames=3, spatial_strength=spatial, temporal_strength=0.0)
+    scene = synth.make_scene(real)
+    x1, y1, x2, y2 = _expand(synth.face_box(real, scene, 0), -0.2, real.width, real.height)
+    a = next(synth.render_frames(real))[y1:y2, x1:x2].astype(np.float32)
+    b = next(synth.render_frames(fake))[y1:y2, x1:x2].astype(np.float32)
+    return float(np.abs((b - a).mean(axis=(0, 1))).max())
+
+
+def test_spatial_strength_controls_face_colour_shift():
+    weak, strong = _face_colour_shift(0.25), _face_colour_shift(1.0)
+    assert _face_colour_shift(0.0) < 0.5 < weak < strong and strong > 3.0
+
+
 def _face_brightness(frames: np.ndarray, spec: synth.ClipSpec) -> np.ndarray:
     scene = synth.make_scene(spec)
     out = []
@@ -296,3 +311,12 @@ def test_foreign_non_empty_folder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         synth.write_dataset(SynthConfig(n_originals=1, frames=4), tmp_path)
     assert cli.main(_argv(tmp_path)) == 2
+
+
+def test_clip_factory_writes_one_face_clip(tmp_path, clip_factory, mtcnn):
+    spec = clip_factory(tmp_path / "one.mp4", n_frames=12, gap=(6, 9), seed=3)
+    frames = _decode(tmp_path / "one.mp4")
+    assert frames.shape == (12, 270, 480, 3) and spec.no_face_frames() == [6, 7, 8]
+    boxes, probs = mtcnn.detect([frames[0], frames[7]])
+    assert boxes[0] is not None and int((probs[0] >= 0.9).sum()) == 1
+    assert boxes[1] is None or int((probs[1] >= 0.9).sum()) == 0
