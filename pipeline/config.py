@@ -217,6 +217,9 @@ class TrainConfig:
     lstm_hidden: int = opt(128, "LSTM hidden size")
     lstm_layers: int = opt(1, "LSTM layers")
     bidirectional: bool = opt(False, "bidirectional LSTM")
+    lstm_sizes: tuple[int, ...] = opt((), "stacked LSTM sizes, one layer each (overrides --lstm-hidden/--lstm-layers)")
+    dense: int = opt(0, "dense layer (ReLU) before the head, 0: none")
+    readout: str = opt("last", "LSTM readout over valid slots", choices=["last", "mean"])
     dropout: float = opt(0.2, "dropout before the head")
     epochs: int = opt(10, "maximum epochs")
     batch_size: int = opt(8, "clips (or frames) per batch")
@@ -233,6 +236,10 @@ class TrainConfig:
     resume: str | None = opt(None, "resume from this checkpoint (last.pt of a run)")
     seed: int = opt(0, "random seed")
     max_steps: int = opt(0, "stop an epoch after this many steps (0: no limit; for smoke runs)")
+    threads: int = opt(0, "torch CPU threads per process (0: CPU cores / processes)")
+    threshold_rule: str = opt("balanced_accuracy", "validation threshold stored in the checkpoint",
+                              choices=["balanced_accuracy", "fpr"])
+    target_fpr: float = opt(0.1, "false-positive rate for --threshold-rule fpr")
 
 
 @dataclass(frozen=True)

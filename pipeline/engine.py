@@ -130,9 +130,16 @@ def _worker_init(_worker_id: int) -> None:
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     criterion: nn.Module, device: torch.device, *, epoch: int = 0,
                     amp: bool = False, scaler: torch.amp.GradScaler | None = None,
-                    max_steps: int = 0, progress: bool = True) -> dict[str, float]:
-    """One pass over ``loader``; returns mean training loss, steps and samples seen (this rank)."""
+                    max_steps: int = 0, progress: bool = True,
+                    frozen: nn.Module | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns mean training loss, steps and samples seen (this rank).
+
+    ``frozen``: a sub-module (the encoder) kept fixed this epoch: eval mode (BatchNorm statistics
+    unchanged) and its gradients dropped before the optimizer step (AdamW skips it entirely).
+    """
     model.train()
+    if frozen is not None:
+        frozen.eval()
     total, n, steps = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not progress,
                dynamic_ncols=True)
@@ -142,12 +149,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             logits = forward_batch(model, batch, device)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
+        scaled = scaler is not None and scaler.is_enabled()
+        (scaler.scale(loss) if scaled else loss).backward()
+        if frozen is not None:
+            for p in frozen.parameters():
+                p.grad = None
+        if scaled:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}")

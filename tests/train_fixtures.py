@@ -73,6 +73,6 @@ def make_manifests(root: str | Path, *, n_real: dict[str, int] | None = None,
                 split_rows.append({"video_id": vid, "label": label, "group": vid, "split": split})
     out = root / "manifests"
     write_manifest(pd.DataFrame(clip_rows), out / "clips.csv", "clips",
-                   config={"synthetic_fixture": True})
+                   config={"synthetic": True})
     write_manifest(pd.DataFrame(split_rows), out / "split.csv", "split")
     return out
