@@ -238,6 +238,7 @@ class _Child:
             self.proc.start()
         child_conn.close()
         self.ready = False
+        self.broken = False  # its pipe failed: it died and bury() will handle it
         self.queue: collections.deque[dict] = collections.deque()
 
     def death_reason(self) -> str:
@@ -301,9 +302,12 @@ class _Pool:
             item = self.next_item()
             if item is None:
                 return
-            child = min(self.children, key=lambda c: len(c.queue))
-            child.queue.append(item)
-            child.conn.send(item)
+            child = min(self.children, key=lambda c: (c.broken, len(c.queue)))
+            child.queue.append(item)  # a dead child's queue is re-queued by bury()
+            try:
+                child.conn.send(item)
+            except OSError:  # died and not yet buried (BrokenPipeError)
+                child.broken = True
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 

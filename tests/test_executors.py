@@ -218,6 +218,17 @@ def test_pool_survives_kill_9(tmp_path: Path) -> None:
     assert all(rows[f"v{i}"]["y"] == i * i for i in (0, 1, 2, 3, 4, 6, 7))
 
 
+def test_pool_stops_children_when_caller_stops_early(tmp_path: Path) -> None:
+    rows = run_items(ProbeWorker, (str(tmp_path),), _items(20), engine="pool", workers=2,
+                     progress=False)
+    first = next(rows)
+    assert first["status"] == "ok" and first["pid"] in _descendants(os.getpid())
+    rows.close()  # e.g. the caller broke out of its loop or raised
+    left = {p for p in _descendants(os.getpid()) - {os.getpid()}
+            if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()}
+    assert left == set()  # (multiprocessing's resource tracker lives on, by design)
+
+
 # ------------------------------------------------------------------------------------------- ray
 
 def test_ray_missing_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,6 +282,7 @@ def _is_loopback(hex_addr: str) -> bool:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_embedded_rows_env_threads_loopback(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     assert not ray.is_initialized()
@@ -298,6 +310,7 @@ def test_ray_embedded_rows_env_threads_loopback(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_killed_actor_item_is_retried(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     items = _items(6)
