@@ -178,24 +178,25 @@ def _frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str,
     return out
 
 
-def _train_data_line(info: ModelInfo) -> str:
-    td = info.train_data
-    if not td:
-        return "no training-data summary in the checkpoint"
-    parts = []
-    if "synthetic" in td:
-        parts.append("**SYNTHETIC**" if td["synthetic"] else "real data")
+def _train_data_items(td: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key: value`` lines of a training-data summary (nested dicts flattened, hashes shortened)."""
+    items = []
     for k, v in td.items():
-        if k == "synthetic":
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            items += _train_data_items(v, prefix=f"{name}.")
             continue
-        if isinstance(v, float):
+        if k == "synthetic":
+            v = "**YES**" if v else "no"
+        elif isinstance(v, float):
             v = f"{v:.4g}"
-        elif isinstance(v, (dict, list)):
-            v = json.dumps(v, sort_keys=True, default=str)
-            if len(v) > 160:
-                v = v[:157] + "..."
-        parts.append(f"{k}: {v}")
-    return "; ".join(parts)
+        elif isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+            v = f"`{v[:12]}...`"  # a sha256
+        elif isinstance(v, (list, tuple)):
+            v = json.dumps(v, default=str)
+            v = v if len(v) <= 120 else v[:117] + "..."
+        items.append(f"{name}: {v}")
+    return items
 
 
 def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: list[str]) -> str:
@@ -203,9 +204,10 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
     lines: list[str] = []
     synthetic = [n for n in models if infos[n].synthetic]
     if synthetic:
+        verb = "was" if len(synthetic) == 1 else "were"
         lines.append(
-            f"**WARNING: {', '.join(synthetic)} trained on SYNTHETIC data: these numbers measure "
-            "the synthetic artefacts, not real deepfakes.**"
+            f"**WARNING: {', '.join(synthetic)} {verb} trained on SYNTHETIC data: these numbers "
+            "measure the synthetic artefacts, not real deepfakes.**"
         )
         lines.append("")
     d = summary["data"]
@@ -228,13 +230,29 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         ck = f"`{info.checkpoint}`" if info.checkpoint else "-"
         if info.derived_from:
             ck += f" (derived from `{info.derived_from}`, no training of its own)"
+        trained = ("**SYNTHETIC data**" if info.synthetic else
+                   "real data" if "synthetic" in info.train_data else "unknown (no summary)")
         lines.append(
             f"| {n} | {info.arch} | {ck} | 0.5; val {m['val_threshold']:.4f} from "
-            f"{m['val_threshold_source']} | {_train_data_line(info)} |"
+            f"{m['val_threshold_source']} | {trained} |"
         )
     notes = [f"- **{n}**: {infos[n].note}" for n in models if infos[n].note]
     if notes:
         lines += [""] + notes
+    lines += ["", "### Training data (from the checkpoints)", ""]
+    shown: dict[str, str] = {}
+    for n in models:
+        info = infos[n]
+        if info.derived_from:
+            lines.append(f"- **{n}**: the training data of `{info.derived_from}`")
+            continue
+        key = json.dumps(info.train_data, sort_keys=True, default=str)
+        if key in shown:
+            lines.append(f"- **{n}**: the same data as `{shown[key]}`")
+            continue
+        shown[key] = n
+        lines.append(f"- **{n}**:" + ("" if info.train_data else " no summary in the checkpoint"))
+        lines += [f"  - {item}" for item in _train_data_items(info.train_data)]
     lines += [
         "",
         "## Comparison (video level)",

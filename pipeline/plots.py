@@ -124,7 +124,8 @@ def calibration_plot(curves: Curves, path: str | os.PathLike, n_bins: int = 10) 
         rc = M.reliability_curve(y, p, n_bins=n_bins)
         ax.plot(rc["mean_p"], rc["frac_fake"], marker="o", color=_color(i), lw=1.5,
                 label=f"{name} (ECE {rc['ece']:.3f})")
-        axh.hist(p, bins=bins, histtype="step", lw=1.5, color=_color(i), label=name)
+        axh.hist(p, bins=bins, histtype="step", lw=1.8, color=_color(i), label=name,
+                 ls=("-", "--", ":", "-.")[i % 4])  # styles: identical histograms stay visible
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), ylabel="observed share of FAKE videos",
            title=f"Reliability ({n_bins} equal-width bins)")
     ax.grid(alpha=0.3)

@@ -214,7 +214,7 @@ def test_cli_evaluate_end_to_end(e2e):
     rc, out, _, _ = e2e
     assert rc == 0
     md = (out / "report.md").read_text()
-    assert md.splitlines()[0].startswith("**WARNING: cnn_lstm trained on SYNTHETIC")
+    assert md.splitlines()[0].startswith("**WARNING: cnn_lstm was trained on SYNTHETIC")
     assert "| metric | threshold | videos REAL / FAKE | cnn_lstm | frame | frame_mean |" in md
     assert "## Frame level" in md
     preds = read_manifest(out / "predictions.csv", "predictions")
