@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline import manifest
 from pipeline.config import PrepareConfig, to_dict
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SplitError
 from pipeline.filtering import orphan_filter, reason_counts, window_filter
 from pipeline.sampling import clip_rows, gap_rows, n_usable, sample_video
 from pipeline.splits import check_split, split_groups, split_summary
@@ -168,26 +168,36 @@ def run(cfg: PrepareConfig) -> int:
     kept, orphan_out, orphan_counts = orphan_filter(kept, all_ids, cfg.orphan_fakes)
     clips = clips[clips["video_id"].isin(set(kept["video_id"]))].reset_index(drop=True)
 
-    split = split_groups(kept, cfg.test_share, cfg.val_share, cfg.seed)
-    check_split(split)
+    outliers = _concat([mismatch, window_out, short_out, orphan_out])
+    conf = to_dict(cfg)
+    inputs = [videos_path, faces_path]
+    pre_counts = {"videos_in": len(videos) + len(mismatch), "kept": len(kept),
+                  "outliers": len(outliers), "outliers_by_reason": reason_counts(outliers),
+                  **orphan_counts, **sample_counts}
+    try:
+        split = split_groups(kept, cfg.test_share, cfg.val_share, cfg.seed)
+        check_split(split)
+    except SplitError as e:
+        # the filter's decisions are still worth reading; stale clips/split must not survive
+        for kind, table in (("outliers", outliers), ("gaps", gaps)):
+            manifest.write_manifest(table, manifest.manifest_path(mdir, kind), kind,
+                                    config=conf, inputs=inputs, counts=pre_counts)
+        for kind in ("clips", "split"):
+            for p in (manifest.manifest_path(mdir, kind), manifest.meta_path(
+                    manifest.manifest_path(mdir, kind))):
+                p.unlink(missing_ok=True)
+        raise SplitError(f"{e} ({len(kept)} videos kept of {pre_counts['videos_in']}; "
+                         f"see {manifest.manifest_path(mdir, 'outliers')})") from e
     per_video = clips.groupby("video_id").size()
     if not (per_video == cfg.n_frames).all() or set(per_video.index) != set(split["video_id"]):
         raise RuntimeError("internal error: clips do not have n_frames rows per split video")
 
-    outliers = _concat([mismatch, window_out, short_out, orphan_out])
     counts: dict[str, Any] = {
-        "videos_in": len(videos) + len(mismatch),
-        "kept": len(kept),
-        "outliers": len(outliers),
-        "outliers_by_reason": reason_counts(outliers),
-        **orphan_counts,
-        **sample_counts,
+        **pre_counts,
         "clip_rows": len(clips),
         "padded_rows": int((clips["mask"] == 0).sum()),
         "split": split_summary(split),
     }
-    conf = to_dict(cfg)
-    inputs = [videos_path, faces_path]
     for kind, table in (("outliers", outliers), ("clips", clips), ("gaps", gaps),
                         ("split", split)):
         manifest.write_manifest(table, manifest.manifest_path(mdir, kind), kind,

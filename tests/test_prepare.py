@@ -141,7 +141,8 @@ def test_prepare_impossible_split_exit_2(tmp_path, capsys):
     write_inputs(tmp_path, videos, faces)
     assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 2
     assert "only 2 group(s) contain a REAL video" in capsys.readouterr().err
-    assert not (tmp_path / "split.csv").exists()
+    assert not (tmp_path / "split.csv").exists() and not (tmp_path / "clips.csv").exists()
+    assert manifest.read_manifest(tmp_path / "outliers.csv", "outliers").empty
 
 
 def test_prepare_count_mismatch_is_an_outlier_and_exit_1(tmp_path):
@@ -167,3 +168,112 @@ def test_prepare_deterministic(tmp_path, seed):
     assert (tmp_path / "split.csv").read_text() == first
     meta = json.loads((tmp_path / "split.meta.json").read_text())
     assert meta["config"]["seed"] == seed
+
+
+# --- a synthetic set planned by `dfpipe synth`, faces as a perfect extractor would find them ----
+
+
+def synth_manifests(d, truth: list[dict]) -> None:
+    """videos.csv/faces.csv a perfect face extractor would write for ``synth_truth.json`` rows:
+    one face per frame, none in ``no_face_frames``, a second (track 1) in ``two_face_frames``."""
+    videos, faces = [], {}
+    for c in truth:
+        no_face, two = set(c["no_face_frames"]), set(c["two_face_frames"])
+        rows = []
+        for f in range(c["n_frames"]):
+            if f not in no_face:
+                rows.append((f, 0))
+                if f in two:
+                    rows.append((f, 1))
+        faces[c["video_id"]] = rows
+        videos.append({"video_id": c["video_id"], "label": c["label"], "n_frames": c["n_frames"],
+                       "original": (c["original"] or "").removesuffix(".mp4")})
+    write_inputs(d, videos, faces)
+
+
+def expected_from_truth(truth: list[dict], lo=200, hi=400, n=30, stride=10, pad=False):
+    """The designed outcome, computed from the truth alone (not with pipeline code)."""
+    reasons, gaps, frames = {}, [], {}
+    for c in truth:
+        no_face, two = set(c["no_face_frames"]), set(c["two_face_frames"])
+        n_faces = c["n_frames"] - len(no_face) + len(two)
+        if n_faces < lo:
+            reasons[c["video_id"]] = f"too_few_faces: {n_faces} < {lo}"
+            continue
+        if n_faces > hi:
+            reasons[c["video_id"]] = f"too_many_faces: {n_faces} > {hi}"
+            continue
+        usable = [f for f in range(c["n_frames"]) if f not in no_face and f not in two]
+        chosen = []
+        for k in range(n):
+            window = [f for f in usable if k * stride <= f < (k + 1) * stride]
+            if window:
+                chosen.append(window[0])
+            else:
+                chosen.append(None)
+                seen = [f for f in range(k * stride, (k + 1) * stride) if f < c["n_frames"]]
+                why = ("past_end" if not seen else
+                       "multi_face" if any(f in two for f in seen) else "no_face")
+                gaps.append([c["video_id"], k, k * stride, why])
+        if not pad and len(gaps) and gaps[-1][0] == c["video_id"]:
+            got = sum(g[0] == c["video_id"] for g in gaps)
+            reasons[c["video_id"]] = f"too_few_usable_frames: {n - got}/{n}"
+        else:
+            frames[c["video_id"]] = chosen
+    ids = {c["video_id"] for c in truth}
+    for c in truth:
+        o = (c["original"] or "").removesuffix(".mp4")
+        if c["video_id"] not in reasons and o in ids and o in reasons:
+            reasons[c["video_id"]] = f"orphan_fake: original {o} was left out"
+    return reasons, gaps, frames
+
+
+def test_prepare_on_synth_plan_exactly_as_designed(tmp_path):
+    from pipeline.config import SynthConfig
+    from pipeline.synth import plan_dataset
+
+    cfg = SynthConfig(n_originals=10, fakes_per_original=2, outlier_share=0.2,
+                      two_face_share=0.3, gap_share=0.3, seed=5)
+    truth = [s.truth() for s in plan_dataset(cfg)]
+    synth_manifests(tmp_path, truth)
+    assert cli.main(["prepare", "--manifest-dir", str(tmp_path), "--seed", "1"]) == 0
+    m = read_all(tmp_path)
+    reasons, gaps, frames = expected_from_truth(truth)
+    codes = {r.split(":")[0] for r in reasons.values()}
+    assert codes == {"too_few_faces", "too_many_faces", "too_few_usable_frames"}
+    assert m["outliers"].set_index("video_id")["reason"].to_dict() == reasons
+    assert m["gaps"].astype({"start_frame": "int64"}).values.tolist() == gaps
+    got = m["clips"].groupby("video_id")["frame"].apply(list).to_dict()
+    assert got == frames
+    sp = m["split"]
+    assert set(sp["video_id"]) == set(frames)
+    by_id = dict(zip(sp["video_id"], sp["split"], strict=True))
+    for c in truth:
+        o = (c["original"] or "").removesuffix(".mp4")
+        if c["video_id"] in by_id and o:
+            assert by_id[c["video_id"]] == by_id[o]
+    for s in ("train", "val", "test"):
+        assert set(sp.loc[sp["split"] == s, "label"]) == {"REAL", "FAKE"}
+
+
+def test_prepare_on_synth_plan_two_face_kept_and_padded(tmp_path):
+    from pipeline.config import SynthConfig
+    from pipeline.synth import plan_dataset
+
+    cfg = SynthConfig(n_originals=10, fakes_per_original=2, outlier_share=0.2,
+                      two_face_share=0.3, gap_share=0.3, seed=5)
+    truth = [s.truth() for s in plan_dataset(cfg)]
+    synth_manifests(tmp_path, truth)
+    argv = ["prepare", "--manifest-dir", str(tmp_path), "--max-faces", "500", "--short-clips", "pad"]
+    assert cli.main(argv) == 0
+    m = read_all(tmp_path)
+    reasons, gaps, frames = expected_from_truth(truth, hi=500, pad=True)
+    assert m["outliers"].set_index("video_id")["reason"].to_dict() == reasons
+    assert m["gaps"].astype({"start_frame": "int64"}).values.tolist() == gaps
+    assert {g[3] for g in gaps} == {"no_face", "multi_face"}
+    clips = m["clips"]
+    got = {k: [None if pd.isna(f) else int(f) for f in v]
+           for k, v in clips.groupby("video_id")["frame"].apply(list).items()}
+    assert got == frames
+    assert any(f is not None and f % 10 for fs in frames.values() for f in fs)  # slots advanced
+    assert (clips["mask"] == clips["frame"].notna().astype(int)).all()
