@@ -86,8 +86,8 @@ class ModelInfo:
 
     @property
     def synthetic(self) -> bool:
-        """True when the training data summary says the data was synthetic."""
-        return bool(self.train_data.get("synthetic", False))
+        """True when the training data summary says the data was synthetic (None: unknown)."""
+        return self.train_data.get("synthetic") is True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (history left out: it is in the checkpoint)."""
@@ -169,8 +169,9 @@ def _frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str,
             "n_videos": int(rows["video_id"].nunique()), "metrics": {},
         }
         resamples = M.bootstrap_resamples(g, n_bootstrap, seed) if n_bootstrap > 0 else []
+        boot = [M.video_metrics(y[i], p[i]) for i in resamples]
         for name in ("roc_auc", "average_precision", "log_loss"):
-            vals = np.array([M.video_metrics(y[i], p[i])[name] for i in resamples], dtype=float)
+            vals = np.array([b[name] for b in boot], dtype=float)
             lo, hi = M.percentile_interval(vals) if resamples else (math.nan, math.nan)
             res["metrics"][name] = {"value": point[name], "lo": lo, "hi": hi,
                                     "bootstrap_skipped": int(np.sum(~np.isfinite(vals)))}
@@ -183,11 +184,16 @@ def _train_data_items(td: Mapping[str, Any], prefix: str = "") -> list[str]:
     items = []
     for k, v in td.items():
         name = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
+        if isinstance(v, Mapping) and v and all(
+                isinstance(c, Mapping) and set(c) <= {"REAL", "FAKE"} for c in v.values()):
+            # per-split label counts: "train 6 REAL / 12 FAKE; val ..."
+            v = "; ".join(f"{s} {c.get('REAL', 0)} REAL / {c.get('FAKE', 0)} FAKE"
+                          for s, c in v.items())
+        elif isinstance(v, Mapping) and v:
             items += _train_data_items(v, prefix=f"{name}.")
             continue
-        if k == "synthetic":
-            v = "**YES**" if v else "no"
+        elif k == "synthetic":
+            v = "**YES**" if v is True else "no" if v is False else "unknown"
         elif isinstance(v, float):
             v = f"{v:.4g}"
         elif isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
@@ -230,8 +236,9 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         ck = f"`{info.checkpoint}`" if info.checkpoint else "-"
         if info.derived_from:
             ck += f" (derived from `{info.derived_from}`, no training of its own)"
-        trained = ("**SYNTHETIC data**" if info.synthetic else
-                   "real data" if "synthetic" in info.train_data else "unknown (no summary)")
+        flag = info.train_data.get("synthetic")
+        trained = ("**SYNTHETIC data**" if flag is True else "real data" if flag is False
+                   else "unknown (see below)")
         lines.append(
             f"| {n} | {info.arch} | {ck} | 0.5; val {m['val_threshold']:.4f} from "
             f"{m['val_threshold_source']} | {trained} |"

@@ -87,11 +87,15 @@ def test_report_files_and_first_line_warning(report):
 
 def test_no_warning_without_synthetic(tmp_path, infos):
     infos = {k: v for k, v in infos.items() if k != "cnn_lstm"}
-    test = _predictions(10, 0, {"frame": 1.0, "frame_mean": 1.0})
+    infos["unknown"] = E.ModelInfo("unknown", "cnn_lstm", "x.pt", {"synthetic": None,
+                                   "counts": {"train": {"REAL": 3, "FAKE": 6}}})
+    test = _predictions(10, 0, {"frame": 1.0, "frame_mean": 1.0, "unknown": 1.0})
     E.build_report(test, None, infos, tmp_path / "r", n_bootstrap=0)
     md = (tmp_path / "r" / "report.md").read_text()
     assert md.startswith("# dfpipe evaluation")
     assert "WARNING" not in md
+    assert "| unknown (see below) |" in md and "synthetic: unknown" in md
+    assert "counts: train 3 REAL / 6 FAKE" in md
     s = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert s["models"]["frame"]["val_threshold"] == 0.5
     assert "no usable val predictions" in s["models"]["frame"]["val_threshold_source"]
