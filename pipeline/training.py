@@ -163,7 +163,9 @@ def data_summary(manifest_dir: Path, clips: pd.DataFrame, split: pd.DataFrame) -
             "clips_sha256": sha256_file(manifest_path(manifest_dir, "clips")),
             "split_sha256": sha256_file(manifest_path(manifest_dir, "split")),
             "counts": counts, "n_slots": int(clips.groupby("video_id").size().max()),
-            "synthetic": synthetic, "synthetic_source": source}
+            "synthetic": synthetic, "synthetic_source": source,
+            # the sampling rules the clips were made with: scoring must use the same ones
+            "prepare": read_meta(manifest_path(manifest_dir, "clips")).get("config", {})}
 
 
 def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:

@@ -79,9 +79,16 @@ class CNNLSTM(nn.Module):
         b, t = clip.shape[:2]
         if mask is None:
             mask = torch.ones(b, t, device=clip.device)
-        m = mask.to(clip.dtype if clip.is_floating_point() else torch.float32)
-        feats = self.encoder(clip)  # (B, T, F)
-        x = feats * m.to(feats.dtype).unsqueeze(-1)  # (B, T, F), padded slots zeroed
+        return self.classify(self.encoder(clip), mask)  # (B,)
+
+    def classify(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-frame features (B, T, F) and mask (B, T) -> logits (B,).
+
+        Split from ``forward`` so that scoring can encode a clip once and read the LSTM's running
+        verdict over prefixes of the clip (mask the later slots).
+        """
+        m = mask.to(feats.dtype)
+        x = feats * m.unsqueeze(-1)  # (B, T, F), padded slots zeroed
         for lstm in self.lstms:
             x, _ = lstm(x)  # (B, T, H*dirs)
         x = self._readout(x, m)  # (B, H*dirs)
