@@ -277,3 +277,29 @@ def test_prepare_on_synth_plan_two_face_kept_and_padded(tmp_path):
     assert got == frames
     assert any(f is not None and f % 10 for fs in frames.values() for f in fs)  # slots advanced
     assert (clips["mask"] == clips["frame"].notna().astype(int)).all()
+
+
+@pytest.mark.slow
+def test_prepare_after_real_extract_on_synth_dir(synth_dir, tmp_path):
+    """synth -> extract (real MTCNN, CPU) -> prepare, with the window and clip length scaled to the
+    fixture's 60-frame clips (window 40-100 keeps its two-face group). Its 2 groups cannot make 3
+    splits, so prepare exits 2 after writing outliers/gaps, which must match the synthetic truth
+    exactly: real detections put the no_face and multi_face gaps exactly where synth drew them."""
+    import torch
+
+    from pipeline.synth import load_truth
+
+    torch.set_num_threads(1)
+    m = tmp_path / "m"
+    assert cli.main(["extract", str(synth_dir), "--out", str(tmp_path / "faces"),
+                     "--manifest-dir", str(m), "--engine", "inline", "--workers", "1"]) == 0
+    argv = ["prepare", "--manifest-dir", str(m), "--min-faces", "40", "--max-faces", "100",
+            "--n-frames", "6", "--short-clips", "pad"]
+    assert cli.main(argv) == 2
+    truth = load_truth(synth_dir)
+    reasons, gaps, _ = expected_from_truth(truth, lo=40, hi=100, n=6, pad=True)
+    out = manifest.read_manifest(m / "outliers.csv", "outliers")
+    assert out.set_index("video_id")["reason"].to_dict() == reasons
+    got = manifest.read_manifest(m / "gaps.csv", "gaps")
+    assert sorted(got.astype({"start_frame": "int64"}).values.tolist()) == sorted(gaps)
+    assert {g[3] for g in gaps} == {"no_face", "multi_face"}
