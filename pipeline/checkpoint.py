@@ -17,6 +17,7 @@ A checkpoint holds only plain types and tensors, so it loads with
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
@@ -43,11 +44,38 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically (temp file + ``os.replace``); returns the path."""
     path = Path(path)
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
+    check_plain(payload)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     return path
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def check_plain(obj: Any, where: str = "payload") -> None:
+    """Raise ``TypeError`` naming the key of anything a ``weights_only`` load would refuse."""
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
+        return
+    if isinstance(obj, dict) and type(obj) in (dict, collections.OrderedDict):
+        for k, v in obj.items():
+            check_plain(k, f"{where} key")
+            check_plain(v, f"{where}[{k!r}]")
+        return
+    if type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"checkpoint {where} is a {type(obj).__module__}.{type(obj).__qualname__}: "
+                    "only plain types and tensors are allowed (weights_only loading)")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    hit = [ln for ln in lines if "Unsupported global" in ln]
+    return (hit or lines or [type(e).__name__])[0]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -65,12 +93,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: refused: the file holds pickled objects that are not "
-                              f"plain types/tensors (weights_only load): {first}") from e
+                              f"plain types/tensors (weights_only load): {_first_line(e)}") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+                              f"{_first_line(e)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path}: not a dfpipe checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
@@ -116,8 +143,9 @@ def library_versions() -> dict[str, str]:
 
     from pipeline import __version__
 
-    return {"dfpipe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {"dfpipe": str(__version__), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}
 
 
 def plain(obj: Any) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 
 import pytest
 import torch
@@ -97,10 +96,19 @@ def test_wrong_format_version_and_missing_file(tmp_path):
         C.load_checkpoint(tmp_path / "nope.pt")
 
 
-def test_save_is_atomic_no_temp_left_and_old_file_kept_on_failure(tmp_path):
+def test_save_is_atomic_no_temp_left_and_old_file_kept_on_failure(tmp_path, monkeypatch):
     path = C.save_checkpoint(tmp_path / "f.pt", _payload(create_model("frame")))
     before = path.read_bytes()
-    with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be saved: the old file must survive intact
-        C.save_checkpoint(path, {"bad": lambda: 0})
+    with pytest.raises(TypeError, match=r"payload\['bad'\] is a"):  # the old file survives intact
+        C.save_checkpoint(path, {"bad": torch.__version__})  # TorchVersion: not a plain str
+
+    def dies_halfway(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(C.torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        C.save_checkpoint(path, _payload(create_model("frame")))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["f.pt"]

@@ -105,11 +105,12 @@ def _pretrained_or_raise(module: nn.Module, name: str, weights: str | None, url:
 
 
 class TinyCNN(nn.Module):
-    """Four stride-2 conv blocks + global average pool -> 64 features.
+    """Four stride-2 conv + ReLU blocks + global average pool -> 64 features.
 
-    GroupNorm instead of BatchNorm: the output does not depend on the other images in the batch,
-    so a 2-process DDP run computes exactly the same gradients as one process with the combined
-    batch (tests rely on that).
+    No normalization layer on purpose: without BatchNorm the output does not depend on the other
+    images in the batch, so a 2-process DDP run computes exactly the same gradients as one
+    process with the combined batch (tests rely on that); without per-image GroupNorm the
+    encoder keeps absolute brightness, which temporal (flicker) artefacts live in.
     """
 
     num_features = 64
@@ -119,8 +120,7 @@ class TinyCNN(nn.Module):
         chans = [3, width, 2 * width, 4 * width, self.num_features]
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-                       nn.GroupNorm(4, cout), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
 

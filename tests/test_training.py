@@ -1,0 +1,220 @@
+"""``dfpipe train`` end to end on tiny manifests (RANDOM INIT tiny backbone, CPU, 1 thread)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from train_fixtures import make_manifests
+
+from pipeline import checkpoint as C
+from pipeline import cli, data, engine, training
+from pipeline.config import TrainConfig
+from pipeline.errors import CheckpointError, ConfigError
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--image-size", "16", "--batch-size", "4", "--threads", "1", "--lstm-hidden", "8"]
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    return make_manifests(tmp_path_factory.mktemp("t"), n_frames=4, size=16)
+
+
+def _cfg(manifests, out, **kw) -> TrainConfig:
+    base = dict(manifest_dir=str(manifests), out_dir=str(out), image_size=16, batch_size=4,
+                threads=1, lstm_hidden=8, epochs=3, patience=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def _val_predictions(ckpt_path, manifests, as_model=None) -> pd.DataFrame:
+    ckpt = C.load_checkpoint(ckpt_path)
+    model = C.build_model(ckpt, as_model=as_model)
+    mode = "image" if model.input_key == "image" else "clip"
+    ds = data.split_dataset(manifests, "val", mode, image_size=ckpt["preprocess"]["image_size"])
+    return engine.predict(model, engine.make_loader(ds, 4), torch.device("cpu"))
+
+
+def test_cli_train_writes_the_run_folder(manifests, tmp_path):
+    rc = cli.main(["-q", "train", "--manifest-dir", str(manifests), "--out-dir", str(tmp_path),
+                   "--epochs", "2", "--run-name", "r", "--augment", "flip", "color", "jpeg", *SMALL])
+    assert rc == 0
+    run = tmp_path / "r"
+    assert {p.name for p in run.iterdir()} == {"best.pt", "last.pt", "history.csv",
+                                                "training_curve.png", "config.json"}
+    hist = pd.read_csv(run / "history.csv")
+    assert hist["epoch"].tolist() == [1, 2]
+    assert {"train_loss", "val_loss", "val_roc_auc"} <= set(hist.columns)
+    assert (run / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    ckpt = C.load_checkpoint(run / "best.pt", expect_model="cnn_lstm")
+    assert ckpt["model"]["kwargs"]["backbone"] == "tiny"
+    assert ckpt["config"]["augment"] == ["flip", "color", "jpeg"]
+    assert ckpt["train_data"]["synthetic"] is True
+    assert ckpt["train_data"]["counts"]["train"] == {"REAL": 6, "FAKE": 6}
+    assert len(ckpt["train_data"]["clips_sha256"]) == 64
+    assert 0 < ckpt["threshold"] < 1 and ckpt["threshold_rule"] == "balanced_accuracy"
+    assert ckpt["threshold"] == ckpt["best"]["metrics"]["threshold"]
+    assert "optimizer" not in ckpt and "optimizer" in C.load_checkpoint(run / "last.pt")
+    assert set(ckpt["versions"]) >= {"torch", "torchvision", "dfpipe"}
+    # the stored validation metrics are what the rebuilt model gives on the val split
+    preds = _val_predictions(run / "best.pt", manifests)
+    from pipeline import metrics as M
+    auc = M.video_metrics(preds["label"], preds["p_fake"])["roc_auc"]
+    assert auc == pytest.approx(ckpt["metrics"]["roc_auc"], abs=1e-9)
+
+
+def test_frame_model_trains_with_balanced_sampler_and_yields_frame_mean(manifests, tmp_path):
+    cfg = _cfg(manifests, tmp_path, model="frame", run_name="f", epochs=2, balance="balanced_sampler",
+               freeze_backbone_epochs=1)
+    assert training.run(cfg) == 0
+    ckpt = C.load_checkpoint(tmp_path / "f" / "last.pt", expect_model="frame")
+    assert ckpt["history"][0]["frozen_backbone"] is True and ckpt["history"][1]["frozen_backbone"] is False
+    fm = _val_predictions(tmp_path / "f" / "best.pt", manifests, as_model="frame_mean")
+    assert len(fm) == 8 and fm["p_fake"].between(0, 1).all()
+
+
+def test_frozen_epochs_leave_the_encoder_unchanged(manifests, tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg(manifests, tmp_path, run_name="z", epochs=1, freeze_backbone_epochs=1)
+    training.run(cfg)
+    trained = C.load_checkpoint(tmp_path / "z" / "last.pt")
+    training.seed_everything(cfg.seed)
+    init = training.create_model("cnn_lstm", **trained["model"]["kwargs"]).state_dict()
+    enc = [k for k in init if k.startswith("encoder.")]
+    assert enc and all(torch.equal(init[k], trained["state_dict"][k]) for k in enc)
+    assert not all(torch.equal(init[k], trained["state_dict"][k]) for k in init if k.startswith("head."))
+
+
+def test_early_stopping_on_validation_loss(manifests, tmp_path):
+    cfg = _cfg(manifests, tmp_path, run_name="es", epochs=6, patience=2, lr=0.0)  # loss never improves
+    assert training.run(cfg) == 0
+    hist = pd.read_csv(tmp_path / "es" / "history.csv")
+    assert hist["epoch"].tolist() == [1, 2, 3]
+    assert C.load_checkpoint(tmp_path / "es" / "best.pt")["epoch"] == 1
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(manifests, tmp_path,
+                                                                            monkeypatch):
+    kw = dict(epochs=3, augment=("flip", "color"), dropout=0.3)
+    assert training.run(_cfg(manifests, tmp_path, run_name="full", **kw)) == 0
+
+    real = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(_cfg(manifests, tmp_path, run_name="cut", **kw))
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    cut = tmp_path / "cut"
+    assert C.load_checkpoint(cut / "last.pt")["epoch"] == 2
+    assert pd.read_csv(cut / "history.csv")["epoch"].tolist() == [1, 2]
+
+    seen = []
+    monkeypatch.setattr(engine, "train_one_epoch",
+                        lambda *a, **k: seen.append(k["epoch"]) or real(*a, **k))
+    assert training.run(_cfg(manifests, tmp_path, resume=str(cut / "last.pt"), **kw)) == 0
+    assert seen == [2]  # only the third epoch ran
+    resumed, full = C.load_checkpoint(cut / "last.pt"), C.load_checkpoint(tmp_path / "full" / "last.pt")
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert pd.read_csv(cut / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    for k, v in full["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][k], v, msg=k)
+    np.testing.assert_allclose([h["val_loss"] for h in resumed["history"]],
+                               [h["val_loss"] for h in full["history"]], rtol=1e-6)
+
+
+def test_resume_refuses_best_pt_and_an_existing_run_folder(manifests, tmp_path):
+    cfg = _cfg(manifests, tmp_path, run_name="a", epochs=1)
+    training.run(cfg)
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        training.run(cfg)
+    with pytest.raises(ConfigError, match="resume from last.pt"):
+        training.run(dataclasses.replace(cfg, resume=str(tmp_path / "a" / "best.pt")))
+    with pytest.raises(CheckpointError, match="expected 'frame'"):
+        training.run(dataclasses.replace(cfg, model="frame", resume=str(tmp_path / "a" / "last.pt")))
+
+
+def test_train_split_with_one_class_is_refused(tmp_path):
+    out = make_manifests(tmp_path, n_real={"train": 0, "val": 1}, n_fake={"train": 2, "val": 1},
+                         n_frames=2, size=16)
+    with pytest.raises(ConfigError, match="needs REAL and FAKE"):
+        training.run(_cfg(out, tmp_path / "ck"))
+
+
+def test_seed_study_preset_and_unknown_preset(manifests, tmp_path):
+    assert training.model_kwargs(_cfg(manifests, tmp_path, preset="seed_study"))["lstm_sizes"] == [64, 256]
+    with pytest.raises(ConfigError, match="applies to cnn_lstm"):
+        training.model_kwargs(_cfg(manifests, tmp_path, model="frame", preset="seed_study"))
+
+
+def _torchrun(args: list[str], nproc: int, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "pipeline", "-q", "train", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_like_one_process_with_the_combined_batch(manifests, tmp_path):
+    """DDP equivalence, stated honestly.
+
+    2 processes x batch 2 see, at every step, exactly the clips that 1 process x batch 4 sees
+    (``EpochSampler`` strides one order), gradients are averaged, augmentation is seeded per clip
+    and the tiny backbone has no BatchNorm; with dropout 0 the two runs compute the same updates
+    up to float summation order. So "evaluates like" means: the DDP checkpoint, rebuilt in a
+    single process, predicts the validation videos like the single-process checkpoint (1e-4),
+    and its stored validation metrics are what a single-process evaluation of it gives.
+    """
+    common = ["--manifest-dir", str(manifests), "--out-dir", str(tmp_path), "--epochs", "2",
+              "--dropout", "0", "--augment", "flip", "color", "--image-size", "16",
+              "--threads", "1", "--lstm-hidden", "8"]
+    r = _torchrun([*common, "--run-name", "ddp", "--batch-size", "2"], nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert cli.main(["-q", "train", *common, "--run-name", "one", "--batch-size", "4"]) == 0
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    assert {p.name for p in ddp.iterdir()} >= {"best.pt", "last.pt", "history.csv"}
+    p_ddp = _val_predictions(ddp / "last.pt", manifests)
+    p_one = _val_predictions(one / "last.pt", manifests)
+    assert p_ddp["video_id"].tolist() == p_one["video_id"].tolist()
+    np.testing.assert_allclose(p_ddp["p_fake"], p_one["p_fake"], atol=1e-4)
+    ck = C.load_checkpoint(ddp / "last.pt")
+    from pipeline import metrics as M
+    again = M.video_metrics(p_ddp["label"], p_ddp["p_fake"], ck["metrics"]["threshold"])
+    assert again["log_loss"] == pytest.approx(ck["metrics"]["log_loss"], abs=1e-6)
+    assert ck["config"]["batch_size"] == 2 and len(ck["history"]) == 2
+    np.testing.assert_allclose([h["train_loss"] for h in ck["history"]],
+                               [h["train_loss"] for h in C.load_checkpoint(one / "last.pt")["history"]],
+                               rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_cnn_lstm_beats_single_frame_on_temporal_fakes(tmp_path):
+    """Fakes differ from reals only in frame-to-frame flicker (see train_fixtures)."""
+    out = make_manifests(tmp_path, n_real={"train": 24, "val": 16}, n_fake={"train": 24, "val": 16},
+                         n_frames=8, size=32, seed=1, flicker=0.4)
+    aucs = {}
+    for model in ("cnn_lstm", "frame"):
+        cfg = TrainConfig(model=model, manifest_dir=str(out), out_dir=str(tmp_path / "ck"),
+                          run_name=model, image_size=32, batch_size=8, epochs=10, patience=10,
+                          lr=3e-3, threads=1, augment=(), seed=0)
+        assert training.run(cfg) == 0
+        ck = C.load_checkpoint(tmp_path / "ck" / model / "best.pt")
+        aucs[model] = max(h["val_roc_auc"] for h in ck["history"])
+    shutil.rmtree(tmp_path / "ck")
+    assert aucs["cnn_lstm"] >= 0.8, aucs
+    assert aucs["cnn_lstm"] > aucs["frame"] + 0.1, aucs
