@@ -27,7 +27,14 @@ from pipeline import manifest
 from pipeline.config import PrepareConfig, to_dict
 from pipeline.errors import ConfigError, SplitError
 from pipeline.filtering import orphan_filter, reason_counts, window_filter
-from pipeline.sampling import clip_rows, gap_rows, n_usable, sample_video
+from pipeline.sampling import (
+    clip_records,
+    clips_frame,
+    gap_records,
+    gaps_frame,
+    n_usable,
+    sample_video,
+)
 from pipeline.splits import check_split, split_groups, split_summary
 
 logger = logging.getLogger(__name__)
@@ -89,7 +96,7 @@ def sample_all(
         choices = sample_video(by_video.get(row.video_id, empty_faces), cfg.sampler,
                                cfg.n_frames, cfg.stride, vf)
         advanced += sum(c.reason == "advanced" for c in choices)
-        gaps.append(gap_rows(row.video_id, choices))
+        gaps.extend(gap_records(row.video_id, choices))
         got = n_usable(choices)
         if got < cfg.n_frames:
             short.append((row, got))
@@ -97,7 +104,7 @@ def sample_all(
                 keep_mask.append(False)
                 continue
         keep_mask.append(True)
-        clips.append(clip_rows(row.video_id, row.label, row.original, choices))
+        clips.extend(clip_records(row.video_id, row.label, row.original, choices))
     short_out = pd.DataFrame(
         {
             "video_id": [r.video_id for r, _ in short],
@@ -109,8 +116,7 @@ def sample_all(
     )
     if cfg.short_clips == "pad":
         short_out = short_out.iloc[0:0]
-    clip_df = pd.concat(clips, ignore_index=True) if clips else manifest.empty("clips")
-    gap_df = pd.concat(gaps, ignore_index=True) if gaps else manifest.empty("gaps")
+    clip_df, gap_df = clips_frame(clips), gaps_frame(gaps)
     counts = {
         "sampled": len(kept),
         "short_clips": len(short),

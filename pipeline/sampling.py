@@ -180,32 +180,44 @@ def n_usable(choices: Sequence[SlotChoice]) -> int:
     return sum(not c.is_gap for c in choices)
 
 
+def clip_records(
+    video_id: str, label: str, original: str, choices: Sequence[SlotChoice]
+) -> list[tuple]:
+    """Clips-manifest rows (tuples in ``CLIP_COLUMNS`` order) of one video; gaps -> pad rows."""
+    return [
+        (video_id, label, original, c.slot, c.frame, c.track, c.crop_path or "",
+         0 if c.is_gap else 1)
+        for c in choices
+    ]
+
+
+def gap_records(video_id: str, choices: Sequence[SlotChoice]) -> list[tuple]:
+    """Gaps-manifest rows (tuples in ``GAP_COLUMNS`` order) of one video's gap slots."""
+    return [(video_id, c.slot, c.start_frame, c.reason) for c in choices if c.is_gap]
+
+
+def clips_frame(records: Sequence[tuple]) -> pd.DataFrame:
+    """A clips table from ``clip_records`` rows."""
+    df = pd.DataFrame.from_records(list(records), columns=CLIP_COLUMNS)
+    dtypes = {"video_id": "string", "label": "string", "original": "string", "slot": "int64",
+              "frame": "Int64", "track": "Int64", "crop_path": "string", "mask": "int64"}
+    return df.astype(dtypes)
+
+
+def gaps_frame(records: Sequence[tuple]) -> pd.DataFrame:
+    """A gaps table from ``gap_records`` rows."""
+    df = pd.DataFrame.from_records(list(records), columns=GAP_COLUMNS)
+    return df.astype({"video_id": "string", "slot": "int64", "start_frame": "Int64",
+                      "reason": "string"})
+
+
 def clip_rows(
     video_id: str, label: str, original: str, choices: Sequence[SlotChoice]
 ) -> pd.DataFrame:
     """One clips-manifest row per slot: gaps become pad rows (frame <NA>, crop_path "", mask 0)."""
-    return pd.DataFrame(
-        {
-            "video_id": pd.Series([video_id] * len(choices), dtype="string"),
-            "label": pd.Series([label] * len(choices), dtype="string"),
-            "original": pd.Series([original] * len(choices), dtype="string"),
-            "slot": pd.Series([c.slot for c in choices], dtype="int64"),
-            "frame": pd.Series([c.frame for c in choices], dtype="Int64"),
-            "track": pd.Series([c.track for c in choices], dtype="Int64"),
-            "crop_path": pd.Series([c.crop_path or "" for c in choices], dtype="string"),
-            "mask": pd.Series([0 if c.is_gap else 1 for c in choices], dtype="int64"),
-        }
-    )
+    return clips_frame(clip_records(video_id, label, original, choices))
 
 
 def gap_rows(video_id: str, choices: Sequence[SlotChoice]) -> pd.DataFrame:
     """One gaps-manifest row per gap slot."""
-    gaps = [c for c in choices if c.is_gap]
-    return pd.DataFrame(
-        {
-            "video_id": pd.Series([video_id] * len(gaps), dtype="string"),
-            "slot": pd.Series([c.slot for c in gaps], dtype="int64"),
-            "start_frame": pd.Series([c.start_frame for c in gaps], dtype="Int64"),
-            "reason": pd.Series([c.reason for c in gaps], dtype="string"),
-        }
-    )
+    return gaps_frame(gap_records(video_id, choices))
