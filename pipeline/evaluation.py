@@ -179,19 +179,19 @@ def _frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str,
     return out
 
 
-def _train_data_items(td: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``key: value`` lines of a training-data summary (nested dicts flattened, hashes shortened)."""
+def _train_data_items(td: Mapping[str, Any]) -> list[str]:
+    """``key: value`` lines of a training-data summary (nested dicts on one line, hashes short)."""
     items = []
     for k, v in td.items():
-        name = f"{prefix}{k}"
+        name = k
         if isinstance(v, Mapping) and v and all(
                 isinstance(c, Mapping) and set(c) <= {"REAL", "FAKE"} for c in v.values()):
             # per-split label counts: "train 6 REAL / 12 FAKE; val ..."
             v = "; ".join(f"{s} {c.get('REAL', 0)} REAL / {c.get('FAKE', 0)} FAKE"
                           for s, c in v.items())
-        elif isinstance(v, Mapping) and v:
-            items += _train_data_items(v, prefix=f"{name}.")
-            continue
+        elif isinstance(v, Mapping) and v:  # e.g. the prepare config: one line
+            v = ", ".join(f"{a}={b}" for a, b in v.items())
+            v = v if len(v) <= 200 else v[:197] + "..."
         elif k == "synthetic":
             v = "**YES**" if v is True else "no" if v is False else "unknown"
         elif isinstance(v, float):

@@ -38,6 +38,11 @@ def _color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
 
+def _style(i: int) -> str | tuple:
+    """Line style per model: curves that coincide (e.g. two constant models) stay visible."""
+    return ("-", (0, (5, 3)), (0, (1, 2)), "-.")[i % 4]
+
+
 def roc_plot(curves: Curves, path: str | os.PathLike, title: str = "ROC (video level)") -> Path:
     """ROC curves of all models on one chart; AUC in the legend."""
     fig, ax = plt.subplots(figsize=(5.5, 5.2))
@@ -45,7 +50,7 @@ def roc_plot(curves: Curves, path: str | os.PathLike, title: str = "ROC (video l
     for i, (name, (y, p)) in enumerate(curves.items()):
         pts = M.roc_points(y, p)
         auc = M.video_metrics(y, p)["roc_auc"]
-        ax.plot(pts["fpr"], pts["tpr"], color=_color(i), lw=2, drawstyle="default",
+        ax.plot(pts["fpr"], pts["tpr"], color=_color(i), lw=2, ls=_style(i),
                 label=f"{name} (AUC {auc:.3f}, n={len(y)})")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
            xlabel="false-positive rate (REAL called FAKE)",
@@ -65,7 +70,7 @@ def pr_plot(curves: Curves, path: str | os.PathLike,
         ap = M.video_metrics(y, p)["average_precision"]
         recall = np.r_[0.0, pts["tpr"][1:]]
         precision = np.r_[pts["precision"][0] if pts["precision"].size else 1.0, pts["precision"]]
-        ax.step(recall, precision, where="post", color=_color(i), lw=2,
+        ax.step(recall, precision, where="post", color=_color(i), lw=2, ls=_style(i),
                 label=f"{name} (AP {ap:.3f})")
         prevalences.add(round(float(np.mean(y)), 4))
     for prev in sorted(prevalences):
@@ -122,10 +127,10 @@ def calibration_plot(curves: Curves, path: str | os.PathLike, n_bins: int = 10) 
     bins = np.linspace(0, 1, n_bins + 1)
     for i, (name, (y, p)) in enumerate(curves.items()):
         rc = M.reliability_curve(y, p, n_bins=n_bins)
-        ax.plot(rc["mean_p"], rc["frac_fake"], marker="o", color=_color(i), lw=1.5,
+        ax.plot(rc["mean_p"], rc["frac_fake"], marker="o", color=_color(i), lw=1.5, ls=_style(i),
                 label=f"{name} (ECE {rc['ece']:.3f})")
         axh.hist(p, bins=bins, histtype="step", lw=1.8, color=_color(i), label=name,
-                 ls=("-", "--", ":", "-.")[i % 4])  # styles: identical histograms stay visible
+                 ls=_style(i))
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), ylabel="observed share of FAKE videos",
            title=f"Reliability ({n_bins} equal-width bins)")
     ax.grid(alpha=0.3)
@@ -146,13 +151,19 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray,
     return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
+TRAINING_METRICS = ("val_roc_auc", "val_balanced_accuracy", "val_average_precision")
+"""History keys drawn in the right panel of the training curves (when present)."""
+
+
 def training_curves_plot(histories: Mapping[str, Sequence[Mapping[str, Any]]],
                          path: str | os.PathLike) -> Path | None:
-    """Training curves from checkpoint histories: losses left, other validation metrics right.
+    """Training curves from checkpoint histories: losses left, validation metrics right.
 
     Args:
         histories: model -> list of per-epoch dicts (``epoch`` plus numeric values such as
-            ``train_loss``, ``val_loss``, ``val_roc_auc``). Non-numeric values are ignored.
+            ``train_loss``, ``val_loss``, ``val_roc_auc``). Keys with ``loss`` in their name go
+            left; ``TRAINING_METRICS`` go right; the rest (lr, seconds, threshold) is left out.
+        path: PNG destination.
 
     Returns:
         The path, or None when no history has anything to plot.
@@ -160,31 +171,28 @@ def training_curves_plot(histories: Mapping[str, Sequence[Mapping[str, Any]]],
     histories = {k: v for k, v in histories.items() if v}
     if not histories:
         return None
-    fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = ("-", "--", ":", "-.")
+    fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(12, 4.4))
     plotted = False
     for i, (name, hist) in enumerate(histories.items()):
-        keys = sorted({k for row in hist for k, v in row.items()
-                       if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)})
-        loss_keys = [k for k in keys if "loss" in k]
-        other_keys = [k for k in keys if "loss" not in k and k not in ("lr", "seconds", "step")
-                      and not k.startswith("n_") and "time" not in k]
-        for ax, group in ((ax_l, loss_keys), (ax_m, other_keys)):
+        keys = {k for row in hist for k in row}
+        loss_keys = sorted(k for k in keys if "loss" in k)
+        metric_keys = [k for k in TRAINING_METRICS if k in keys]
+        for ax, group in ((ax_l, loss_keys), (ax_m, metric_keys)):
             for j, key in enumerate(group):
                 x, y = _series(hist, key)
                 if x.size:
-                    ax.plot(x, y, color=_color(i), ls=styles[j % len(styles)], marker="o",
-                            ms=3, label=f"{name}: {key}")
+                    ax.plot(x, y, color=_color(i), ls=_style(j), marker="o", ms=3,
+                            label=f"{name}: {key}")
                     plotted = True
     if not plotted:
         plt.close(fig)
         return None
     ax_l.set(title="Losses", xlabel="epoch", ylabel="loss")
-    ax_m.set(title="Validation metrics", xlabel="epoch", ylabel="value")
+    ax_m.set(title="Validation metrics", xlabel="epoch", ylabel="value", ylim=(-0.02, 1.02))
     for ax in (ax_l, ax_m):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return _save(fig, path)
