@@ -70,7 +70,8 @@ def pr_plot(curves: Curves, path: str | os.PathLike,
         ap = M.video_metrics(y, p)["average_precision"]
         recall = np.r_[0.0, pts["tpr"][1:]]
         precision = np.r_[pts["precision"][0] if pts["precision"].size else 1.0, pts["precision"]]
-        ax.step(recall, precision, where="post", color=_color(i), lw=2, ls=_style(i),
+        # precision P_n holds over (R_{n-1}, R_n]: the area under the steps is the AP
+        ax.step(recall, precision, where="pre", color=_color(i), lw=2, ls=_style(i),
                 label=f"{name} (AP {ap:.3f})")
         prevalences.add(round(float(np.mean(y)), 4))
     for prev in sorted(prevalences):
