@@ -30,6 +30,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +276,9 @@ def read_face_records(out: Path, video_id: str) -> Iterator[list[Any]]:
 def _results(cfg: ExtractConfig, todo: list[dict]) -> Iterator[dict]:
     from pipeline.executors import run_items
 
-    return run_items(ExtractWorker, (cfg,), todo, engine=cfg.engine, workers=cfg.workers,
+    # workers (Ray actors included) may run in another folder: give them absolute paths
+    worker_cfg = replace(cfg, out=str(Path(cfg.out).resolve()))
+    return run_items(ExtractWorker, (worker_cfg,), todo, engine=cfg.engine, workers=cfg.workers,
                      address=cfg.address, max_in_flight=cfg.max_in_flight, desc="videos",
                      threads_per_worker=1, env=WORKER_ENV or None, progress=False)
 

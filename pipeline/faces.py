@@ -25,6 +25,7 @@ from pipeline.video_io import VideoReader, open_video
 logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in full-resolution pixels
+MAX_BATCH_BYTES = 256 * 2**20  # decoded frames held at once per video (32 frames of 1080p fit)
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,10 @@ class MTCNNDetector:
         )
         self.n_retried = 0  # frames re-detected at the larger scale (for measurements)
 
-    def _detect_at(self, frames: np.ndarray, scale: float) -> list[list[Detection]]:
+    def _detect_at(self, frames: np.ndarray, scale: float, stretch: bool = False) -> list[list[Detection]]:
         small = _resize(frames, scale)
+        if stretch:
+            small = autocontrast(small)
         boxes, probs = self._mtcnn.detect(small)  # per frame: (F, 4) array or None
         out: list[list[Detection]] = []
         for b, p in zip(boxes, probs, strict=True):
@@ -121,21 +124,60 @@ class MTCNNDetector:
             out.append(dets)
         return out
 
+    def _retry(self, frames: np.ndarray, out: list[list[Detection]], scale: float, stretch: bool) -> None:
+        missed = [i for i, d in enumerate(out) if not d]
+        if not missed:
+            return
+        if stretch:  # only frames the stretch would change (dark or low-contrast ones)
+            missed = [i for i in missed if _needs_stretch(frames[i])]
+            if not missed:
+                return
+        self.n_retried += len(missed)
+        for i, d in zip(missed, self._detect_at(frames[missed], scale, stretch), strict=True):
+            out[i] = d
+
     def detect(self, frames: np.ndarray) -> list[list[Detection]]:
-        """Faces per frame of ``frames`` ``(N, H, W, 3)``; boxes in full-resolution pixels."""
+        """Faces per frame of ``frames`` ``(N, H, W, 3)``; boxes in full-resolution pixels.
+
+        Frames where nothing is found are tried again: first contrast-stretched at the same scale
+        (dark clips), then at ``retry_scale`` times the scale (small faces), stretched if dark.
+        """
         if len(frames) == 0:
             return []
         h, w = frames.shape[1:3]
         scale = self.scale or auto_scale(w, h)
         out = self._detect_at(frames, scale)
-        big = min(1.0, scale * self.retry_scale)
-        missed = [i for i, d in enumerate(out) if not d]
-        if missed and big > scale:
-            self.n_retried += len(missed)
-            again = self._detect_at(frames[missed], big)
-            for i, d in zip(missed, again, strict=True):
-                out[i] = d
+        if self.retry_scale > 1:
+            self._retry(frames, out, scale, stretch=True)
+            big = min(1.0, scale * self.retry_scale)
+            if big > scale:
+                missed = [i for i, d in enumerate(out) if not d]
+                dark = [i for i in missed if _needs_stretch(frames[i])]
+                bright = [i for i in missed if i not in set(dark)]
+                for idx, stretch in ((dark, True), (bright, False)):
+                    if idx:
+                        self.n_retried += len(idx)
+                        for i, d in zip(idx, self._detect_at(frames[idx], big, stretch), strict=True):
+                            out[i] = d
         return out
+
+
+def _needs_stretch(frame: np.ndarray) -> bool:
+    """True when the frame's 99th-percentile brightness is well below white (dark footage)."""
+    return float(np.percentile(frame[::8, ::8], 99)) < 200
+
+
+def autocontrast(frames: np.ndarray) -> np.ndarray:
+    """Per-frame linear stretch so the 99th-percentile value becomes 255 ``(N, H, W, 3)`` uint8.
+
+    Measured on the dark DFDC clip abofeumbvv (30 frames, MTCNN prob >= 0.9 at 0.25x): 3/30
+    frames with a face as is, 30/30 stretched.
+    """
+    out = np.empty_like(frames)
+    for k, f in enumerate(frames):
+        p99 = max(float(np.percentile(f[::4, ::4], 99)), 1.0)
+        out[k] = np.clip(f.astype(np.float32) * (255.0 / p99), 0, 255).astype(np.uint8)
+    return out
 
 
 # ---------------------------------------------------------------------------- tracks
@@ -287,11 +329,14 @@ def extract_faces(
         else reader_or_path
     )
     every = max(1, int(cfg.detect_every))
+    info = reader.info
+    # frames per batch, capped so a batch stays under MAX_BATCH_BYTES (4K clips stay bounded)
+    batch_size = max(1, min(int(cfg.batch_size), MAX_BATCH_BYTES // (info.width * info.height * 3)))
     tracker = Tracker(cfg.iou_threshold)
     result = VideoFaces(info=reader.info)
     carried: list[tuple[int, Box]] = []  # (track, box) from the last detection
     k = 0  # position among processed frames
-    for idx, batch in reader.iter_batches(cfg.batch_size, frames):
+    for idx, batch in reader.iter_batches(batch_size, frames):
         det_pos = [j for j in range(len(idx)) if (k + j) % every == 0]
         dets = detector.detect(batch[det_pos]) if det_pos else []
         by_pos = dict(zip(det_pos, dets, strict=True))
