@@ -341,6 +341,20 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
     return "\n".join(lines)
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """The report folder, refused when it exists, is not empty and is not an earlier report.
+
+    The report folder is replaced whole, so ``--out .`` must never wipe a working folder.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: --out exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "metrics.json").is_file():
+        raise ConfigError(f"{out}: --out exists, is not empty and is not a dfpipe report "
+                          "(it would be replaced whole); choose another folder")
+    return out
+
+
 def build_report(
     predictions: pd.DataFrame,
     val_predictions: pd.DataFrame | None,
@@ -373,7 +387,9 @@ def build_report(
 
     Raises:
         ValueError: models scored on different videos, unknown labels or missing model infos.
+        ConfigError: ``out_dir`` is a non-empty folder that is not an earlier report.
     """
+    out_dir = check_out_dir(out_dir)
     preds = validate(predictions, "predictions", "predictions")
     if preds.empty:
         raise ValueError("no predictions to evaluate")
@@ -439,7 +455,6 @@ def build_report(
         frames = frame_predictions[list(FRAME_COLUMNS)].copy()
         summary["frame_level"] = _frame_level(frames, n_bootstrap, seed)
 
-    out_dir = Path(out_dir)
     with atomic_path(out_dir, is_dir=True) as tmp:
         figures = ["roc.png", "pr.png", "confusion.png", "calibration.png"]
         plots.roc_plot(curves, tmp / "roc.png", title=f"ROC, video level ({split} split)")
@@ -590,6 +605,7 @@ def run(cfg: EvaluateConfig) -> int:
     if cfg.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {cfg.bootstrap}")
     device = _resolve_device(cfg.device)
+    check_out_dir(cfg.out)  # before the slow part
     clips, split = read_clips_and_split(cfg.manifest_dir)
     splits = {s: split[split["split"] == s] for s in dict.fromkeys([cfg.split, "val"])}
     if splits[cfg.split].empty:

@@ -274,3 +274,19 @@ def test_cli_evaluate_bad_checkpoint_exit_2(tmp_path, e2e, capsys):
     assert str(bad) in capsys.readouterr().err  # the one-line error names the file
     assert not (tmp_path / "r").exists()
     assert main(["evaluate", "--manifest-dir", str(mdir), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path, infos):
+    from pipeline.errors import ConfigError
+
+    test = _predictions(5, 0, {"frame": 1.0})
+    keep = tmp_path / "work"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not a dfpipe report"):
+        E.build_report(test, None, {"frame": infos["frame"]}, keep, n_bootstrap=0)
+    assert (keep / "precious.txt").read_text() == "x"
+    out = tmp_path / "r"
+    E.build_report(test, None, {"frame": infos["frame"]}, out, n_bootstrap=0)
+    E.build_report(test, None, {"frame": infos["frame"]}, out, n_bootstrap=0)  # rerun replaces
+    assert (out / "report.md").is_file()
