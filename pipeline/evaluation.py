@@ -156,6 +156,26 @@ def _val_threshold(model: str, val: pd.DataFrame | None, info: ModelInfo, rule: 
     return 0.5, "0.5 (no usable val predictions)"
 
 
+PAIRED_METRICS: dict[str, Any] = {"roc_auc": M.roc_auc, "log_loss": M.log_loss}
+"""Threshold-free metrics compared pairwise on the same resamples."""
+
+
+def _paired(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], preds: pd.DataFrame,
+            models: list[str], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """Each model against the first one: paired grouped-bootstrap differences."""
+    ref = models[0]
+    rows = preds[preds["model"] == ref].sort_values("video_id")
+    g = rows["group"].astype(str).to_numpy()
+    y = curves[ref][0]
+    out: dict[str, Any] = {}
+    for m in models[1:]:
+        out[f"{m} - {ref}"] = {
+            name: M.paired_bootstrap(y, curves[m][1], curves[ref][1], g, fn, n_bootstrap, seed)
+            for name, fn in PAIRED_METRICS.items()
+        }
+    return out
+
+
 def _frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """Per-frame ROC AUC, AP and log loss of each frame model (frame label = video label)."""
     out: dict[str, Any] = {}
@@ -300,6 +320,20 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
             f"Bootstrap resamples with only one class were skipped for class-dependent metrics "
             f"(at most {worst} of {summary['bootstrap']}; counts in metrics.json)."
         )
+    if summary.get("paired"):
+        lines += [
+            "",
+            "## Paired differences",
+            "",
+            "Each model minus the first, on the same grouped resamples (an interval that excludes "
+            "0 is a difference this test set can see). Higher ROC AUC is better, lower log loss "
+            "is better.",
+            "",
+            "| comparison | Δ ROC AUC | Δ log loss |",
+            "|---|---|---|",
+        ]
+        for pair, d in summary["paired"].items():
+            lines.append(f"| {pair} | {_cell(d['roc_auc'])} | {_cell(d['log_loss'])} |")
     if summary.get("frame_level"):
         lines += [
             "",
@@ -446,6 +480,9 @@ def build_report(
         curves[m] = (y, p)
         conf_cells[m] = [("threshold 0.5", at_05["confusion"]),
                          (f"val threshold {thr:.3f}", at_val["confusion"])]
+
+    if len(models) > 1 and n_bootstrap > 0:
+        summary["paired"] = _paired(curves, preds, models, n_bootstrap, seed)
 
     frames = None
     if frame_predictions is not None and len(frame_predictions):

@@ -390,3 +390,35 @@ def bootstrap_video_metrics(
         n_valid = int(np.isfinite(arr).sum())
         out[m] = {"lo": lo, "hi": hi, "n_valid": n_valid, "n_skipped": int(arr.size - n_valid)}
     return out
+
+
+def paired_bootstrap(
+    y_true: Sequence | np.ndarray,
+    p_a: Sequence | np.ndarray,
+    p_b: Sequence | np.ndarray,
+    groups: Sequence | np.ndarray,
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    n: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Difference ``metric(A) - metric(B)`` of two models scored on the same videos.
+
+    Both models are evaluated on the same grouped resamples, so the interval reflects the
+    difference itself rather than two independent uncertainties (paired bootstrap).
+
+    Returns:
+        ``value`` (on all videos), ``lo``, ``hi`` (percentile 95%), ``n_valid``.
+    """
+    y, a = _arrays(y_true, p_a)
+    _, b = _arrays(y_true, p_b)
+    diffs = np.array([metric_fn(y[i], a[i]) - metric_fn(y[i], b[i])
+                      for i in bootstrap_resamples(groups, n, seed)], dtype=float)
+    lo, hi = percentile_interval(diffs)
+    return {"value": float(metric_fn(y, a) - metric_fn(y, b)), "lo": lo, "hi": hi,
+            "n_valid": int(np.isfinite(diffs).sum())}
+
+
+def roc_auc(y_true: Sequence | np.ndarray, p_fake: Sequence | np.ndarray) -> float:
+    """ROC AUC from probabilities (NaN unless both classes are present)."""
+    y, p = _arrays(y_true, p_fake)
+    return _auc_ap_eer(y, p)[0]

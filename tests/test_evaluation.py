@@ -80,6 +80,7 @@ def test_report_files_and_first_line_warning(report):
         assert f"| {m} |" in md
     assert "| metric | threshold | videos REAL / FAKE | cnn_lstm | frame | frame_mean |" in md
     assert "## Frame level" in md and "![" in md
+    assert "| frame_mean - cnn_lstm |" in md
     assert not list(out.parent.glob(".tmp-*"))  # nothing half-written left behind
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,6 +130,12 @@ def test_metrics_json_recomputed_with_sklearn(report):
             for name, v in mm.items():
                 assert v["n_real"] == 40 and v["n_fake"] == 80
                 assert v["lo"] <= v["value"] <= v["hi"], (m, key, name)
+    d = s["paired"]["frame - cnn_lstm"]["roc_auc"]
+    a_rows, b_rows = (test[test["model"] == m].sort_values("video_id") for m in ("frame", "cnn_lstm"))
+    ya = (a_rows["label"] == "FAKE").to_numpy(int)
+    assert d["value"] == pytest.approx(skm.roc_auc_score(ya, a_rows["p_fake"])
+                                       - skm.roc_auc_score(ya, b_rows["p_fake"]))
+    assert d["lo"] <= d["value"] <= d["hi"] < 0  # the weaker frame model is visibly worse
     fl = s["frame_level"]["frame"]
     frames = pd.read_csv(out / "frame_predictions.csv")
     fy = (frames["label"] == "FAKE").to_numpy(int)

@@ -236,3 +236,15 @@ def test_ranking_metrics_with_ties_match_sklearn(data, decimals):
     # scikit-learn lists PR points lowest threshold first and appends (recall 0, precision 1)
     np.testing.assert_allclose(pts["precision"], prec[:-1][::-1])
     np.testing.assert_allclose(pts["tpr"][1:], rec[:-1][::-1])
+
+
+def test_paired_bootstrap_difference():
+    y, p, g = _grouped(60)
+    same = M.paired_bootstrap(y, p, p, g, M.roc_auc, n=100, seed=0)
+    assert same["value"] == same["lo"] == same["hi"] == 0.0
+    rng = np.random.default_rng(5)
+    noisy = np.clip(p + rng.normal(0, 0.3, p.size), 0, 1)  # a clearly worse model
+    d = M.paired_bootstrap(y, p, noisy, g, M.roc_auc, n=200, seed=0)
+    assert d["value"] == pytest.approx(skm.roc_auc_score(y, p) - skm.roc_auc_score(y, noisy))
+    assert 0 < d["lo"] <= d["value"] <= d["hi"]
+    assert M.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
