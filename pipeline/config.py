@@ -253,7 +253,7 @@ class EvaluateConfig:
     threshold_rule: str = opt("balanced_accuracy", "how the validation threshold is chosen",
                               choices=["balanced_accuracy", "fpr"])
     target_fpr: float = opt(0.1, "false-positive rate for --threshold-rule fpr")
-    bootstrap: int = opt(1000, "bootstrap resamples for 95% intervals (grouped by original)")
+    bootstrap: int = opt(1000, "bootstrap resamples for the 95 percent intervals (grouped by original)")
     frame_level: bool = opt(True, "frame models: also per-frame AUC and the frame_mean aggregation")
     batch_size: int = opt(8, "clips (or frames) per prediction batch")
     workers: int = opt(0, "DataLoader workers")
