@@ -297,3 +297,12 @@ def test_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path, infos):
     E.build_report(test, None, {"frame": infos["frame"]}, out, n_bootstrap=0)
     E.build_report(test, None, {"frame": infos["frame"]}, out, n_bootstrap=0)  # rerun replaces
     assert (out / "report.md").is_file()
+
+
+def test_evaluate_help_renders(capsys):
+    from pipeline.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["evaluate", "--help"])
+    assert e.value.code == 0
+    assert "--threshold-rule" in capsys.readouterr().out
