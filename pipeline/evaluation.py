@@ -71,6 +71,7 @@ class ModelInfo:
         train_data: the checkpoint's training-data summary (``synthetic`` flag included).
         history: per-epoch dicts from the checkpoint (for training curves).
         derived_from: for ``frame_mean``: the frame model it wraps (no training of its own).
+        best_epoch: the epoch whose weights the checkpoint holds (marked on training curves).
         checkpoint_threshold: the threshold stored in the checkpoint at training time, if any.
         note: one line shown under the model in the report.
     """
@@ -81,6 +82,7 @@ class ModelInfo:
     train_data: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     derived_from: str | None = None
+    best_epoch: int | None = None
     checkpoint_threshold: float | None = None
     note: str = ""
 
@@ -111,11 +113,17 @@ def _fmt(v: float, digits: int = 3) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def _cell(m: Mapping[str, Any]) -> str:
-    if not math.isfinite(m["value"]):
+FEW_VALID = 0.9
+"""Intervals from fewer than this share of the resamples get a dagger in the report."""
+
+
+def _cell(m: Mapping[str, Any], n_bootstrap: int = 0) -> str:
+    if m["value"] is None or not math.isfinite(m["value"]):
         return "n/a"
     ci = f" [{_fmt(m['lo'])}, {_fmt(m['hi'])}]" if math.isfinite(m["lo"]) else " [n/a]"
-    return f"{_fmt(m['value'])}{ci}"
+    valid = m.get("bootstrap_valid")
+    dagger = "†" if n_bootstrap and valid is not None and valid < FEW_VALID * n_bootstrap else ""
+    return f"{_fmt(m['value'])}{ci}{dagger}"
 
 
 def _metrics_with_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float,
@@ -299,13 +307,10 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         keys = ["at_0.5"] if metric in M.THRESHOLD_FREE else ["at_0.5", "at_val"]
         for key in keys:
             thr = "-" if metric in M.THRESHOLD_FREE else key.removeprefix("at_")
-            cells = [_cell(summary["models"][n][key]["metrics"][metric]) for n in models]
+            cells = [_cell(summary["models"][n][key]["metrics"][metric], summary["bootstrap"])
+                     for n in models]
             lines.append(f"| {label} | {thr} | {counts} | " + " | ".join(cells) + " |")
-    skipped = {
-        (n, metric): summary["models"][n]["at_0.5"]["metrics"][metric]["bootstrap_skipped"]
-        for n in models for metric in M.METRIC_NAMES
-    }
-    skipped = {k: v for k, v in skipped.items() if v}
+    daggers = any("†" in line for line in lines)
     lines += [
         "",
         "ROC AUC, average precision and EER are computed from probabilities, never from hard "
@@ -314,12 +319,14 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         "FAKE videos' mean loss (each class weighs one half). EER: the error rate where "
         "false-positive rate = false-negative rate, interpolated on the ROC curve.",
     ]
-    if skipped:
-        worst = max(skipped.values())
-        lines.append(
-            f"Bootstrap resamples with only one class were skipped for class-dependent metrics "
-            f"(at most {worst} of {summary['bootstrap']}; counts in metrics.json)."
-        )
+    lines.append(
+        "A resample where a metric is undefined (only one class drawn, or for precision no "
+        "video called FAKE) is left out of that metric's interval (counts in metrics.json); "
+        "`n/a`: undefined on the whole split."
+    )
+    if daggers:
+        lines.append(f"†: interval from fewer than {FEW_VALID:.0%} of the resamples: treat it "
+                     "with care.")
     if summary.get("paired"):
         lines += [
             "",
@@ -501,7 +508,9 @@ def build_report(
         plots.calibration_plot(curves, tmp / "calibration.png")
         histories = {m: model_infos[m].history for m in models
                      if model_infos[m].history and not model_infos[m].derived_from}
-        if plots.training_curves_plot(histories, tmp / "training_curves.png") is not None:
+        best_epochs = {m: model_infos[m].best_epoch for m in histories}
+        if plots.training_curves_plot(histories, tmp / "training_curves.png",
+                                      best_epochs=best_epochs) is not None:
             figures.append("training_curves.png")
         cfg = dict(config or {})
         write_manifest(preds, tmp / "predictions.csv", "predictions", config=cfg,
@@ -611,6 +620,28 @@ def _frame_pass(frame_model: Any, loader: Any, device: Any) -> tuple[pd.DataFram
     return pd.DataFrame(videos), pd.DataFrame(frames)
 
 
+def _full_history(path: Path, ckpt: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The checkpoint's history, or the longer one of ``last.pt`` beside it (same run).
+
+    ``best.pt`` is written at the best epoch, so its history stops there; the run's ``last.pt``
+    holds the epochs after it too. Used only when it extends the same history.
+    """
+    from pipeline.checkpoint import load_checkpoint
+
+    history = list(ckpt.get("history") or [])
+    last = path.parent / "last.pt"
+    if not last.is_file() or last.resolve() == path.resolve():
+        return history
+    try:
+        longer = list(load_checkpoint(last).get("history") or [])
+    except PipelineError as e:
+        logger.warning("%s: history of %s not used: %s", path, last, e)
+        return history
+    if len(longer) > len(history) and longer[: len(history)] == history:
+        return longer
+    return history
+
+
 def _preprocess(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     """(image size, frame index) the model was trained with: ``preprocess``, else ``config``."""
     pre, cfg = ckpt.get("preprocess") or {}, ckpt.get("config") or {}
@@ -669,7 +700,8 @@ def run(cfg: EvaluateConfig) -> int:
         best = ckpt.get("best") or {}
         info = ModelInfo(name=name, arch=arch, checkpoint=str(path),
                          train_data=dict(ckpt.get("train_data") or {}),
-                         history=list(ckpt.get("history") or []),
+                         history=_full_history(path, ckpt),
+                         best_epoch=best.get("epoch"),
                          checkpoint_threshold=None if thr is None else float(thr),
                          note=f"{ckpt.get('epoch', '?')} epoch(s) trained, best epoch "
                               f"{best.get('epoch', '?')}; checkpoint threshold "

@@ -157,7 +157,8 @@ TRAINING_METRICS = ("val_roc_auc", "val_balanced_accuracy", "val_average_precisi
 
 
 def training_curves_plot(histories: Mapping[str, Sequence[Mapping[str, Any]]],
-                         path: str | os.PathLike) -> Path | None:
+                         path: str | os.PathLike,
+                         best_epochs: Mapping[str, int | None] | None = None) -> Path | None:
     """Training curves from checkpoint histories: losses left, validation metrics right.
 
     Args:
@@ -165,6 +166,7 @@ def training_curves_plot(histories: Mapping[str, Sequence[Mapping[str, Any]]],
             ``train_loss``, ``val_loss``, ``val_roc_auc``). Keys with ``loss`` in their name go
             left; ``TRAINING_METRICS`` go right; the rest (lr, seconds, threshold) is left out.
         path: PNG destination.
+        best_epochs: model -> the epoch its checkpoint holds (a vertical line on both panels).
 
     Returns:
         The path, or None when no history has anything to plot.
@@ -185,6 +187,11 @@ def training_curves_plot(histories: Mapping[str, Sequence[Mapping[str, Any]]],
                     ax.plot(x, y, color=_color(i), ls=_style(j), marker="o", ms=3,
                             label=f"{name}: {key}")
                     plotted = True
+        best = (best_epochs or {}).get(name)
+        if best is not None:
+            for ax in (ax_l, ax_m):
+                ax.axvline(best, color=_color(i), lw=1, ls=":", alpha=0.8,
+                           label=f"{name}: best epoch {best}" if ax is ax_l else None)
     if not plotted:
         plt.close(fig)
         return None

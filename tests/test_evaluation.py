@@ -180,7 +180,7 @@ def test_fpr_rule_respects_target(tmp_path, infos):
 # --------------------------------------------------------------------------------------------
 
 
-def _save_random_checkpoint(path, name, synthetic=True, **kwargs):
+def _save_random_checkpoint(path, name, synthetic=True, with_last=False, **kwargs):
     import torch
 
     from pipeline.checkpoint import save_checkpoint
@@ -198,6 +198,11 @@ def _save_random_checkpoint(path, name, synthetic=True, **kwargs):
         "train_data": {"synthetic": synthetic, "n_train": 2},
         "history": hist, "threshold": 0.42, "threshold_rule": "balanced_accuracy",
     })
+    if with_last:  # best.pt stops at the best epoch; the run's last.pt has one epoch more
+        more = hist + [{"epoch": 3, "train_loss": 0.6, "val_loss": 0.7, "val_roc_auc": 0.55}]
+        save_checkpoint(path.parent / "last.pt", {
+            "model": {"name": name, "kwargs": dict(model.model_kwargs)},
+            "state_dict": model.state_dict(), "epoch": 3, "config": {}, "history": more})
     return path
 
 
@@ -213,7 +218,8 @@ def e2e(tmp_path_factory):
     counts = {"train": 1, "val": 3, "test": 3}
     mdir = make_manifests(root, n_real=counts, n_fake=counts, size=32,
                           pad_slots={"test_fake_000": [0, 15, 29]})
-    a = _save_random_checkpoint(root / "run_a" / "best.pt", "cnn_lstm", lstm_hidden=8)
+    a = _save_random_checkpoint(root / "run_a" / "best.pt", "cnn_lstm", lstm_hidden=8,
+                                with_last=True)
     b = _save_random_checkpoint(root / "run_b" / "best.pt", "frame", synthetic=False)
     out = root / "report"
     rc = main(["evaluate", "--checkpoint", str(a), str(b), "--manifest-dir", str(mdir),
@@ -240,6 +246,9 @@ def test_cli_evaluate_end_to_end(e2e):
     assert s["models"]["frame_mean"]["info"]["derived_from"] == "frame"
     assert s["models"]["cnn_lstm"]["info"]["synthetic"] is True
     assert s["models"]["frame"]["info"]["checkpoint_threshold"] == 0.42
+    assert s["models"]["cnn_lstm"]["info"]["history_epochs"] == 3  # from last.pt
+    assert s["models"]["cnn_lstm"]["info"]["best_epoch"] == 2
+    assert s["models"]["frame"]["info"]["history_epochs"] == 2  # no last.pt beside it
     assert "val split (3 REAL / 3 FAKE)" in s["models"]["cnn_lstm"]["val_threshold_source"]
     frames = pd.read_csv(out / "frame_predictions.csv")
     assert len(frames) == 6 * 30 - 3  # every valid slot of the test clips, padding left out
