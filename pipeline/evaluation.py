@@ -7,9 +7,14 @@ Every model is scored on the same split of the same clips manifest. The report f
   ``frame_predictions.csv`` (one row per valid frame) for frame models;
 - ``metrics.json``: every metric at threshold 0.5 and at the validation-chosen threshold, each
   with its grouped-bootstrap 95% interval and its count of videos per class;
-- ``report.md`` with a comparison table and the plots (``roc.png``, ``pr.png``,
-  ``confusion.png``, ``calibration.png``, ``training_curves.png``). Its first line is a
-  WARNING when any model was trained on synthetic data.
+- ``report.md`` with the models and their training data, a comparison table, paired
+  differences against the first model, the frame-level view, and the plots (``roc.png``,
+  ``pr.png``, ``confusion.png``, ``calibration.png``, ``training_curves.png``). Its first line
+  is a WARNING when any model was trained on synthetic data.
+
+A ``frame`` checkpoint also yields ``frame_mean`` (the same model on every valid frame,
+probabilities averaged; no training of its own) and the per-frame view (frame label = video
+label), both from one pass over the clips.
 
 The pure core is ``build_report`` (prediction tables in, report folder out); ``run`` loads the
 checkpoints, predicts, and calls it. The whole folder is replaced atomically.
