@@ -64,7 +64,7 @@ def test_worker_on_synthetic_dataset(synth_dir, tmp_path):
     items, failed = discover_inputs([synth_dir])
     truth = {t["video_id"]: t for t in load_truth(synth_dir)}
     assert not failed and len(items) == 4
-    worker = ExtractWorker(ExtractConfig(out=str(tmp_path), crop_size=64))
+    worker = ExtractWorker(ExtractConfig(out=str(tmp_path), crop_size=64, scale=0.5))
     for it in items:
         row = worker(it)
         assert row["status"] == "ok", row
