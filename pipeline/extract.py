@@ -10,6 +10,7 @@ that made it) and ``_faces.csv``. A rerun skips videos whose folder exists with 
 parameters, and rebuilds both manifests from all per-video records (sorted by video_id, frame,
 track), so a run killed at any moment and rerun gives the manifests an uninterrupted run gives.
 Failed videos are recorded in ``FACES_DIR/_failed/<video_id>.json`` and retried on every rerun.
+One run at a time per FACES_DIR: a starting run deletes the ``.tmp-*`` leftovers it finds there.
 
 Statuses: ``ok``; ``no_face`` (a readable video where MTCNN found no face: a valid outcome, not a
 failure); failures: ``missing_file`` (listed in metadata.json but absent), ``empty_file``,
@@ -41,10 +42,10 @@ from pipeline.config import ExtractConfig
 from pipeline.errors import ConfigError, MetadataError, VideoReadError
 from pipeline.fsutil import atomic_path, atomic_write_json, remove_stale_temps
 from pipeline.manifest import LABELS, SCHEMAS, manifest_path, write_manifest
+from pipeline.video_io import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MIN_FRAMES = 2
 OK_STATUSES = ("ok", "no_face")
@@ -336,6 +337,9 @@ def run(cfg: ExtractConfig) -> int:
     if n_stale:
         logger.info("removed %d leftover temporary file(s) of an interrupted run", n_stale)
     items, rows = discover_inputs(cfg.inputs)
+    if not items and not rows:
+        logger.warning("extract: no videos (%s) found in %s", " ".join(VIDEO_EXTENSIONS),
+                       " ".join(cfg.inputs))
     todo: list[dict] = []
     n_resumed = 0
     for it in items:
