@@ -274,6 +274,11 @@ class ScoreConfig:
     address: str | None = opt(None, "Ray cluster address (none: embedded local Ray)")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     threshold: float | None = opt(None, "decision threshold (default: the checkpoint's)")
+    detect: str = opt("slots", "frames MTCNN runs on: 'slots' = only the sampler's slot starts "
+                      "(0, 10, ..., 290: fast), 'all' = every frame (as the extract stage)",
+                      choices=["slots", "all"])
+    min_frames: int = opt(10, "a face track needs at least this many of the 30 slots to be scored")
+    decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
     overwrite: bool = opt(False, "rescore videos already in the results file")
 
 

@@ -54,3 +54,32 @@ def clip_factory():
     from pipeline.synth import make_clip
 
     return make_clip
+
+
+# --- a tiny trained checkpoint (random-init tiny CNN, 1 epoch; no pretrained weights) ----------
+
+
+def _train_tiny(root: Path, model: str) -> Path:
+    from pipeline.config import TrainConfig
+    from pipeline.training import run as train_run
+    from train_fixtures import make_manifests
+
+    manifests = make_manifests(root, size=32, seed=3)
+    rc = train_run(TrainConfig(model=model, backbone="tiny", manifest_dir=str(manifests),
+                               out_dir=str(root / "ckpt"), run_name=model, image_size=32,
+                               epochs=1, batch_size=4, seed=0))
+    assert rc == 0
+    return root / "ckpt" / model / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a ``cnn_lstm`` with the tiny backbone (random init, trained 1 epoch on 32 px
+    synthetic crops): a real checkpoint for scoring/serving tests, not a meaningful detector."""
+    return _train_tiny(tmp_path_factory.mktemp("tiny_cnn_lstm"), "cnn_lstm")
+
+
+@pytest.fixture(scope="session")
+def tiny_frame_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a ``frame`` model, tiny backbone, random init, 1 epoch (see tiny_checkpoint)."""
+    return _train_tiny(tmp_path_factory.mktemp("tiny_frame"), "frame")

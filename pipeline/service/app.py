@@ -11,8 +11,6 @@ The uploaded file name is display-only: the upload is always stored as ``upload.
 fresh temporary folder, so ``../../x.mp4`` cannot write anywhere else.
 """
 
-from __future__ import annotations
-
 import asyncio
 import base64
 import contextlib

@@ -1,0 +1,452 @@
+"""``dfpipe score``: whole videos -> per-video verdicts with evidence.
+
+One video: decode -> faces (``faces.extract_faces``, the extract stage's own code) -> per face
+track, the model's 30-slot input (``sampling.sample_video``, the prepare stage's own rules;
+``data.crops_to_tensor``, the training preprocessing) -> p_fake per track -> the video's p_fake is
+the maximum over tracks (any fake identity makes the video fake). A failure has a status and a
+reason and no score; never a made-up 0.5.
+
+Statuses: ``ok``; ``no_face`` (readable, no face found); ``too_few_frames`` (faces, but no track
+fills ``min_frames`` of the slots); ``read_error`` / ``empty_file`` / ``missing_file`` /
+``too_short`` (the video cannot be used); ``error`` (anything unexpected, with its message).
+Only the last group makes the exit status 1.
+
+Per-frame timeline: for ``frame`` checkpoints, each sampled frame's own p_fake (the video score is
+their mean, ``frame_mean``); for ``cnn_lstm``, the running verdict: p_fake after the LSTM has seen
+the slots up to that frame.
+
+Batch mode writes one JSON line per video as it finishes (fsync'd), so a killed run loses at most
+the videos in flight; a rerun skips videos already in the results file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import engine
+from pipeline.checkpoint import build_model, load_checkpoint
+from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig
+from pipeline.data import crops_to_tensor
+from pipeline.errors import ConfigError, VideoReadError
+from pipeline.fsutil import atomic_write_text
+from pipeline.sampling import sample_video
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames")
+"""Statuses that are an answer about the video; anything else counts as a failure."""
+N_EVIDENCE = 3
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def _failure_status(e: VideoReadError) -> str:
+    text = str(e)
+    if "empty file" in text:
+        return "empty_file"
+    if "not found" in text:
+        return "missing_file"
+    return "read_error"
+
+
+class VideoScorer:
+    """A model, a face detector and the sampling rules of its training data: scores videos.
+
+    Build with ``VideoScorer.from_checkpoint``; ``score(path)`` returns a result dict.
+    """
+
+    def __init__(self, ckpt: dict[str, Any], ckpt_path: str, *, device: str = "auto",
+                 detect: str = "slots", min_frames: int = 10, decoder: str = "decord",
+                 threshold: float | None = None, extract: ExtractConfig | None = None) -> None:
+        from pipeline.faces import MTCNNDetector
+
+        self.device = resolve_device(device)
+        self.ckpt_path = str(ckpt_path)
+        self.model_name = ckpt["model"]["name"]
+        # a frame checkpoint scores videos as frame_mean: every sampled frame, probabilities averaged
+        self.model = build_model(ckpt, as_model="frame_mean" if self.model_name == "frame" else None)
+        self.model.to(self.device).eval()
+        pre = ckpt.get("preprocess", {})
+        self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
+        prep = dict(ckpt.get("train_data", {}).get("prepare") or {})
+        defaults = PrepareConfig()
+        self.sampler = prep.get("sampler", defaults.sampler)
+        self.n_slots = int(prep.get("n_frames", defaults.n_frames))
+        self.stride = int(prep.get("stride", defaults.stride))
+        self.threshold = float(threshold if threshold is not None else ckpt.get("threshold", 0.5))
+        self.detect = detect
+        self.min_frames = min_frames
+        self.extract_cfg = extract or ExtractConfig(decoder=decoder, device=device)
+        self.detector = MTCNNDetector(
+            device=self.extract_cfg.device, min_face_size=self.extract_cfg.min_face_size,
+            scale=self.extract_cfg.scale, retry_scale=self.extract_cfg.retry_scale,
+            min_prob=self.extract_cfg.min_face_prob)
+        data = ckpt.get("train_data", {})
+        self.card = {
+            "model": self.model_name,
+            "scored_as": "frame_mean" if self.model_name == "frame" else self.model_name,
+            "backbone": ckpt["config"].get("backbone", ""),
+            "checkpoint": self.ckpt_path,
+            "checkpoint_id": _file_id(self.ckpt_path),
+            "epoch": ckpt.get("epoch"),
+            "threshold": self.threshold,
+            "trained_on": _trained_on(data),
+            "synthetic_training_data": data.get("synthetic"),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> VideoScorer:
+        """Load ``path`` (weights_only) and build the scorer; ``kwargs`` as ``__init__``."""
+        ckpt = load_checkpoint(path, map_location="cpu")
+        return cls(ckpt, str(path), **kwargs)
+
+    def info(self) -> dict[str, Any]:
+        """The model card: which model, which checkpoint, threshold, training data."""
+        return dict(self.card)
+
+    # ------------------------------------------------------------------------------ one video
+
+    def score(self, path: str | os.PathLike, *, explain_dir: str | os.PathLike | None = None,
+              display_name: str | None = None) -> dict[str, Any]:
+        """Score one video. Never raises for a bad video: the result has a status and a reason."""
+        t0 = time.perf_counter()
+        path = Path(path)
+        result: dict[str, Any] = {
+            "path": str(path), "video_id": path.stem, "status": "", "reason": "", "p_fake": None,
+            "label": None, "threshold": self.threshold, "tracks": [], "timeline": [],
+            "frames_used": 0, "faces_found": 0, "seconds": 0.0, "checkpoint": self._ck_summary(),
+        }
+        try:
+            self._score(path, result, explain_dir, display_name or path.name)
+        except VideoReadError as e:
+            result.update(status=_failure_status(e), reason=str(e).splitlines()[0])
+        except Exception as e:  # noqa: BLE001 - one bad video must not stop a batch
+            log.exception("%s: unexpected error while scoring", path)
+            result.update(status="error",
+                          reason=f"{path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        return result
+
+    def _ck_summary(self) -> dict[str, Any]:
+        return {"id": self.card["checkpoint_id"], "model": self.card["scored_as"],
+                "path": self.ckpt_path, "trained_on": self.card["trained_on"]}
+
+    def _score(self, path: Path, result: dict, explain_dir, display_name: str) -> None:
+        from pipeline.faces import extract_faces
+        from pipeline.video_io import open_video
+
+        if not path.is_file():
+            raise VideoReadError(f"{path}: file not found")
+        if path.stat().st_size == 0:
+            raise VideoReadError(f"{path}: empty file")
+        reader = open_video(path, self.extract_cfg.decoder)
+        try:
+            info = reader.info
+            if info.n_frames < 2:
+                result.update(status="too_short",
+                              reason=f"{path}: {info.n_frames} frame(s), need at least 2")
+                return
+            frames = None
+            if self.detect == "slots" and self.sampler == "stride":
+                frames = [f for f in range(0, self.n_slots * self.stride, self.stride)
+                          if f < info.n_frames]
+            faces = extract_faces(reader, self.detector, self.extract_cfg, frames=frames)
+        finally:
+            reader.close()
+        result["faces_found"] = len(faces.records)
+        result["n_frames"] = info.n_frames
+        if not faces.records:
+            result.update(status="no_face", reason=f"{path}: no face found")
+            return
+
+        table = pd.DataFrame({
+            "frame": [r.frame for r in faces.records],
+            "track": [r.track for r in faces.records],
+            "crop_path": [str(i) for i in range(len(faces.records))],  # index into faces.crops
+        })
+        tracks = []
+        for track, rows in table.groupby("track", sort=True):
+            choices = sample_video(rows, self.sampler, self.n_slots, self.stride, info.n_frames)
+            used = [c for c in choices if not c.is_gap]
+            tracks.append({"track": int(track), "choices": choices, "used": used})
+        scorable = [t for t in tracks if len(t["used"]) >= self.min_frames]
+        for t in tracks:
+            t["summary"] = {"track": t["track"], "frames_used": len(t["used"]), "p_fake": None,
+                            "status": "ok" if t in scorable else "too_few_frames"}
+        result["tracks"] = [t["summary"] for t in tracks]
+        if not scorable:
+            best = max(len(t["used"]) for t in tracks)
+            result.update(status="too_few_frames",
+                          reason=f"{path}: no face track fills {self.min_frames} of "
+                                 f"{self.n_slots} slots (best: {best})")
+            return
+
+        clip, mask = self._inputs(scorable, faces.crops)  # (B, T, C, H, W), (B, T)
+        with torch.no_grad():
+            logits = self.model(clip, mask)  # (B,)
+            p_tracks = engine.probabilities(logits).float().cpu().numpy()  # (B,)
+            per_slot = self._per_slot(clip, mask)  # (B, T)
+        for t, p in zip(scorable, p_tracks, strict=True):
+            t["summary"]["p_fake"] = float(p)
+        k = int(np.argmax(p_tracks))
+        deciding = scorable[k]
+        p_video = float(p_tracks[k])
+        timeline = [{"frame": int(c.frame), "slot": int(c.slot), "p_fake": float(per_slot[k, c.slot])}
+                    for c in deciding["used"]]
+        result.update(status="ok", p_fake=p_video,
+                      label="FAKE" if p_video >= self.threshold else "REAL",
+                      deciding_track=deciding["track"], timeline=timeline,
+                      frames_used=len(deciding["used"]))
+        if explain_dir is not None:
+            self._explain(Path(explain_dir), result, deciding, clip[k:k + 1], mask[k:k + 1],
+                          faces.crops, display_name)
+
+    def _inputs(self, tracks: list[dict], crops: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input for each track: (B, T, C, H, W) clips and (B, T) masks (gaps zero)."""
+        b, t, s = len(tracks), self.n_slots, self.image_size
+        clip = torch.zeros(b, t, 3, s, s)
+        mask = torch.zeros(b, t)
+        for i, tr in enumerate(tracks):
+            slots = [c.slot for c in tr["used"]]
+            x = crops_to_tensor([crops[int(c.crop_path)] for c in tr["used"]], s)  # (n, C, H, W)
+            clip[i, slots] = x
+            mask[i, slots] = 1.0
+        return clip.to(self.device), mask.to(self.device)
+
+    def _per_slot(self, clip: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """(B, T) per-slot p_fake: frame models score each frame; cnn_lstm gives running verdicts."""
+        b, t = mask.shape
+        if self.card["scored_as"] == "frame_mean":
+            logits = self.model.frame(clip.reshape(b * t, *clip.shape[2:]))  # (B*T,)
+            return engine.probabilities(logits).reshape(b, t).float().cpu().numpy()  # (B, T)
+        feats = self.model.encoder(clip)  # (B, T, F), once
+        out = np.zeros((b, t), dtype=np.float32)
+        for s in range(t):
+            prefix = mask.clone()
+            prefix[:, s + 1:] = 0  # the LSTM has seen slots 0..s
+            logits = self.model.classify(feats, prefix)  # (B,)
+            out[:, s] = engine.probabilities(logits).float().cpu().numpy()
+        return out
+
+    def _explain(self, out_dir: Path, result: dict, track: dict, clip: torch.Tensor,
+                 mask: torch.Tensor, crops: list[np.ndarray], display_name: str) -> None:
+        from pipeline.explain import grad_cam, render_html, render_sheet
+
+        used = track["used"]
+        faces = [crops[int(c.crop_path)] for c in used]
+        self.model.zero_grad(set_to_none=True)
+        # maps at the crops' own size (the model may see them smaller)
+        cams = grad_cam(lambda: self.model(clip, mask), self.model, faces[0].shape[:2])  # (T, h, w)
+        timeline = result["timeline"]
+        scores = np.array([p["p_fake"] for p in timeline])
+        if self.card["scored_as"] == "frame_mean":
+            # the frames whose own score is furthest towards the verdict
+            order = np.argsort(-scores if result["label"] == "FAKE" else scores)
+        else:
+            # the frames after which the running verdict moved most towards the final one
+            steps = np.diff(np.concatenate([[0.5], scores]))
+            order = np.argsort(-steps if result["label"] == "FAKE" else steps)
+        picks = sorted(int(i) for i in order[:N_EVIDENCE])
+        heat = [(int(used[i].frame), faces[i], cams[used[i].slot]) for i in picks]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = result["video_id"]
+        png = render_sheet(
+            out_dir / f"{stem}.png",
+            title=f"{display_name}  ·  model {self.card['scored_as']} ({self.card['backbone']}), "
+                  f"checkpoint {self.card['checkpoint_id']}",
+            verdict=f"{result['label']}  p_fake = {result['p_fake']:.3f}  "
+                    f"(threshold {self.threshold:.3f}; track {track['track']} of "
+                    f"{len(result['tracks'])})",
+            faces=faces, frames=[c.frame for c in used], timeline=timeline,
+            threshold=self.threshold, heatmaps=heat,
+            timeline_label="p_fake of the frame" if self.card["scored_as"] == "frame_mean"
+            else "running p_fake (LSTM)",
+        )
+        result["evidence_png"] = str(png)
+        html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name)
+        result["evidence_html"] = str(html)
+
+
+def _file_id(path: str) -> str:
+    """Short content id of a checkpoint file (first 12 hex of its SHA-256)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def _trained_on(data: dict[str, Any]) -> str:
+    if not data:
+        return "unknown"
+    counts = data.get("counts", {}).get("train", {})
+    kind = {True: "SYNTHETIC data", False: "real data"}.get(data.get("synthetic"), "data of unknown origin")
+    return f"{kind}: {counts.get('REAL', '?')} REAL / {counts.get('FAKE', '?')} FAKE training videos"
+
+
+# ------------------------------------------------------------------------------------ batch
+
+
+def discover_videos(inputs: tuple[str, ...] | list[str]) -> list[Path]:
+    """Video files named directly or found (recursively) in folders, sorted, de-duplicated."""
+    found: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found += [q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES]
+        else:
+            found.append(p)  # a missing or odd file still gets a result row with its reason
+    seen, out = set(), []
+    for p in sorted(found, key=lambda q: str(q)):
+        key = str(p.resolve()) if p.exists() else str(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+class ScoreWorker:
+    """Per-process worker for the executors: loads the checkpoint and MTCNN once."""
+
+    def __init__(self, cfg: ScoreConfig) -> None:
+        self.cfg = cfg
+        self.scorer = VideoScorer.from_checkpoint(
+            cfg.checkpoint, device=cfg.device, detect=cfg.detect, min_frames=cfg.min_frames,
+            decoder=cfg.decoder, threshold=cfg.threshold)
+
+    def __call__(self, item: dict) -> dict:
+        res = self.scorer.score(item["path"], explain_dir=self.cfg.explain)
+        res["id"] = item["id"]
+        return res
+
+
+def journal_path(out: Path) -> Path:
+    """Where results accumulate line by line (the output itself for .jsonl)."""
+    return out if out.suffix == ".jsonl" else out.with_name(out.name + ".journal.jsonl")
+
+
+def read_journal(path: Path) -> list[dict]:
+    """Valid result lines of a journal; a torn last line (killed mid-write) is dropped."""
+    if not path.is_file():
+        return []
+    rows, torn = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn = True
+    if torn:
+        log.warning("%s: dropped a partial line left by an interrupted run", path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
+               "frames_used", "faces_found", "n_tracks", "track_scores", "seconds", "checkpoint_id",
+               "model", "evidence_png"]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """The results as CSV (nested fields flattened: track scores as ``track:p`` pairs)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({
+            **{k: r.get(k, "") for k in CSV_COLUMNS},
+            "p_fake": "" if r.get("p_fake") is None else f"{r['p_fake']:.6f}",
+            "label": r.get("label") or "",
+            "n_tracks": len(r.get("tracks", [])),
+            "track_scores": " ".join(f"{t['track']}:{t['p_fake']:.4f}" for t in r.get("tracks", [])
+                                     if t.get("p_fake") is not None),
+            "checkpoint_id": r.get("checkpoint", {}).get("id", ""),
+            "model": r.get("checkpoint", {}).get("model", ""),
+            "evidence_png": r.get("evidence_png", ""),
+        })
+    atomic_write_text(path, buf.getvalue())
+
+
+def run(cfg: ScoreConfig) -> int:
+    """Score every input video; resumable; exit 1 when any video failed (not for no_face)."""
+    from pipeline.executors import run_items
+
+    if not cfg.checkpoint:
+        raise ConfigError("dfpipe score needs --checkpoint PATH (a best.pt from dfpipe train)")
+    if not cfg.inputs:
+        raise ConfigError("dfpipe score needs at least one video file or folder")
+    load_checkpoint(cfg.checkpoint)  # fail fast, in the parent, with the checkpoint's own error
+    out = Path(cfg.out)
+    if out.suffix not in (".jsonl", ".csv"):
+        raise ConfigError(f"{out}: results file must end in .jsonl or .csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    journal = journal_path(out)
+    if cfg.overwrite and journal.exists():
+        journal.unlink()
+    done = {r["path"]: r for r in read_journal(journal)}
+    videos = discover_videos(cfg.inputs)
+    todo = [{"id": str(p), "path": str(p)} for p in videos if str(p) not in done]
+    log.info("%d video(s): %d already scored in %s, %d to score", len(videos),
+             len(videos) - len(todo), journal, len(todo))
+    for row in run_items(ScoreWorker, (cfg,), todo, engine=cfg.engine, workers=cfg.workers,
+                         address=cfg.address, desc="score"):
+        row.pop("id", None)
+        if "path" not in row:  # the executor's safety net for a crashed worker
+            row = {"path": row.get("id", ""), "status": row.get("status", "error"),
+                   "reason": row.get("reason", ""), "p_fake": None}
+        _append(journal, row)
+        done[row["path"]] = row
+        if row["status"] not in OUTCOME_STATUSES:
+            log.error("%s", row["reason"])
+    rows = [done[str(p)] for p in videos if str(p) in done]
+    if out.suffix == ".csv":
+        write_csv(out, rows)
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    n_fake = sum(1 for r in rows if r.get("label") == "FAKE")
+    n_real = sum(1 for r in rows if r.get("label") == "REAL")
+    failed = sum(n for s, n in statuses.items() if s not in OUTCOME_STATUSES)
+    log.info("scored %d video(s): %d FAKE, %d REAL; statuses %s; results in %s",
+             len(rows), n_fake, n_real, statuses, out)
+    for r in rows:
+        p = r.get("p_fake")
+        verdict = f"{r['label']} p_fake={p:.3f}" if p is not None and not math.isnan(p) \
+            else f"{r['status']}: {r.get('reason', '')}"
+        print(f"{r['path']}\t{verdict}")
+    return 1 if failed else 0
