@@ -204,17 +204,21 @@ def test_torchrun_two_processes_train_like_one_process_with_the_combined_batch(m
 
 @pytest.mark.slow
 def test_cnn_lstm_beats_single_frame_on_temporal_fakes(tmp_path):
-    """Fakes differ from reals only in frame-to-frame flicker (see train_fixtures)."""
-    out = make_manifests(tmp_path, n_real={"train": 24, "val": 16}, n_fake={"train": 24, "val": 16},
+    """Fakes differ from reals only in frame-to-frame flicker (see train_fixtures).
+
+    Deterministic (CPU, 1 thread, data seed 1, training seed 1). Measured: cnn_lstm val AUC 1.00
+    vs frame 0.58 at the best (lowest val loss) epoch; over data/training seeds 0, 1, 2 the
+    cnn_lstm reached 0.97/1.00/0.67 (seed 2 stays stuck in 25 epochs) and frame 0.64/0.58/0.69.
+    """
+    out = make_manifests(tmp_path, n_real={"train": 48, "val": 16}, n_fake={"train": 48, "val": 16},
                          n_frames=8, size=32, seed=1, flicker=0.4)
     aucs = {}
     for model in ("cnn_lstm", "frame"):
         cfg = TrainConfig(model=model, manifest_dir=str(out), out_dir=str(tmp_path / "ck"),
-                          run_name=model, image_size=32, batch_size=8, epochs=10, patience=10,
-                          lr=3e-3, threads=1, augment=(), seed=0)
+                          run_name=model, image_size=32, batch_size=8, epochs=15, patience=15,
+                          lr=3e-3, threads=1, augment=(), dropout=0.0, readout="mean", seed=1)
         assert training.run(cfg) == 0
-        ck = C.load_checkpoint(tmp_path / "ck" / model / "best.pt")
-        aucs[model] = max(h["val_roc_auc"] for h in ck["history"])
+        aucs[model] = C.load_checkpoint(tmp_path / "ck" / model / "best.pt")["metrics"]["roc_auc"]
     shutil.rmtree(tmp_path / "ck")
-    assert aucs["cnn_lstm"] >= 0.8, aucs
-    assert aucs["cnn_lstm"] > aucs["frame"] + 0.1, aucs
+    assert aucs["cnn_lstm"] >= 0.85, aucs
+    assert aucs["cnn_lstm"] > aucs["frame"] + 0.15, aucs
