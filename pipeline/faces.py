@@ -193,14 +193,17 @@ def iou(a: Box, b: Box) -> float:
 
 
 class Tracker:
-    """Online greedy IoU tracker: a face joins the track whose last box overlaps it most.
+    """Online greedy IoU tracker: a face joins the track whose last box overlaps it most;
+    a face that overlaps none joins the nearest free track of similar size within
+    ``max_jump`` box sizes (sparse detection lets faces move more between updates).
 
     Tracks never expire (a face that reappears at the same place after a gap keeps its id);
     ids are 0, 1, ... in order of first appearance (left to right within a frame).
     """
 
-    def __init__(self, iou_threshold: float = 0.3) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_jump: float = 1.5) -> None:
         self.iou_threshold = iou_threshold
+        self.max_jump = max_jump
         self.last: dict[int, Box] = {}  # track id -> last box
 
     def update(self, boxes: Sequence[Box]) -> list[int]:
@@ -217,6 +220,19 @@ class Tracker:
             if ids[i] is None and t not in used:
                 ids[i] = t
                 used.add(t)
+        # Second pass for sparse detection (every K-th frame, or scoring's slot starts): a face
+        # that moved further than IoU can follow joins the nearest free track of similar size
+        # whose last box is within ``max_jump`` box sizes.
+        near = sorted(
+            (_jump(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()
+            if ids[i] is None and t not in used and _similar_size(b, tb)
+        )
+        for dist, i, t in near:
+            if dist > self.max_jump:
+                break
+            if ids[i] is None and t not in used:
+                ids[i] = t
+                used.add(t)
         for i in sorted((i for i in range(len(boxes)) if ids[i] is None), key=lambda i: boxes[i][0]):
             ids[i] = len(self.last)
             used.add(ids[i])
@@ -226,9 +242,24 @@ class Tracker:
         return [int(t) for t in ids]  # type: ignore[arg-type]
 
 
-def assign_tracks(detections_per_frame: Sequence[Sequence[Box]], iou_threshold: float = 0.3) -> list[list[int]]:
+def _jump(a: Box, b: Box) -> float:
+    """Distance between box centres in units of ``b``'s larger side."""
+    ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
+    cb = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+    side = max(b[2] - b[0], b[3] - b[1], 1e-6)
+    return float(np.hypot(ca[0] - cb[0], ca[1] - cb[1]) / side)
+
+
+def _similar_size(a: Box, b: Box, ratio: float = 2.0) -> bool:
+    sa = max(a[2] - a[0], a[3] - a[1])
+    sb = max(b[2] - b[0], b[3] - b[1])
+    return sa > 0 and sb > 0 and 1 / ratio <= sa / sb <= ratio
+
+
+def assign_tracks(detections_per_frame: Sequence[Sequence[Box]], iou_threshold: float = 0.3,
+                  max_jump: float = 1.5) -> list[list[int]]:
     """Track ids per frame for per-frame box lists (see ``Tracker``)."""
-    tracker = Tracker(iou_threshold)
+    tracker = Tracker(iou_threshold, max_jump)
     return [tracker.update(list(boxes)) for boxes in detections_per_frame]
 
 

@@ -43,10 +43,10 @@ from pipeline.data import crops_to_tensor
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_write_text
 from pipeline.sampling import sample_video
+from pipeline.video_io import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames")
 """Statuses that are an answer about the video; anything else counts as a failure."""
 N_EVIDENCE = 3
@@ -314,7 +314,7 @@ def discover_videos(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found += [q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES]
+            found += [q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_EXTENSIONS]
         else:
             found.append(p)  # a missing or odd file still gets a result row with its reason
     seen, out = set(), []

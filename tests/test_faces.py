@@ -39,8 +39,16 @@ def test_assign_tracks_links_by_iou_and_survives_gaps():
     assert assign_tracks(frames, 0.3) == [[0], [0, 1], [1, 0], [], [0], [2]]
     # two new faces in one frame get ids left to right
     assert assign_tracks([[b, a]], 0.3) == [[1, 0]]
-    # below the threshold a moved face starts a new track
-    assert assign_tracks([[a], [(8, 0, 18, 10)]], 0.3) == [[0], [1]]
+    # below the IoU threshold, IoU alone starts a new track for a moved face ...
+    assert assign_tracks([[a], [(8, 0, 18, 10)]], 0.3, max_jump=0) == [[0], [1]]
+    # ... the centre-distance pass links it (0.8 box sizes away), but not a jump of 3 sizes
+    assert assign_tracks([[a], [(8, 0, 18, 10)]], 0.3) == [[0], [0]]
+    assert assign_tracks([[a], [(30, 0, 40, 10)]], 0.3) == [[0], [1]]
+    # nor a face of a very different size
+    assert assign_tracks([[a], [(0, 0, 30, 30)]], 0.3) == [[0], [1]]
+    # two faces that both moved keep their own tracks (nearest first)
+    moved = [(12, 0, 22, 10), (108, 0, 118, 10)]
+    assert assign_tracks([[a, b], moved], 0.3) == [[0, 1], [0, 1]]
 
 
 def test_auto_scale():
