@@ -178,7 +178,8 @@ class ExtractConfig:
     crop_size: int = opt(160, "crop size in pixels (square JPEG)")
     jpeg_quality: int = opt(95, "JPEG quality of the crops")
     iou_threshold: float = opt(0.3, "IoU that links a face to an existing track")
-    from_faces: str | None = opt(None, "import pre-extracted faces (Kaggle deepfake-detection-faces layout)")
+    from_faces: bool = opt(False, "the inputs are folders of pre-extracted faces to import (Kaggle "
+                           "deepfake-detection-faces layout: one folder per video); no detection")
     metadata: str | None = opt(None, "metadata.csv for --from-faces (filename,label,original)")
     overwrite: bool = opt(False, "redo videos that are already done")
 
