@@ -390,7 +390,7 @@ def _frame_number(name: str, fallback: int) -> int:
 
 
 def import_faces(cfg: ExtractConfig) -> int:
-    """``--from-faces DIR --metadata CSV``: pre-extracted face folders -> the same manifests.
+    """``--from-faces DIR... --metadata CSV``: pre-extracted face folders -> the same manifests.
 
     Layout (Kaggle "deepfake-detection-faces"): ``DIR/<video_id>/<frame>.jpg`` and a CSV with
     ``filename,label,original`` (extra columns ignored). Images are referenced where they are
@@ -398,9 +398,12 @@ def import_faces(cfg: ExtractConfig) -> int:
     and probabilities are NaN. Metadata rows without a folder are ``missing_file``; folders
     without a metadata row get label ""; a folder without images is ``no_face``.
     """
-    src = Path(cfg.from_faces or "")
-    if not src.is_dir():
-        raise ConfigError(f"--from-faces {src}: folder not found")
+    if not cfg.inputs:
+        raise ConfigError("extract --from-faces: give the face folder(s) as inputs")
+    srcs = [Path(p) for p in cfg.inputs]
+    for src in srcs:
+        if not src.is_dir():
+            raise ConfigError(f"--from-faces {src}: folder not found")
     meta: dict[str, dict] = {}
     if cfg.metadata:
         mpath = Path(cfg.metadata)
@@ -414,15 +417,25 @@ def import_faces(cfg: ExtractConfig) -> int:
             raise MetadataError(f"{mpath}: needs columns filename,label[,original]; has {list(table.columns)}")
         for r in table.to_dict("records"):
             meta[_stem(r["filename"])] = r
-    folders = {d.name: d for d in src.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))}
+    folders: dict[str, Path] = {}
     rows: list[dict] = []
+    for src in srcs:
+        for d in sorted(src.iterdir()):
+            if not d.is_dir() or d.name.startswith((".", "_")):
+                continue
+            if d.name in folders:
+                rows.append(_row(video_id=d.name, part=src.name, path=str(d.resolve()),
+                                 status="duplicate_id",
+                                 reason=f"{d}: id {d.name} already used by {folders[d.name]}"))
+                continue
+            folders[d.name] = d
     for vid in sorted(set(folders) | set(meta)):
         entry = meta.get(vid, {})
-        base = dict(video_id=vid, part=src.name, label=_label(entry),
-                    original=_stem(entry.get("original", "")))
+        base = dict(video_id=vid, label=_label(entry), original=_stem(entry.get("original", "")))
         if vid not in folders:
-            rows.append(_row(**base, path=str((src / vid).resolve()), status="missing_file",
-                             reason=f"{src / vid}: listed in {cfg.metadata} but no face folder"))
+            rows.append(_row(**base, part="", path="", status="missing_file",
+                             reason=f"{vid}: listed in {cfg.metadata} but no face folder in "
+                                    f"{' '.join(map(str, srcs))}"))
             continue
         folder = folders[vid].resolve()
         images = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
@@ -434,13 +447,13 @@ def import_faces(cfg: ExtractConfig) -> int:
                 frame = max(seen) + 1
             seen.add(frame)
             faces.append([vid, frame, 0, math.nan, math.nan, math.nan, math.nan, math.nan, str(img)])
-        row = _row(**base, path=str(folder), n_face_frames=len(faces), n_faces=len(faces),
-                   n_multi_face_frames=0, n_tracks=1 if faces else 0,
+        row = _row(**base, part=folder.parent.name, path=str(folder), n_face_frames=len(faces),
+                   n_faces=len(faces), n_multi_face_frames=0, n_tracks=1 if faces else 0,
                    status="ok" if faces else "no_face",
                    reason="" if faces else f"{folder}: no images")
         row["_faces_from"] = faces
         rows.append(row)
-    counts = write_manifests(cfg, rows, kind_counts={"imported_from": str(src)})
+    counts = write_manifests(cfg, rows, kind_counts={"imported_from": [str(s) for s in srcs]})
     logger.info("import: %d videos (%s), %d faces; manifests in %s", counts["videos"],
                 ", ".join(f"{k} {v}" for k, v in counts["status"].items()), counts["faces"],
                 cfg.manifest_dir)

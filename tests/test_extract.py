@@ -201,8 +201,11 @@ def test_import_pre_extracted_faces(tmp_path):
     meta = tmp_path / "metadata.csv"
     meta.write_text("filename,label,original,split\naaa.mp4,FAKE,bbb.mp4,train\n"
                     "bbb.mp4,REAL,,train\nzzz.mp4,REAL,,train\n")
-    cfg = ExtractConfig(from_faces=str(src), metadata=str(meta), manifest_dir=str(tmp_path / "m"))
-    assert run(cfg) == 1  # zzz has no folder
+    cfg = ExtractConfig(inputs=(str(src),), from_faces=True, metadata=str(meta),
+                        manifest_dir=str(tmp_path / "m"))
+    # the command line of the issue: dfpipe extract --from-faces DIR --metadata CSV
+    assert cli.main(["extract", "--from-faces", str(src), "--metadata", str(meta),
+                     "--manifest-dir", str(tmp_path / "m")]) == 1  # zzz has no folder
     v, f = _manifests(cfg)
     assert dict(zip(v["video_id"], v["status"], strict=True)) == {
         "aaa": "ok", "bbb": "ok", "ccc": "no_face", "zzz": "missing_file"}
