@@ -220,6 +220,7 @@ def _mean_over_ranks(total: float, n: int, d: Dist) -> float:
 def main(cfg: TrainConfig, d: Dist) -> int:
     """Train one model; see the module docstring."""
     cfg, resume_state = resolve_resume(cfg)
+    folder = run_folder(cfg)
     manifest_dir = Path(cfg.manifest_dir)
     clips, split = read_clips_and_split(manifest_dir)
     train_rec, val_rec = build_records(clips, split, "train"), build_records(clips, split, "val")
@@ -276,7 +277,6 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
-    folder = run_folder(cfg)
     common = {"model": {"name": cfg.model, "kwargs": kwargs}, "config": to_dict(cfg),
               "train_data": data_summary(manifest_dir, clips, split),
               "preprocess": {"image_size": cfg.image_size, "mean": list(MEAN),
