@@ -655,16 +655,18 @@ def _preprocess(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     return int(size), int(index)
 
 
-def _unique_name(arch: str, path: Path, taken: set[str]) -> str:
-    name = arch
-    if name in taken:
-        name = f"{arch}_{path.parent.name or path.stem}"
-    k = 2
-    base = name
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name
+def model_names(archs: list[str], paths: list[Path]) -> list[str]:
+    """Report names: the architecture, or ``arch@run-folder`` for every model of an
+    architecture that appears more than once (``#2``, ``#3`` appended if still ambiguous)."""
+    counts = {a: archs.count(a) for a in archs}
+    names: list[str] = []
+    for arch, path in zip(archs, paths, strict=True):
+        name = arch if counts[arch] == 1 else f"{arch}@{path.parent.name or path.stem}"
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
 
 
 def run(cfg: EvaluateConfig) -> int:
@@ -692,15 +694,20 @@ def run(cfg: EvaluateConfig) -> int:
     infos: dict[str, ModelInfo] = {}
     tables: dict[str, list[pd.DataFrame]] = {s: [] for s in records}
     frame_tables: list[pd.DataFrame] = []
-    taken: set[str] = set()
-    for ck in cfg.checkpoint:
-        path = Path(ck)
+    paths = [Path(ck) for ck in cfg.checkpoint]
+    archs = [str(load_checkpoint(p)["model"]["name"]) for p in paths]  # all readable first
+    derive = [a == "frame" and cfg.frame_level for a in archs]  # also frame_mean + frame view
+    mean_idx = [i for i, d in enumerate(derive) if d]
+    all_names = model_names(archs + ["frame_mean"] * len(mean_idx),
+                            paths + [paths[i] for i in mean_idx])
+    names = all_names[: len(paths)]
+    mean_names = dict(zip(mean_idx, all_names[len(paths):], strict=True))
+    for i, (path, arch) in enumerate(zip(paths, archs, strict=True)):
         ckpt = load_checkpoint(path, map_location="cpu")
         model = build_model(ckpt).to(device).eval()
-        arch = str(ckpt["model"]["name"])
         image_size, frame_index = _preprocess(ckpt)
         mode = getattr(model, "input_key", "clip")
-        name = _unique_name(arch, path, taken)
+        name = names[i]
         thr = ckpt.get("threshold")
         best = ckpt.get("best") or {}
         info = ModelInfo(name=name, arch=arch, checkpoint=str(path),
@@ -719,8 +726,8 @@ def run(cfg: EvaluateConfig) -> int:
             df = predict(model, loader(which, mode, image_size, frame_index), device,
                          progress=True, desc=f"{name} {which}")
             tables[which].append(_attach_split(df, splits[which], name, f"{path} on {which}"))
-        if arch == "frame" and cfg.frame_level:
-            mean_name = _unique_name("frame_mean", path, taken)
+        if derive[i]:
+            mean_name = mean_names[i]
             infos[mean_name] = ModelInfo(
                 name=mean_name, arch="frame_mean", checkpoint=str(path),
                 train_data=info.train_data, derived_from=name,
@@ -751,9 +758,10 @@ def run(cfg: EvaluateConfig) -> int:
     )
     if summary["any_synthetic"]:
         print("WARNING: some models were trained on synthetic data (see the report's first line)")
+    width = max(len(n) for n in summary["models"])
     for name, m in summary["models"].items():
         mm = m["at_0.5"]["metrics"]
-        print(f"{name:>14}: ROC AUC {_cell(mm['roc_auc'])}  log loss {_cell(mm['log_loss'])}  "
+        print(f"{name:>{width}}: ROC AUC {_cell(mm['roc_auc'])}  log loss {_cell(mm['log_loss'])}  "
               f"balanced acc @val {_cell(m['at_val']['metrics']['balanced_accuracy'])}")
     print(f"report: {Path(cfg.out) / 'report.md'}")
     return 0

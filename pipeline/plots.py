@@ -38,6 +38,11 @@ def _color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
 
+def _legend_below(ax: plt.Axes) -> None:
+    """Legend under the axes: it never hides a curve, however many models there are."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
+
+
 def _style(i: int) -> str | tuple:
     """Line style per model: curves that coincide (e.g. two constant models) stay visible."""
     return ("-", (0, (5, 3)), (0, (1, 2)), "-.")[i % 4]
@@ -56,7 +61,7 @@ def roc_plot(curves: Curves, path: str | os.PathLike, title: str = "ROC (video l
            xlabel="false-positive rate (REAL called FAKE)",
            ylabel="true-positive rate (FAKE caught)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    _legend_below(ax)
     return _save(fig, path)
 
 
@@ -68,9 +73,12 @@ def pr_plot(curves: Curves, path: str | os.PathLike,
     for i, (name, (y, p)) in enumerate(curves.items()):
         pts = M.roc_points(y, p)
         ap = M.video_metrics(y, p)["average_precision"]
-        recall = np.r_[0.0, pts["tpr"][1:]]
-        precision = np.r_[pts["precision"][0] if pts["precision"].size else 1.0, pts["precision"]]
-        # precision P_n holds over (R_{n-1}, R_n]: the area under the steps is the AP
+        # keep the points where recall grows (only they weigh in the AP); precision P_n holds
+        # over (R_{n-1}, R_n], so the area under the steps is the AP, without zero-width spikes
+        grows = np.diff(pts["tpr"]) > 0
+        recall = np.r_[0.0, pts["tpr"][1:][grows]]
+        kept = pts["precision"][grows]
+        precision = np.r_[kept[0] if kept.size else 1.0, kept]
         ax.step(recall, precision, where="pre", color=_color(i), lw=2, ls=_style(i),
                 label=f"{name} (AP {ap:.3f})")
         prevalences.add(round(float(np.mean(y)), 4))
@@ -79,7 +87,7 @@ def pr_plot(curves: Curves, path: str | os.PathLike,
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.03), title=title,
            xlabel="recall (FAKE caught)", ylabel="precision (called FAKE that are FAKE)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    _legend_below(ax)
     return _save(fig, path)
 
 
@@ -135,10 +143,12 @@ def calibration_plot(curves: Curves, path: str | os.PathLike, n_bins: int = 10) 
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), ylabel="observed share of FAKE videos",
            title=f"Reliability ({n_bins} equal-width bins)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
     axh.set(xlabel="predicted p_fake", ylabel="videos")
     axh.grid(alpha=0.3)
     fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8,
+               frameon=False)  # under the whole figure, clear of the x label
     return _save(fig, path)
 
 

@@ -315,3 +315,15 @@ def test_evaluate_help_renders(capsys):
         build_parser().parse_args(["evaluate", "--help"])
     assert e.value.code == 0
     assert "--threshold-rule" in capsys.readouterr().out
+
+
+def test_model_names_disambiguate_by_run_folder(tmp_path):
+    from pathlib import Path
+
+    a, b = Path("ck/cnn_lstm_s0/best.pt"), Path("ck/cnn_lstm_s1/best.pt")
+    f = Path("ck/frame_s0/best.pt")
+    assert E.model_names(["cnn_lstm", "frame", "frame_mean"], [a, f, f]) == [
+        "cnn_lstm", "frame", "frame_mean"]
+    assert E.model_names(["cnn_lstm", "cnn_lstm", "frame"], [a, b, f]) == [
+        "cnn_lstm@cnn_lstm_s0", "cnn_lstm@cnn_lstm_s1", "frame"]
+    assert E.model_names(["frame", "frame"], [f, f]) == ["frame@frame_s0", "frame@frame_s0#2"]
