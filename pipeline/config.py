@@ -87,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if _is_tuple(tp):
             inner = typing.get_args(tp)[0]
             kw.update(nargs="+" if meta.get("positional") else "*", type=inner)
+            if not meta.get("positional"):
+                kw["action"] = _ExtendAction
         elif tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
@@ -104,6 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("short"):
             flags.insert(0, "-" + meta["short"])
         parser.add_argument(*flags, dest=f.name, default=default, **kw)
+
+
+class _ExtendAction(argparse.Action):
+    """``--x a b --x c`` -> (a, b, c): the first use replaces the default, later uses extend."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        if current is self.default or current is None:
+            current = []
+        setattr(namespace, self.dest, [*current, *values])
 
 
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:

@@ -52,6 +52,16 @@ def test_flags_map_onto_fields():
     assert cfg.overwrite is True and cfg.engine == "inline"
 
 
+def test_repeated_list_flags_accumulate_and_replace_the_default():
+    parser = cli.build_parser()
+    ns = parser.parse_args(["evaluate", "--checkpoint", "a.pt", "--checkpoint", "b.pt", "c.pt"])
+    assert config.from_namespace(config.EvaluateConfig, ns).checkpoint == ("a.pt", "b.pt", "c.pt")
+    ns = parser.parse_args(["train", "--augment", "jpeg"])
+    assert config.from_namespace(config.TrainConfig, ns).augment == ("jpeg",)
+    ns = parser.parse_args(["train"])
+    assert config.from_namespace(config.TrainConfig, ns).augment == config.TrainConfig().augment
+
+
 def test_from_dict_refuses_unknown_keys():
     with pytest.raises(ConfigError, match="unknown key"):
         config.from_dict(config.PrepareConfig, {"min_faces": 1, "nope": 2})
