@@ -222,3 +222,15 @@ def test_cnn_lstm_beats_single_frame_on_temporal_fakes(tmp_path):
     shutil.rmtree(tmp_path / "ck")
     assert aucs["cnn_lstm"] >= 0.85, aucs
     assert aucs["cnn_lstm"] > aucs["frame"] + 0.15, aucs
+
+
+@pytest.mark.slow
+def test_dataloader_workers_give_the_same_training_as_in_process_loading(manifests, tmp_path):
+    """Augmentation is seeded per (seed, epoch, clip): spawned workers change nothing."""
+    kw = dict(epochs=2, augment=("flip", "color", "jpeg"), dropout=0.0)
+    assert training.run(_cfg(manifests, tmp_path, run_name="w0", workers=0, **kw)) == 0
+    assert training.run(_cfg(manifests, tmp_path, run_name="w1", workers=1, **kw)) == 0
+    h0 = pd.read_csv(tmp_path / "w0" / "history.csv")
+    h1 = pd.read_csv(tmp_path / "w1" / "history.csv")
+    np.testing.assert_allclose(h1["train_loss"], h0["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(h1["val_loss"], h0["val_loss"], rtol=1e-6)
