@@ -159,3 +159,15 @@ def test_detector_protocol_accepts_any_detector(tmp_path):
     vf = extract_faces(path, Fixed(), ExtractConfig(crop_size=16))
     assert [(r.frame, r.track) for r in vf.records] == [(0, 0), (1, 0), (2, 0)]
     assert vf.info.n_frames == 3
+
+
+def test_autocontrast_stretches_dark_frames_only():
+    from pipeline.faces import _needs_stretch, autocontrast
+
+    dark = np.zeros((1, 40, 40, 3), np.uint8)
+    dark[0, :, :20] = 50
+    dark[0, :, 20:] = 100
+    out = autocontrast(dark)
+    assert out.dtype == np.uint8 and out.shape == dark.shape
+    assert out[0, 0, 0, 0] == 127 and out[0, 0, 30, 0] == 255  # x 255/100
+    assert _needs_stretch(dark[0]) and not _needs_stretch(astronaut())
