@@ -205,6 +205,7 @@ class Tracker:
         self.iou_threshold = iou_threshold
         self.max_jump = max_jump
         self.last: dict[int, Box] = {}  # track id -> last box
+        self.age: dict[int, int] = {}  # track id -> updates since it was last seen (0 = last one)
 
     def update(self, boxes: Sequence[Box]) -> list[int]:
         """Track ids for the boxes of the next frame."""
@@ -222,10 +223,12 @@ class Tracker:
                 used.add(t)
         # Second pass for sparse detection (every K-th frame, or scoring's slot starts): a face
         # that moved further than IoU can follow joins the nearest free track of similar size
-        # whose last box is within ``max_jump`` box sizes.
+        # whose last box is within ``max_jump`` box sizes, if that track was seen in the previous
+        # update (after a gap, a nearby face is as likely someone else: a shot cut).
         near = sorted(
             (_jump(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()
-            if ids[i] is None and t not in used and _similar_size(b, tb)
+            if ids[i] is None and t not in used and self.age.get(t, 0) == 0
+            and _similar_size(b, tb)
         )
         for dist, i, t in near:
             if dist > self.max_jump:
@@ -237,8 +240,11 @@ class Tracker:
             ids[i] = len(self.last)
             used.add(ids[i])
             self.last[ids[i]] = boxes[i]
+        for t in self.age:
+            self.age[t] += 1
         for i, t in enumerate(ids):
             self.last[t] = boxes[i]
+            self.age[t] = 0
         return [int(t) for t in ids]  # type: ignore[arg-type]
 
 

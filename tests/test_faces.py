@@ -46,6 +46,8 @@ def test_assign_tracks_links_by_iou_and_survives_gaps():
     assert assign_tracks([[a], [(30, 0, 40, 10)]], 0.3) == [[0], [1]]
     # nor a face of a very different size
     assert assign_tracks([[a], [(0, 0, 30, 30)]], 0.3) == [[0], [1]]
+    # after a frame without it, a nearby face is not assumed to be the same person (shot cut)
+    assert assign_tracks([[a], [], [(8, 0, 18, 10)]], 0.3) == [[0], [], [1]]
     # two faces that both moved keep their own tracks (nearest first)
     moved = [(12, 0, 22, 10), (108, 0, 118, 10)]
     assert assign_tracks([[a, b], moved], 0.3) == [[0, 1], [0, 1]]
