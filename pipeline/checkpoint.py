@@ -13,11 +13,15 @@ A checkpoint holds only plain types and tensors, so it loads with
   normalization, frame index), ``versions`` (dfpipe, torch, torchvision, python, numpy)
 - ``history`` (one dict per epoch: ``train_loss``, ``val_loss``, ``val_roc_auc``, ...)
 - resume state, in ``last.pt`` only: ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``stopper``
+- ``sha256``: digest of everything above (``payload_digest``), checked on load: the zip
+  container does not check tensor bytes, so without it a flipped byte in the weights loads
+  silently. Checkpoints without the key (written before it existed) load unchecked.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import pickle
@@ -44,7 +48,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically (temp file + ``os.replace``); returns the path."""
     path = Path(path)
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
+    payload.pop(DIGEST_KEY, None)
     check_plain(payload)
+    payload[DIGEST_KEY] = payload_digest(payload)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
         with open(tmp, "rb+") as f:
@@ -53,6 +59,32 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
 
 _PLAIN = (str, int, float, bool, type(None))
+DIGEST_KEY = "sha256"
+
+
+def payload_digest(obj: Any) -> str:
+    """SHA-256 over a payload's structure, plain values and tensor bytes (dtype and shape too)."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # (numel * itemsize,) raw bytes
+        elif isinstance(o, dict):
+            h.update(b"{%d;" % len(o))
+            for k, v in o.items():
+                walk(k)
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[%d;" % len(o))
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 def check_plain(obj: Any, where: str = "payload") -> None:
@@ -100,6 +132,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               f"{_first_line(e)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path}: not a dfpipe checkpoint")
+    stored = ckpt.get(DIGEST_KEY)
+    if stored is not None and stored != payload_digest({k: v for k, v in ckpt.items() if k != DIGEST_KEY}):
+        raise CheckpointError(f"{path}: refused: contents do not match the checkpoint's own SHA-256 "
+                              "(tampered with or corrupt)")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
