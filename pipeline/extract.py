@@ -14,9 +14,11 @@ One run at a time per FACES_DIR: a starting run deletes the ``.tmp-*`` leftovers
 
 Statuses: ``ok``; ``no_face`` (a readable video where MTCNN found no face: a valid outcome, not a
 failure); failures: ``missing_file`` (listed in metadata.json but absent), ``empty_file``,
-``read_error`` (not a video, truncated, decoder error), ``too_short`` (fewer than 2 frames),
+``read_error`` (not a video, truncated, no video stream, decoder error; also a folder that
+cannot be listed, id ``<folder>/``), ``too_short`` (fewer than 2 frames),
 ``duplicate_id`` (a second file with an id already seen), ``bad_metadata`` (a metadata.json that
-cannot be used; its folder's videos are still processed with label ""), ``error`` (anything
+cannot be used: not JSON, or an entry with a wrong field type; its folder's videos are still
+processed with label ""), ``error`` (anything
 else, with the exception). Exit status 1 when any failure occurred.
 """
 
@@ -80,10 +82,20 @@ def _row(**kw: Any) -> dict[str, Any]:
 def _read_metadata(path: Path) -> dict[str, dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MetadataError(f"{path}: cannot read: {e.strerror or e}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MetadataError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from e
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise MetadataError(f"{path}: expected an object mapping 'x.mp4' to {{label, original}}")
+    for name, entry in sorted(data.items()):
+        label, original = entry.get("label"), entry.get("original")
+        if "label" in entry and (not isinstance(label, str) or label.upper() not in LABELS):
+            raise MetadataError(f"{path}: {name}: label is {label!r}, expected 'REAL' or 'FAKE'")
+        if original is not None and not isinstance(original, str):
+            raise MetadataError(f"{path}: {name}: original is {original!r}, expected a file name or null")
+        if not isinstance(entry.get("split", ""), str):
+            raise MetadataError(f"{path}: {name}: split is {entry['split']!r}, expected a string")
     return data
 
 
@@ -123,11 +135,19 @@ def discover_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], lis
         else:
             items.append(dict(video_id=p.stem, part="", path=str(p.resolve()), label="", original=""))
     for folder in folders:
-        videos = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
-        meta_file = folder / "metadata.json"
-        meta: dict[str, dict] = {}
         part = folder.name
-        if meta_file.is_file():
+        meta_file = folder / "metadata.json"
+        try:
+            videos = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            has_meta = meta_file.is_file()
+        except OSError as e:  # e.g. a folder without read permission: a row, not a crash
+            logger.warning("%s: cannot list folder: %s", folder, e.strerror or e)
+            failed.append(_row(video_id=f"{part}/", part=part, path=str(folder.resolve()),
+                               status="read_error",
+                               reason=f"{folder}: cannot list folder: {e.strerror or e}"))
+            continue
+        meta: dict[str, dict] = {}
+        if has_meta:
             try:
                 meta = _read_metadata(meta_file)
             except MetadataError as e:
