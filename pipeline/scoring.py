@@ -156,6 +156,13 @@ class VideoScorer:
         from pipeline.faces import extract_faces
         from pipeline.video_io import open_video
 
+        if path.is_dir():
+            try:
+                os.listdir(path)
+                why = "a folder, not a video"
+            except OSError as e:
+                why = f"cannot list folder: {e.strerror or e}"
+            raise VideoReadError(f"{path}: {why}")
         if not path.is_file():
             raise VideoReadError(f"{path}: file not found")
         if path.stat().st_size == 0:
@@ -314,7 +321,12 @@ def discover_videos(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found += [q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_EXTENSIONS]
+            # a sub-folder that cannot be listed becomes an item of its own (scored as read_error)
+            unlisted: list[Path] = []
+            for folder, _, files in os.walk(p, onerror=lambda e, u=unlisted: u.append(Path(e.filename))):
+                found += [Path(folder) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS
+                          and (Path(folder) / f).is_file()]
+            found += unlisted
         else:
             found.append(p)  # a missing or odd file still gets a result row with its reason
     seen, out = set(), []
