@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("positional"):
             if not _is_tuple(tp) and default is not None and default != "":
                 kw["nargs"] = "?"
-            if _is_tuple(tp) and default:
+            if _is_tuple(tp) and (default or meta.get("optional")):
                 kw["nargs"] = "*"
             parser.add_argument(f.name, default=default, **kw)
             continue
@@ -324,7 +324,7 @@ class RunConfig:
     """``dfpipe run``: the whole pipeline end to end (synthetic data when no input is given)."""
 
     inputs: tuple[str, ...] = opt((), "DFDC part folders (none: a generated synthetic set)",
-                                  positional=True)
+                                  positional=True, optional=True)
     work_dir: str = opt("runs/demo", "folder for everything this run writes")
     epochs: int = opt(6, "training epochs per model")
     backbone: str = opt("tiny", "encoder backbone")
