@@ -30,6 +30,17 @@ from pipeline import metrics as M
 logger = logging.getLogger(__name__)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ``ConfigError``."""
+    from pipeline.errors import ConfigError
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine")
+    return torch.device(name)
+
+
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """p_fake = sigmoid(logit), in float32: the one place logits become probabilities."""
     return torch.sigmoid(logits.detach().float())

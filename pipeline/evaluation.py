@@ -553,16 +553,6 @@ def _json_safe(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
-def _resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine")
-    return torch.device(name)
-
-
 def _as_label(v: Any) -> str:
     if isinstance(v, str):
         return v.upper()
@@ -673,13 +663,13 @@ def run(cfg: EvaluateConfig) -> int:
     """Score every checkpoint on ``cfg.split`` (thresholds from ``val``) and write the report."""
     from pipeline.checkpoint import build_model, load_checkpoint
     from pipeline.data import ClipDataset, build_records, read_clips_and_split
-    from pipeline.engine import make_loader, predict
+    from pipeline.engine import make_loader, predict, resolve_device
 
     if not cfg.checkpoint:
         raise ConfigError("evaluate: give at least one --checkpoint")
     if cfg.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {cfg.bootstrap}")
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     check_out_dir(cfg.out)  # before the slow part
     clips, split = read_clips_and_split(cfg.manifest_dir)
     splits = {s: split[split["split"] == s] for s in dict.fromkeys([cfg.split, "val"])}

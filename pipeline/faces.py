@@ -54,15 +54,6 @@ def auto_scale(width: int, height: int) -> float:
     return min(1.0, 480.0 / long_side) if long_side > 0 else 1.0
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _resize(frames: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1.0:
         return frames
@@ -94,6 +85,8 @@ class MTCNNDetector:
         min_prob: float = 0.9,
     ) -> None:
         from facenet_pytorch import MTCNN
+
+        from pipeline.engine import resolve_device
 
         self.device = resolve_device(device)
         self.scale = scale

@@ -52,15 +52,6 @@ OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames")
 N_EVIDENCE = 3
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return torch.device(device)
-
-
 def _failure_status(e: VideoReadError) -> str:
     text = str(e)
     if "empty file" in text:
@@ -81,7 +72,7 @@ class VideoScorer:
                  threshold: float | None = None, extract: ExtractConfig | None = None) -> None:
         from pipeline.faces import MTCNNDetector
 
-        self.device = resolve_device(device)
+        self.device = engine.resolve_device(device)
         self.ckpt_path = str(ckpt_path)
         self.model_name = ckpt["model"]["name"]
         # a frame checkpoint scores videos as frame_mean: every sampled frame, probabilities averaged

@@ -60,9 +60,10 @@ def clip_factory():
 
 
 def _train_tiny(root: Path, model: str) -> Path:
+    from train_fixtures import make_manifests
+
     from pipeline.config import TrainConfig
     from pipeline.training import run as train_run
-    from train_fixtures import make_manifests
 
     manifests = make_manifests(root, size=32, seed=3)
     rc = train_run(TrainConfig(model=model, backbone="tiny", manifest_dir=str(manifests),
