@@ -12,6 +12,7 @@ blocked scorer (test_service).
 from __future__ import annotations
 
 import collections
+import json
 import math
 import os
 import random
@@ -279,9 +280,9 @@ def test_tampered_checkpoints_are_refused_with_one_line(tmp_path, capfd):
 # ------------------------------------------------------------------------------ kill -9 loops
 
 
-def _kill_loop(argv: list[str], done: Path, delays: list[float], timeout: float = 300) -> int:
-    """Start ``argv`` in its own process group and SIGKILL the group after each delay (or when
-    ``done`` appears); returns how many runs were really killed before finishing."""
+def _kill_loop(argv: list[str], done: Path, delays: list[float], check, timeout: float = 300) -> int:
+    """Start ``argv`` in its own process group and SIGKILL the group after each delay (or stop
+    when ``done`` appears); ``check()`` after every kill; returns how many runs were killed."""
     killed = 0
     for delay in delays:
         p = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -292,9 +293,18 @@ def _kill_loop(argv: list[str], done: Path, delays: list[float], timeout: float 
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=timeout)
             killed += p.returncode == -signal.SIGKILL
+            check()
         if done.exists():
             break
     return killed
+
+
+def _complete_video_folders(faces: Path) -> None:
+    """After a kill: every video folder that is not a temp folder is complete (record + crops)."""
+    for d in faces.iterdir() if faces.is_dir() else []:
+        if d.is_dir() and not d.name.startswith((".tmp-", "_")):
+            n_rows = len((d / "_faces.csv").read_text().splitlines()) - 1
+            assert (d / "_video.json").is_file() and len(list(d.glob("*.jpg"))) == n_rows, d
 
 
 def _extract_argv(inputs: Path, d: Path, engine: str) -> list[str]:
@@ -318,33 +328,45 @@ def _same_extraction(a: Path, b: Path) -> None:
     assert not _leftovers(a) and not _leftovers(b)
 
 
-def _kill9_extract(synth_dir: Path, tmp_path: Path, engine: str, n_kills: int, seed: int) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted_extraction(synth_dir, tmp_path_factory) -> tuple[Path, float]:
+    """An uninterrupted pool extraction of ``synth_dir`` (the reference) and its wall time.
+    Pool and Ray give the same manifests (test_extract), so both kill tests compare to it."""
+    d = tmp_path_factory.mktemp("full")
     t0 = time.monotonic()
-    r = subprocess.run(_extract_argv(synth_dir, tmp_path / "full", engine), cwd=ROOT,
-                       capture_output=True, text=True, timeout=400)
+    r = subprocess.run(_extract_argv(synth_dir, d, "pool"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    wall = time.monotonic() - t0
-    rng = random.Random(seed)
-    delays = [rng.uniform(0.15, 0.85) * wall for _ in range(n_kills)]
-    killed = _kill_loop(_extract_argv(synth_dir, tmp_path / "cut", engine),
-                        tmp_path / "cut" / "m" / "videos.csv", delays)
+    return d, time.monotonic() - t0
+
+
+def _kill9_extract(synth_dir: Path, full: Path, cut: Path, engine: str, delays: list[float]) -> None:
+    killed = _kill_loop(_extract_argv(synth_dir, cut, engine), cut / "m" / "videos.csv", delays,
+                        lambda: _complete_video_folders(cut / "faces"))
     assert killed >= 1
-    r = subprocess.run(_extract_argv(synth_dir, tmp_path / "cut", engine), cwd=ROOT,
-                       capture_output=True, text=True, timeout=400)
+    r = subprocess.run(_extract_argv(synth_dir, cut, engine), cwd=ROOT, capture_output=True,
+                       text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    _same_extraction(tmp_path / "full", tmp_path / "cut")
+    _same_extraction(full, cut)
 
 
 @pytest.mark.slow
-def test_kill9_pool_extraction_at_random_moments(synth_dir, tmp_path):
-    _kill9_extract(synth_dir, tmp_path, "pool", n_kills=3, seed=11)
+def test_kill9_pool_extraction_at_random_moments(synth_dir, uninterrupted_extraction, tmp_path):
+    full, wall = uninterrupted_extraction
+    rng = random.Random(11)
+    _kill9_extract(synth_dir, full, tmp_path / "cut", "pool",
+                   [rng.uniform(0.15, 0.85) * wall for _ in range(3)])
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_kill9_ray_extraction_at_random_moments(synth_dir, tmp_path):
+def test_kill9_ray_extraction_at_random_moments(synth_dir, uninterrupted_extraction, tmp_path):
+    """Embedded Ray starts slower than the pool: the kill moments span up to 1.3 pool runs."""
     pytest.importorskip("ray")
-    _kill9_extract(synth_dir, tmp_path, "ray", n_kills=2, seed=12)
+    full, wall = uninterrupted_extraction
+    rng = random.Random(12)
+    _kill9_extract(synth_dir, full, tmp_path / "cut", "ray",
+                   [rng.uniform(0.3, 1.3) * wall for _ in range(2)])
 
 
 @pytest.mark.slow
@@ -365,7 +387,14 @@ def test_kill9_batch_scoring_at_random_moments(tiny_checkpoint, tmp_path):
     wall = time.monotonic() - t0
     rng = random.Random(13)
     cut = tmp_path / "cut.jsonl"
-    killed = _kill_loop(argv(cut), tmp_path / "never", [rng.uniform(0.2, 0.9) * wall for _ in range(3)])
+
+    def whole_lines():  # after a kill: at most the last journal line is torn
+        lines = cut.read_text().splitlines() if cut.exists() else []
+        for line in lines[:-1]:
+            json.loads(line)
+
+    killed = _kill_loop(argv(cut), tmp_path / "never", [rng.uniform(0.2, 0.9) * wall for _ in range(3)],
+                        whole_lines)
     assert killed >= 1
     r = subprocess.run(argv(cut), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]
