@@ -143,7 +143,7 @@ def _as_nobody_kwargs(tmp: Path) -> dict | None:
     env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home), "TORCH_HOME": str(home)}
     kw = {"user": 65534, "group": 65534, "extra_groups": [], "env": env}
     try:
-        ok = subprocess.run([sys.executable, "-c", "import pipeline"], cwd=ROOT, timeout=60,
+        ok = subprocess.run([sys.executable, "-c", "import pipeline.extract, facenet_pytorch, torch"], cwd=ROOT, timeout=120,
                             capture_output=True, **kw).returncode == 0
     except PermissionError:
         ok = False
