@@ -25,9 +25,9 @@ from pipeline.manifest import manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
 
-DEMO_SYNTH = dict(n_originals=8, fakes_per_original=2, frames=300, outlier_share=0.125,
-                  two_face_share=0.125, gap_share=0.125)
-"""Synthetic set of the demo: 8 groups (an original and 2 fakes), 300-frame clips like DFDC's
+DEMO_SYNTH = dict(n_originals=10, fakes_per_original=2, frames=300, outlier_share=0.1,
+                  two_face_share=0.1, gap_share=0.1)
+"""Synthetic set of the demo: 10 groups (an original and 2 fakes), 300-frame clips like DFDC's
 (the 30-slot sampler needs frames 0..290), one group each of length outliers, two-face clips and
 face gaps: small enough for minutes on 2 CPU cores, with every quirk the stages handle."""
 
