@@ -1,14 +1,22 @@
 """``dfpipe bench``: speed measurements (never part of the tests): a video -> JSON + Markdown.
 
-``bench_decode`` times a full decode per backend; ``bench_extract`` times face extraction
-(detection + tracking + crops in memory, no disk writes) for naive per-frame full-resolution
-MTCNN, the default settings and ``detect_every=5``, next to the decode-only time of the same
-video. Times are wall-clock seconds on whatever machine runs them; medians over ``repeats``.
+- ``bench_decode``: a full decode per backend (decord's own ``get_batch``, our default streaming
+  path, PyAV, OpenCV);
+- ``bench_extract``: face extraction (detection + tracking + crops in memory, no disk writes) for
+  naive per-frame full-resolution MTCNN, the default settings and ``detect_every=5``, next to the
+  decode-only time of the same video;
+- ``bench_score``: ``VideoScorer.score`` end to end (decode, slot detection, model, verdict) with
+  and without the evidence sheet, as a ratio to the decode-only floor;
+- ``bench_scaling``: ``dfpipe extract`` over N copies of the video with 1 and 2 pool workers and
+  with Ray;
+- ``bench_train``: training clips/s and peak RSS per backbone (``pipeline.models.bench``).
+
+Times are wall-clock seconds on whatever machine runs them (its description is recorded);
+medians over ``repeats``. Without ``--video`` a 10 s 1920x1080 synthetic clip is generated.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -35,10 +43,18 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 
 def _decode_all(path: str, backend: str) -> int:
+    """Decode every frame; ``decord_get_batch`` = decord's own batched random access."""
     from pipeline.video_io import open_video
 
-    reader = open_video(path, backend)
-    n = sum(len(idx) for idx, _ in reader.iter_batches(32))
+    if backend == "decord_get_batch":
+        reader = open_video(path, "decord")
+        n_frames = reader.info.n_frames
+        n = 0
+        for start in range(0, n_frames, 32):
+            n += len(reader.get_batch(list(range(start, min(n_frames, start + 32)))))
+    else:
+        reader = open_video(path, backend)
+        n = sum(len(idx) for idx, _ in reader.iter_batches(32))
     reader.close()
     return n
 
@@ -103,39 +119,209 @@ def bench_extract(video: str | os.PathLike, repeats: int = 1, naive_frames: int 
     return res
 
 
+def _tiny_random_checkpoint(folder: Path, backbone: str = "tiny") -> Path:
+    """A random-init ``cnn_lstm`` checkpoint (speed does not depend on the weights' values)."""
+    from pipeline.checkpoint import library_versions, save_checkpoint
+    from pipeline.models import create_model
+
+    model = create_model("cnn_lstm", backbone=backbone)
+    return save_checkpoint(folder / f"random_{backbone}.pt", {
+        "model": {"name": "cnn_lstm", "kwargs": dict(model.model_kwargs)},
+        "state_dict": model.state_dict(), "epoch": 0, "threshold": 0.5,
+        "config": {"backbone": backbone, "image_size": 160},
+        "preprocess": {"image_size": 160}, "versions": library_versions(),
+        "train_data": {"synthetic": None, "note": "random init, for benchmarks only"},
+    })
+
+
+def bench_score(video: str | os.PathLike, repeats: int = 1, checkpoint: str | None = None,
+                backbones: Sequence[str] = ("tiny", "resnet18"), device: str = "cpu"
+                ) -> dict[str, Any]:
+    """End-to-end seconds to score ``video`` (default settings), with and without evidence.
+
+    Without ``checkpoint`` random-init ``cnn_lstm`` checkpoints are made per backbone. The ratio
+    to the decode-only time of the same video is the target (<= 3x on CPU).
+    """
+    import tempfile
+
+    import torch
+
+    from pipeline.scoring import VideoScorer
+
+    torch.set_num_threads(1)
+    path = str(video)
+    dec, _ = _median_time(lambda: _decode_all(path, "decord"), repeats)
+    res: dict[str, Any] = {"video": path, "repeats": repeats, "device": device,
+                           "decode_only_s": round(dec, 2), "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpts = {Path(checkpoint).name: checkpoint} if checkpoint else {
+            f"cnn_lstm/{b} (random init)": str(_tiny_random_checkpoint(Path(tmp), b))
+            for b in backbones}
+        for name, ck in ckpts.items():
+            scorer = VideoScorer.from_checkpoint(ck, device=device)
+            scorer.score(path)  # warm-up: first call pays one-off start-up costs
+            sec, r = _median_time(lambda s=scorer: s.score(path), repeats)
+            sec_x, _ = _median_time(lambda s=scorer: s.score(path, explain_dir=Path(tmp) / "ev"),
+                                    repeats)
+            res["models"][name] = {"s_per_video": round(sec, 2), "x_decode": round(sec / dec, 2),
+                                   "with_explain_s": round(sec_x, 2),
+                                   "with_explain_x_decode": round(sec_x / dec, 2),
+                                   "status": r["status"], "frames_used": r["frames_used"]}
+    return res
+
+
+def bench_scaling(video: str | os.PathLike, n_videos: int = 4, device: str = "cpu",
+                  engines: Sequence[tuple[str, int]] = (("pool", 1), ("pool", 2), ("ray", 2))
+                  ) -> dict[str, Any]:
+    """``dfpipe extract`` wall time over ``n_videos`` copies of ``video`` per (engine, workers).
+
+    Each configuration starts from an empty output folder; the speed-up is against one pool
+    worker. Ray's number includes starting the embedded local Ray.
+    """
+    import importlib.util
+    import shutil
+    import tempfile
+
+    from pipeline import extract
+
+    res: dict[str, Any] = {"video": str(video), "videos": n_videos, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "videos"
+        src.mkdir()
+        for k in range(n_videos):
+            os.symlink(Path(video).resolve(), src / f"copy{k:02d}{Path(video).suffix}")
+        for engine, workers in engines:
+            if engine == "ray" and importlib.util.find_spec("ray") is None:
+                res["runs"][f"{engine}x{workers}"] = {"error": "ray not installed (dfpipe[dist])"}
+                continue
+            out = Path(tmp) / f"out_{engine}_{workers}"
+            cfg = ExtractConfig(inputs=(str(src),), out=str(out / "faces"),
+                                manifest_dir=str(out / "m"), engine=engine, workers=workers,
+                                device=device)
+            t = time.perf_counter()
+            rc = extract.run(cfg)
+            sec = time.perf_counter() - t
+            res["runs"][f"{engine}x{workers}"] = {"s_total": round(sec, 1),
+                                                  "s_per_video": round(sec / n_videos, 2), "rc": rc}
+            shutil.rmtree(out, ignore_errors=True)
+    base = res["runs"].get("poolx1", {}).get("s_total")
+    for v in res["runs"].values():
+        if base and "s_total" in v:
+            v["speedup_vs_1_worker"] = round(base / v["s_total"], 2)
+    return res
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import platform
+
+    import torch
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
+            "torch": str(torch.__version__), "cuda": torch.cuda.get_device_name(0)
+            if torch.cuda.is_available() else None, "load_avg_1min_at_start": load,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def default_video(folder: Path) -> Path:
+    """A 10 s 1920x1080 30 fps H.264 synthetic face clip (when no ``--video`` is given)."""
+    from pipeline.synth import make_clip
+
+    path = folder / "synthetic_1080p_10s.mp4"
+    if not path.is_file():
+        make_clip(path, n_frames=300, width=1920, height=1080, fps=30.0, seed=0)
+    return path
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows] + [""])
+
+
 def _markdown(results: dict[str, Any]) -> str:
-    lines = ["# dfpipe benchmarks", ""]
+    m = results.get("machine", {})
+    lines = ["# dfpipe benchmarks", "",
+             f"{m.get('date', '')}; {m.get('cpu', '')}, {m.get('cores', '')} cores, "
+             f"{m.get('memory', '')}; torch {m.get('torch', '')}; GPU: {m.get('cuda') or 'none'}; "
+             f"load average at start {m.get('load_avg_1min_at_start')}; command: "
+             f"`{results.get('command', '')}`", ""]
     if "decode" in results:
         r = results["decode"]
-        lines += [f"## decode: {r['video']}", "", "| backend | s/video | ms/frame | x fastest |",
-                  "|---|---|---|---|"]
-        lines += [f"| {b} | {v['s_per_video']} | {v['ms_per_frame']} | {v['ratio_to_fastest']} |"
-                  for b, v in r["backends"].items()]
-        lines.append("")
+        lines += [f"## decode: {r['video']}", ""]
+        lines += _table(["backend", "s/video", "ms/frame", "x fastest"],
+                        [[b, v["s_per_video"], v["ms_per_frame"], v["ratio_to_fastest"]]
+                         for b, v in r["backends"].items()])
     if "extract" in results:
         r = results["extract"]
-        lines += [f"## extract: {r['video']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]})", "",
-                  "| mode | s/video | ms/frame | x default | face frames |", "|---|---|---|---|---|"]
-        lines += [f"| {m} | {v['s_per_video']} | {v['ms_per_frame']} | {v['ratio_to_default']} | "
-                  f"{v.get('face_frames', '')} |" for m, v in r["modes"].items()]
-        lines.append("")
+        lines += [f"## extract: {r['video']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]})", ""]
+        lines += _table(["mode", "s/video", "ms/frame", "x default", "face frames"],
+                        [[k, v["s_per_video"], v["ms_per_frame"], v["ratio_to_default"],
+                          v.get("face_frames", "")] for k, v in r["modes"].items()])
+    if "score" in results:
+        r = results["score"]
+        lines += [f"## score (end to end): decode-only {r['decode_only_s']} s", ""]
+        lines += _table(["model", "s/video", "x decode", "with evidence s", "x decode"],
+                        [[k, v["s_per_video"], v["x_decode"], v["with_explain_s"],
+                          v["with_explain_x_decode"]] for k, v in r["models"].items()])
+    if "scaling" in results:
+        r = results["scaling"]
+        lines += [f"## extraction scaling: {r['videos']} copies", ""]
+        lines += _table(["engine x workers", "s total", "s/video", "speed-up vs 1 worker"],
+                        [[k, v.get("s_total", v.get("error")), v.get("s_per_video", ""),
+                          v.get("speedup_vs_1_worker", "")] for k, v in r["runs"].items()])
+    if "train" in results:
+        lines += ["## training (cnn_lstm, 30 frames x 160 px, batch 2, 1 thread)", ""]
+        lines += _table(["backbone", "clips/s", "s/step", "peak RSS MiB", "params M"],
+                        [[k, round(v["clips_per_s"], 2), round(v["seconds_per_step"], 2),
+                          round(v["peak_rss_mib"]), round(v["params_m"], 2)] if "error" not in v
+                         else [k, v["error"], "", "", ""] for k, v in results["train"].items()])
     return "\n".join(lines)
 
 
 def run(cfg: BenchConfig) -> int:
-    """Run the decode/extract benchmarks on ``cfg.video``; write ``bench.json`` and ``bench.md``."""
-    if not cfg.video:
-        raise ConfigError("bench: give --video (a 10 s 1080p clip, e.g. a DFDC sample)")
-    if not Path(cfg.video).is_file():
-        raise ConfigError(f"bench: {cfg.video}: file not found")
-    results: dict[str, Any] = {}
-    if "decode" in cfg.what:
-        results["decode"] = bench_decode(cfg.video, ("decord", "pyav", "cv2"), cfg.repeats)
-    if "extract" in cfg.what:
-        results["extract"] = bench_extract(cfg.video, cfg.repeats)
+    """Run the chosen benchmarks; write ``bench.json`` and ``bench.md`` into ``cfg.out``."""
+    import sys
+
     out = Path(cfg.out)
-    atomic_write_json(out / "bench.json", results)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.video and not Path(cfg.video).is_file():
+        raise ConfigError(f"bench: {cfg.video}: file not found")
+    video = str(cfg.video or default_video(out))
+    results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(["dfpipe", *sys.argv[1:]])}
+    steps = [("decode", lambda: bench_decode(video, ("decord_get_batch", "decord", "pyav", "cv2"),
+                                             cfg.repeats)),
+             ("extract", lambda: bench_extract(video, cfg.repeats,
+                                               cfg=ExtractConfig(device=cfg.device))),
+             ("score", lambda: bench_score(video, cfg.repeats, device=cfg.device)),
+             ("scaling", lambda: bench_scaling(video, cfg.scaling_videos, cfg.device)),
+             ("train", lambda: _bench_train(cfg))]
+    for name, fn in steps:
+        if name in cfg.what:
+            logger.info("bench: %s ...", name)
+            results[name] = fn()
+            atomic_write_json(out / "bench.json", results)  # partial results survive a crash
     atomic_write_text(out / "bench.md", _markdown(results))
     logger.info("bench: results in %s", out)
-    print(json.dumps(results, indent=1))
+    print(_markdown(results))
     return 0
+
+
+def _bench_train(cfg: BenchConfig) -> dict[str, Any]:
+    from pipeline.models.bench import bench_train
+
+    return bench_train(list(cfg.backbones))

@@ -155,10 +155,12 @@ class SynthConfig:
     two_face_share: float = opt(0.0, "share of groups where a second face appears in one stretch of frames")
     gap_share: float = opt(0.0, "share of groups with one stretch of frames without any face")
     spatial_strength: float = opt(
-        0.5, "strength of the fakes' spatial artefact (blend/colour/blur at the face boundary)"
+        0.0, "strength of the fakes' spatial artefact (colour shift + blur of the face; a "
+        "single-frame cue, off by default)"
     )
     temporal_strength: float = opt(
-        1.0, "strength of the fakes' temporal artefact (frame-to-frame flicker/jitter of the face)"
+        1.0, "0-1: share of the fakes' face-gain variance redrawn every frame (flicker; a single "
+        "frame keeps the REAL distribution)"
     )
     codec: str = opt("auto", "video codec: auto (H.264 if available, else mp4v), h264 or mp4v",
                      choices=["auto", "h264", "mp4v"])
@@ -317,6 +319,11 @@ class BenchConfig:
     what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
                                 "which benchmarks to run")
     repeats: int = opt(3, "repetitions per measurement")
+    scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
+    backbones: tuple[str, ...] = opt(("tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0",
+                                      "inception_resnet_v1"), "backbones for the training benchmark")
+    device: str = opt("cpu", "device for extract/score/train measurements",
+                      choices=["auto", "cpu", "cuda"])
 
 
 @dataclass(frozen=True)
