@@ -333,7 +333,7 @@ class RunConfig:
     inputs: tuple[str, ...] = opt((), "DFDC part folders (none: a generated synthetic set)",
                                   positional=True, optional=True)
     work_dir: str = opt("runs/demo", "folder for everything this run writes")
-    epochs: int = opt(6, "training epochs per model")
+    epochs: int = opt(40, "training epochs per model")
     backbone: str = opt("tiny", "encoder backbone")
     workers: int = opt(0, "extraction workers (0: one per core)")
     seed: int = opt(0, "seed for data generation, split and training")

@@ -25,11 +25,18 @@ from pipeline.manifest import manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
 
-DEMO_SYNTH = dict(n_originals=10, fakes_per_original=2, frames=300, outlier_share=0.1,
-                  two_face_share=0.1, gap_share=0.1)
-"""Synthetic set of the demo: 10 groups (an original and 2 fakes), 300-frame clips like DFDC's
+DEMO_SYNTH = dict(n_originals=16, fakes_per_original=1, frames=300, outlier_share=0.0625,
+                  two_face_share=0.0625, gap_share=0.0625)
+"""Synthetic set of the demo: 16 groups (an original and its fake), 300-frame clips like DFDC's
 (the 30-slot sampler needs frames 0..290), one group each of length outliers, two-face clips and
 face gaps: small enough for minutes on 2 CPU cores, with every quirk the stages handle."""
+
+DEMO_TRAIN = dict(image_size=64, lr=3e-3, dropout=0.0, readout="mean", augment=(), patience=40)
+"""Training recipe of the demo (random-init tiny CNN on 64 px crops, both models alike). The
+synthetic fakes differ from their originals only by frame-to-frame flicker; with this recipe
+cnn_lstm learned it (test AUC 0.92 vs frame 0.63, frame_mean 0.52, seed 0, 48 groups, 40 epochs),
+while the loss sat at 0.69 for ~30 epochs first, so early stopping is effectively off. The
+defaults of ``dfpipe train`` (last-step readout, flip augmentation, lr 1e-3) are for real data."""
 
 
 def _stage(name: str, rc: int, *, fatal: bool) -> None:
@@ -66,10 +73,12 @@ def run(cfg: config.RunConfig) -> int:
     ckpts = []
     for model in ("cnn_lstm", "frame"):
         run_dir = work / "checkpoints" / f"{model}_s{cfg.seed}"
+        recipe = DEMO_TRAIN if not cfg.inputs else {}
         rc = training.run(config.TrainConfig(
             model=model, backbone=cfg.backbone, manifest_dir=str(manifests),
             out_dir=str(run_dir.parent), run_name=run_dir.name, epochs=cfg.epochs, seed=cfg.seed,
             resume=str(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None,
+            **recipe,
         ))
         _stage(f"train {model}", rc, fatal=True)
         ckpts.append(str(run_dir / "best.pt"))
