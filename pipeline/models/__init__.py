@@ -9,15 +9,15 @@ checkpoint can rebuild it (``pretrained``/``weights`` are not stored: the state 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import create_backbone, list_backbones, register_backbone
+from pipeline.models.registry import Registry
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS = Registry("model")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the seed study (Keras): TimeDistributed CNN -> LSTM(64) -> LSTM(256) -> Dense(512) -> sigmoid
@@ -25,21 +25,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def register_model(name: str) -> Callable:
-    """Decorator adding a model constructor to the registry; duplicate names are refused."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model '{name}' is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
-
-
-def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return sorted(_MODELS)
+register_model = _MODELS.register
+"""Decorator adding a model constructor to the registry; duplicate names are refused."""
+list_models = _MODELS.names
+"""Names of all registered models, sorted."""
 
 
 def create_model(name: str, *, pretrained: bool = False, weights: str | None = None,
@@ -52,9 +41,7 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | None = N
         weights: path of a backbone weights file.
         **kwargs: the model's own options (stored as ``model.model_kwargs``).
     """
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model '{name}'; known: {', '.join(list_models())}")
-    model = _MODELS[name](pretrained=pretrained, weights=weights, **kwargs)
+    model = _MODELS.get(name)(pretrained=pretrained, weights=weights, **kwargs)
     model.model_name = name
     model.model_kwargs = dict(kwargs)
     return model

@@ -13,37 +13,26 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.models.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+_BACKBONES = Registry("backbone")
 
 # state-dict key prefixes of classifier heads that a weights file may carry and we drop
 _HEAD_PREFIXES = ("fc.", "classifier.", "logits.", "last_linear.", "last_bn.")
 
 
-def register_backbone(name: str) -> Callable:
-    """Decorator adding a backbone constructor ``fn(pretrained, weights) -> nn.Module``."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone '{name}' is already registered")
-        _BACKBONES[name] = fn
-        return fn
-
-    return deco
-
-
-def list_backbones() -> list[str]:
-    """Names of all registered backbones, sorted."""
-    return sorted(_BACKBONES)
+register_backbone = _BACKBONES.register
+"""Decorator adding a backbone constructor ``fn(pretrained, weights) -> nn.Module``."""
+list_backbones = _BACKBONES.names
+"""Names of all registered backbones, sorted."""
 
 
 def create_backbone(name: str, pretrained: bool = False, weights: str | None = None) -> nn.Module:
@@ -54,9 +43,7 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
         pretrained: load pretrained weights (from ``weights`` or the local cache; never online).
         weights: path of a weights file (a state dict); implies ``pretrained``.
     """
-    if name not in _BACKBONES:
-        raise ConfigError(f"unknown backbone '{name}'; known: {', '.join(list_backbones())}")
-    module = _BACKBONES[name](pretrained=pretrained or weights is not None, weights=weights)
+    module = _BACKBONES.get(name)(pretrained=pretrained or weights is not None, weights=weights)
     module.backbone_name = name
     return module
 
