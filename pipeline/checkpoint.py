@@ -106,7 +106,7 @@ def check_plain(obj: Any, where: str = "payload") -> None:
 
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    hit = [ln for ln in lines if "Unsupported global" in ln]
+    hit = [ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln]
     return (hit or lines or [type(e).__name__])[0]
 
 
@@ -125,6 +125,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a torch file at all (e.g. random bytes)
+            raise CheckpointError(f"{path}: unreadable checkpoint (not a torch file, truncated "
+                                  f"or corrupt?): {_first_line(e)}") from e
         raise CheckpointError(f"{path}: refused: the file holds pickled objects that are not "
                               f"plain types/tensors (weights_only load): {_first_line(e)}") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
