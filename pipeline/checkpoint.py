@@ -125,7 +125,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # not a torch file at all (e.g. random bytes)
+        text = str(e)
+        if "Unsupported operand" in text or "invalid load key" in text:  # not a pickle at all
             raise CheckpointError(f"{path}: unreadable checkpoint (not a torch file, truncated "
                                   f"or corrupt?): {_first_line(e)}") from e
         raise CheckpointError(f"{path}: refused: the file holds pickled objects that are not "
