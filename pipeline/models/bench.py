@@ -52,12 +52,24 @@ def _measure(backbone: str, image_size: int, frames: int, batch_size: int, steps
     for _ in range(steps):
         step()
     dt = time.perf_counter() - t0
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    rss_kib = _peak_rss_kib()
     return {"backbone": backbone, "model": model, "clips_per_s": batch_size * steps / dt,
             "seconds_per_step": dt / steps, "peak_rss_mib": rss_kib / 1024,
             "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
             "image_size": image_size, "frames": frames, "batch_size": batch_size,
             "steps": steps, "threads": threads, "channels_last": channels_last}
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak RSS in KiB. ``VmHWM`` belongs to the process's own address space;
+    ``ru_maxrss`` survives exec, so in a spawned child it would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
 
 
 def bench_train(backbones: Sequence[str], image_size: int = 160, *, frames: int = 30,
