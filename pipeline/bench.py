@@ -301,7 +301,8 @@ def run(cfg: BenchConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.video and not Path(cfg.video).is_file():
         raise ConfigError(f"bench: {cfg.video}: file not found")
-    video = str(cfg.video or default_video(out))
+    needs_video = bool(set(cfg.what) & {"decode", "extract", "score", "scaling"})
+    video = str(cfg.video or (default_video(out) if needs_video else ""))
     results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(["dfpipe", *sys.argv[1:]])}
     steps = [("decode", lambda: bench_decode(video, ("decord_get_batch", "decord", "pyav", "cv2"),
                                              cfg.repeats)),
