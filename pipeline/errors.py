@@ -14,7 +14,12 @@ class ManifestError(PipelineError):
 
 
 class VideoReadError(PipelineError):
-    """A video cannot be opened or decoded."""
+    """A video cannot be opened or decoded; ``status`` is the per-video status it maps to
+    (``read_error``, ``missing_file`` or ``empty_file``)."""
+
+    def __init__(self, message: str, status: str = "read_error") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MetadataError(PipelineError):

@@ -215,9 +215,7 @@ class ExtractWorker:
         try:
             row = self._process(item, base, t0)
         except VideoReadError as e:
-            status = "empty_file" if "empty file" in str(e) else (
-                "missing_file" if "file not found" in str(e) else "read_error")
-            row = _row(**base, status=status, reason=str(e))
+            row = _row(**base, status=e.status, reason=str(e))
         except Exception as e:  # noqa: BLE001 - one bad video must not stop the job
             logger.exception("%s: unexpected error", item.get("path"))
             row = _row(**base, status="error", reason=f"{item.get('path')}: {type(e).__name__}: "

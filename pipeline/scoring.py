@@ -22,7 +22,6 @@ the videos in flight; a rerun skips videos already in the results file.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -41,7 +40,7 @@ from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig
 from pipeline.data import crops_to_tensor
 from pipeline.errors import ConfigError, VideoReadError
-from pipeline.fsutil import atomic_write_text
+from pipeline.fsutil import atomic_write_text, sha256_file
 from pipeline.sampling import sample_video
 from pipeline.video_io import VIDEO_EXTENSIONS
 
@@ -50,15 +49,6 @@ log = logging.getLogger(__name__)
 OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames")
 """Statuses that are an answer about the video; anything else counts as a failure."""
 N_EVIDENCE = 3
-
-
-def _failure_status(e: VideoReadError) -> str:
-    text = str(e)
-    if "empty file" in text:
-        return "empty_file"
-    if "not found" in text:
-        return "missing_file"
-    return "read_error"
 
 
 class VideoScorer:
@@ -131,7 +121,7 @@ class VideoScorer:
         try:
             self._score(path, result, explain_dir, display_name or path.name)
         except VideoReadError as e:
-            result.update(status=_failure_status(e), reason=str(e).splitlines()[0])
+            result.update(status=e.status, reason=str(e).splitlines()[0])
         except Exception as e:  # noqa: BLE001 - one bad video must not stop a batch
             log.exception("%s: unexpected error while scoring", path)
             result.update(status="error",
@@ -154,10 +144,6 @@ class VideoScorer:
             except OSError as e:
                 why = f"cannot list folder: {e.strerror or e}"
             raise VideoReadError(f"{path}: {why}")
-        if not path.is_file():
-            raise VideoReadError(f"{path}: file not found")
-        if path.stat().st_size == 0:
-            raise VideoReadError(f"{path}: empty file")
         reader = open_video(path, self.extract_cfg.decoder)
         try:
             info = reader.info
@@ -288,11 +274,7 @@ class VideoScorer:
 
 def _file_id(path: str) -> str:
     """Short content id of a checkpoint file (first 12 hex of its SHA-256)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def _trained_on(data: dict[str, Any]) -> str:

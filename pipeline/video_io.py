@@ -252,9 +252,9 @@ def open_video(path: str | os.PathLike, backend: str = "decord", num_threads: in
     path = str(path)
     p = Path(path)
     if not p.is_file():
-        raise VideoReadError(f"{path}: file not found")
+        raise VideoReadError(f"{path}: file not found", status="missing_file")
     if p.stat().st_size == 0:
-        raise VideoReadError(f"{path}: empty file (0 bytes)")
+        raise VideoReadError(f"{path}: empty file (0 bytes)", status="empty_file")
     if backend == "decord":
         return DecordReader(path, num_threads)
     if backend == "pyav":
