@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
+from pipeline.release import checkpoint_help
 
 T = TypeVar("T")
 
@@ -190,6 +191,8 @@ class ExtractConfig:
     min_face_size: int = opt(20, "MTCNN minimum face size in detection pixels")
     margin: float = opt(0.3, "crop margin around the box as a share of its larger side")
     crop_size: int = opt(160, "crop size in pixels (square JPEG)")
+    square: bool = opt(True, "square crop around the box's larger side (--no-square: the box "
+                       "widened by the margin on each side, stretched to crop_size)")
     jpeg_quality: int = opt(95, "JPEG quality of the crops")
     iou_threshold: float = opt(0.3, "IoU that links a face to an existing track")
     from_faces: bool = opt(False, "the inputs are folders of pre-extracted faces to import (Kaggle "
@@ -244,7 +247,10 @@ class TrainConfig:
     balance: str = opt("weighted_loss", "class imbalance handling",
                        choices=["none", "weighted_loss", "balanced_sampler"])
     augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, jpeg")
-    freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first")
+    freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first (>= --epochs: "
+                                      "the encoder stays frozen throughout)")
+    init_encoder: str | None = opt(None, "start the encoder from this trained checkpoint's encoder "
+                                   "(a frame or cnn_lstm best.pt with the same --backbone)")
     workers: int = opt(0, "DataLoader workers")
     device: str = opt("auto", "training device", choices=["auto", "cpu", "cuda"])
     amp: bool = opt(True, "mixed precision on CUDA")
@@ -281,7 +287,7 @@ class ScoreConfig:
     """``dfpipe score``: videos -> per-video verdicts (+ evidence sheets)."""
 
     inputs: tuple[str, ...] = opt((), "video files or folders", positional=True)
-    checkpoint: str = opt("", "checkpoint file")
+    checkpoint: str = opt("", checkpoint_help())
     out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
     explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
     engine: str = opt("inline", "where per-video work runs", choices=["inline", "pool", "ray"])
@@ -301,7 +307,7 @@ class ScoreConfig:
 class ServeConfig:
     """``dfpipe serve``: the analysts' web page and JSON API."""
 
-    checkpoint: str = opt("", "checkpoint file")
+    checkpoint: str = opt("", checkpoint_help())
     host: str = opt("127.0.0.1", "bind address (loopback by default)")
     port: int = opt(8000, "port")
     max_upload_mb: int = opt(200, "largest accepted upload in MiB (413 beyond)")

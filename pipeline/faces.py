@@ -265,25 +265,52 @@ def assign_tracks(detections_per_frame: Sequence[Sequence[Box]], iou_threshold: 
 # ---------------------------------------------------------------------------- crops
 
 
-def crop_face(frame: np.ndarray, box: Box, margin: float = 0.3, size: int = 160) -> np.ndarray:
-    """Square ``(size, size, 3)`` crop around ``box`` from a full-resolution frame.
+def crop_face(frame: np.ndarray, box: Box, margin: float = 0.3, size: int = 160,
+              square: bool = True) -> np.ndarray:
+    """``(size, size, 3)`` crop around ``box`` from a full-resolution frame.
 
-    The square's side is the box's larger side plus ``margin`` of it on each side, centred on the
-    box; parts outside the frame are zero-padded (so faces at the border stay centred).
+    Square (default): the square's side is the box's larger side plus ``margin`` of it on each
+    side, centred on the box. Not square: the box itself widened by ``margin`` of its width on
+    the left and right and ``margin`` of its height at the top and bottom, then resized to
+    ``size x size`` (the aspect ratio is not kept). Parts outside the frame are zero-padded (so
+    faces at the border stay centred).
     """
     x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
-    side = max(side, 2.0)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left, top = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
-    n = int(math.ceil(side))
+    if square:
+        side = max(max(x2 - x1, y2 - y1) * (1 + 2 * margin), 2.0)
+        bw = bh = side
+    else:
+        bw, bh = max((x2 - x1) * (1 + 2 * margin), 2.0), max((y2 - y1) * (1 + 2 * margin), 2.0)
+    left, top = int(math.floor(cx - bw / 2)), int(math.floor(cy - bh / 2))
+    nw, nh = int(math.ceil(bw)), int(math.ceil(bh))
     h, w = frame.shape[:2]
-    out = np.zeros((n, n, 3), dtype=frame.dtype)
-    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
+    out = np.zeros((nh, nw, 3), dtype=frame.dtype)
+    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + nw, w), min(top + nh, h)
     if sx2 > sx1 and sy2 > sy1:
         out[sy1 - top : sy2 - top, sx1 - left : sx2 - left] = frame[sy1:sy2, sx1:sx2]
-    interp = cv2.INTER_AREA if n > size else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if max(nw, nh) > size else cv2.INTER_LINEAR
     return cv2.resize(out, (size, size), interpolation=interp)  # (size, size, 3)
+
+
+def encode_jpeg(crop: np.ndarray, quality: int = 95) -> bytes:
+    """An RGB uint8 crop as JPEG bytes, encoded the way the extract stage writes its crops."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise OSError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def jpeg_round_trip(crop: np.ndarray, quality: int) -> np.ndarray:
+    """``crop`` after the JPEG round trip a training crop went through: encoded as
+    ``write_video_faces`` writes it, decoded as ``data.load_crop`` reads it (PIL)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encode_jpeg(crop, quality))) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------- per video
@@ -344,7 +371,7 @@ def extract_faces(
         reader_or_path: an open ``VideoReader`` or a path (opened with ``cfg.decoder``).
         detector: e.g. ``MTCNNDetector``.
         cfg: an ``ExtractConfig`` (uses batch_size, detect_every, iou_threshold, margin,
-            crop_size, decoder).
+            crop_size, square, decoder).
         frames: frame indices to process (default: all).
 
     With ``detect_every = K > 1`` the detector runs on every K-th processed frame; the frames in
@@ -380,7 +407,8 @@ def extract_faces(
                 faces = [(t, b, float("nan")) for t, b in carried]
             for t, b, p in sorted(faces, key=lambda x: x[0]):
                 result.records.append(FaceRecord(int(frame_idx), int(t), b, p))
-                result.crops.append(crop_face(batch[j], b, cfg.margin, cfg.crop_size))
+                result.crops.append(crop_face(batch[j], b, cfg.margin, cfg.crop_size,
+                                              getattr(cfg, "square", True)))
         k += len(idx)
     return result
 
@@ -390,12 +418,12 @@ def write_video_faces(video_faces: VideoFaces, out_dir: str | os.PathLike, jpeg_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     for rec, crop in zip(video_faces.records, video_faces.crops, strict=True):
         p = out_dir / rec.name
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
-        if not ok:
-            raise OSError(f"{p}: JPEG encoding failed")
-        p.write_bytes(buf.tobytes())
+        try:
+            data = encode_jpeg(crop, jpeg_quality)
+        except OSError as e:
+            raise OSError(f"{p}: {e}") from e
+        p.write_bytes(data)
         paths.append(p)
     return paths

@@ -11,6 +11,10 @@ fills ``min_frames`` of the slots); ``read_error`` / ``empty_file`` / ``missing_
 ``too_short`` (the video cannot be used); ``error`` (anything unexpected, with its message).
 Only the last group makes the exit status 1.
 
+Crops are made the way the model's training crops were (no train/serve skew): the checkpoint's
+``crop`` recipe (margin, size, square or not, JPEG quality; ``crop_recipe``) drives
+``faces.crop_face`` and the JPEG round trip (``faces.jpeg_round_trip``) before the model sees them.
+
 Per-frame timeline: for ``frame`` checkpoints, each sampled frame's own p_fake (the video score is
 their mean, ``frame_mean``); for ``cnn_lstm``, the running verdict: p_fake after the LSTM has seen
 the slots up to that frame.
@@ -28,6 +32,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig
 from pipeline.data import crops_to_tensor
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_write_text, sha256_file
+from pipeline.release import resolve_checkpoint
 from pipeline.sampling import sample_video
 from pipeline.video_io import VIDEO_EXTENSIONS
 
@@ -49,6 +55,27 @@ log = logging.getLogger(__name__)
 OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames")
 """Statuses that are an answer about the video; anything else counts as a failure."""
 N_EVIDENCE = 3
+CROP_KEYS = ("margin", "size", "square", "jpeg_quality")
+
+
+def crop_recipe(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """How the model's training crops were made: ``{margin, size, square, jpeg_quality, source}``.
+
+    From the checkpoint's ``crop`` key (written by ``dfpipe train`` from the extract manifests'
+    config, or by the release export); a checkpoint without one gets the extract stage's
+    defaults, and ``source`` says so. ``jpeg_quality`` 0 means no JPEG round trip.
+    """
+    stored = ckpt.get("crop")
+    d = ExtractConfig()
+    if isinstance(stored, dict) and all(k in stored for k in CROP_KEYS):
+        out = {k: stored[k] for k in CROP_KEYS}
+        source = str(stored.get("source", "checkpoint"))
+    else:
+        out = {"margin": d.margin, "size": d.crop_size, "square": d.square,
+               "jpeg_quality": d.jpeg_quality}
+        source = "extract defaults (the checkpoint records no crop recipe)"
+    return {"margin": float(out["margin"]), "size": int(out["size"]), "square": bool(out["square"]),
+            "jpeg_quality": int(out["jpeg_quality"] or 0), "source": source}
 
 
 class VideoScorer:
@@ -59,7 +86,8 @@ class VideoScorer:
 
     def __init__(self, ckpt: dict[str, Any], ckpt_path: str, *, device: str = "auto",
                  detect: str = "slots", min_frames: int = 10, decoder: str = "decord",
-                 threshold: float | None = None, extract: ExtractConfig | None = None) -> None:
+                 threshold: float | None = None, extract: ExtractConfig | None = None,
+                 crop: dict[str, Any] | None = None) -> None:
         from pipeline.faces import MTCNNDetector
 
         self.device = engine.resolve_device(device)
@@ -78,7 +106,16 @@ class VideoScorer:
         self.threshold = float(threshold if threshold is not None else ckpt.get("threshold", 0.5))
         self.detect = detect
         self.min_frames = min_frames
-        self.extract_cfg = extract or ExtractConfig(decoder=decoder, device=device)
+        # crops as the training crops were made (``crop`` overrides, e.g. for the margin bench)
+        self.crop = crop_recipe(
+            {"crop": {**crop_recipe(ckpt), "source": "set by the caller", **crop}} if crop else ckpt)
+        if self.crop["source"].startswith("extract defaults"):
+            log.warning("%s: %s; cropping with margin %.2f, %d px, JPEG q%d", ckpt_path,
+                        self.crop["source"], self.crop["margin"], self.crop["size"],
+                        self.crop["jpeg_quality"])
+        self.extract_cfg = replace(extract or ExtractConfig(decoder=decoder, device=device),
+                                   margin=self.crop["margin"], crop_size=self.crop["size"],
+                                   square=self.crop["square"])
         self.detector = MTCNNDetector(
             device=self.extract_cfg.device, min_face_size=self.extract_cfg.min_face_size,
             scale=self.extract_cfg.scale, retry_scale=self.extract_cfg.retry_scale,
@@ -94,11 +131,16 @@ class VideoScorer:
             "threshold": self.threshold,
             "trained_on": _trained_on(data),
             "synthetic_training_data": data.get("synthetic"),
+            "card_title": _card_title(ckpt.get("card")),
+            "crop": dict(self.crop),
         }
+        self.model_card = str(ckpt.get("card") or "")
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> VideoScorer:
-        """Load ``path`` (weights_only) and build the scorer; ``kwargs`` as ``__init__``."""
+    def from_checkpoint(cls, path: str | os.PathLike | None, **kwargs: Any) -> VideoScorer:
+        """Load ``path`` (weights_only; empty or ``default``: the shipped model) and build the
+        scorer; ``kwargs`` as ``__init__``."""
+        path = resolve_checkpoint(None if path is None else str(path))
         ckpt = load_checkpoint(path, map_location="cpu")
         return cls(ckpt, str(path), **kwargs)
 
@@ -131,10 +173,11 @@ class VideoScorer:
 
     def _ck_summary(self) -> dict[str, Any]:
         return {"id": self.card["checkpoint_id"], "model": self.card["scored_as"],
-                "path": self.ckpt_path, "trained_on": self.card["trained_on"]}
+                "backbone": self.card["backbone"], "path": self.ckpt_path,
+                "trained_on": self.card["trained_on"], "card_title": self.card["card_title"]}
 
     def _score(self, path: Path, result: dict, explain_dir, display_name: str) -> None:
-        from pipeline.faces import extract_faces
+        from pipeline.faces import extract_faces, jpeg_round_trip
         from pipeline.video_io import open_video
 
         if path.is_dir():
@@ -158,6 +201,8 @@ class VideoScorer:
             faces = extract_faces(reader, self.detector, self.extract_cfg, frames=frames)
         finally:
             reader.close()
+        if self.crop["jpeg_quality"]:  # the training crops were JPEG files
+            faces.crops = [jpeg_round_trip(c, self.crop["jpeg_quality"]) for c in faces.crops]
         result["faces_found"] = len(faces.records)
         result["n_frames"] = info.n_frames
         if not faces.records:
@@ -258,7 +303,7 @@ class VideoScorer:
         png = render_sheet(
             out_dir / f"{stem}.png",
             title=f"{display_name}  ·  model {self.card['scored_as']} ({self.card['backbone']}), "
-                  f"checkpoint {self.card['checkpoint_id']}",
+                  f"checkpoint {self.card['checkpoint_id']}\ntrained on {self.card['trained_on']}",
             verdict=f"{result['label']}  p_fake = {result['p_fake']:.3f}  "
                     f"(threshold {self.threshold:.3f}; track {track['track']} of "
                     f"{len(result['tracks'])})",
@@ -277,12 +322,28 @@ def _file_id(path: str) -> str:
     return sha256_file(path)[:12]
 
 
+def _count(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else "?"
+
+
 def _trained_on(data: dict[str, Any]) -> str:
+    """E.g. ``real data: DFDC face crops (dfdc_faces), 4,820 REAL / 8,945 FAKE training videos``."""
     if not data:
         return "unknown"
     counts = data.get("counts", {}).get("train", {})
     kind = {True: "SYNTHETIC data", False: "real data"}.get(data.get("synthetic"), "data of unknown origin")
-    return f"{kind}: {counts.get('REAL', '?')} REAL / {counts.get('FAKE', '?')} FAKE training videos"
+    what = data.get("description") or data.get("source") or ""
+    what = f" {what}," if what else ""
+    return (f"{kind}:{what} {_count(counts.get('REAL'))} REAL / {_count(counts.get('FAKE'))} FAKE "
+            "training videos")
+
+
+def _card_title(card: Any) -> str:
+    """First non-empty line of a model card (markdown ``#`` stripped); "" without a card."""
+    for line in str(card or "").splitlines():
+        if line.strip():
+            return line.strip().lstrip("#").strip()
+    return ""
 
 
 # ------------------------------------------------------------------------------------ batch
@@ -391,10 +452,9 @@ def run(cfg: ScoreConfig) -> int:
     """Score every input video; resumable; exit 1 when any video failed (not for no_face)."""
     from pipeline.executors import run_items
 
-    if not cfg.checkpoint:
-        raise ConfigError("dfpipe score needs --checkpoint PATH (a best.pt from dfpipe train)")
     if not cfg.inputs:
         raise ConfigError("dfpipe score needs at least one video file or folder")
+    cfg = replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))  # "" / default: shipped model
     load_checkpoint(cfg.checkpoint)  # fail fast, in the parent, with the checkpoint's own error
     out = Path(cfg.out)
     if out.suffix not in (".jsonl", ".csv"):
