@@ -189,7 +189,8 @@ class ExtractConfig:
     batch_size: int = opt(32, "frames per decode/MTCNN batch")
     min_face_prob: float = opt(0.9, "minimum MTCNN probability for a face")
     min_face_size: int = opt(20, "MTCNN minimum face size in detection pixels")
-    margin: float = opt(0.3, "crop margin around the box as a share of its larger side")
+    margin: float = opt(0.3, "crop margin around the box as a share of its larger side "
+                        "(negative: tighter than the box)")
     crop_size: int = opt(160, "crop size in pixels (square JPEG)")
     square: bool = opt(True, "square crop around the box's larger side (--no-square: the box "
                        "widened by the margin on each side, stretched to crop_size)")
@@ -269,7 +270,8 @@ class EvaluateConfig:
 
     checkpoint: tuple[str, ...] = opt((), "checkpoint files to compare (repeatable)")
     manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder with clips/split manifests")
-    split: str = opt("test", "split to evaluate", choices=["train", "val", "test"])
+    split: str = opt("test", "split to evaluate ('all': every labelled video of the manifests, "
+                     "thresholds from the checkpoints)", choices=["train", "val", "test", "all"])
     out: str = opt("reports/latest", "report folder")
     threshold_rule: str = opt("balanced_accuracy", "how the validation threshold is chosen",
                               choices=["balanced_accuracy", "fpr"])
@@ -323,13 +325,21 @@ class BenchConfig:
     video: str | None = opt(None, "10 s 1080p clip to measure (default: a generated one)")
     out: str = opt("benchmarks/results", "folder for the results JSON/Markdown")
     what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
-                                "which benchmarks to run")
+                                "which benchmarks to run (also: crop-margin, the crop recipe of "
+                                "dfdc_faces vs ours; not a speed measurement)")
     repeats: int = opt(3, "repetitions per measurement")
     scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
     backbones: tuple[str, ...] = opt(("tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0",
                                       "inception_resnet_v1"), "backbones for the training benchmark")
     device: str = opt("cpu", "device for extract/score/train measurements",
                       choices=["auto", "cpu", "cuda"])
+    checkpoint: str | None = opt(None, "crop-margin: also score the labelled real sample clips at "
+                                 "each margin with this checkpoint ('default': the shipped model)")
+    margins: tuple[float, ...] = opt((-0.15, -0.1, -0.075, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3),
+                                     "crop-margin: margins to compare (negative: tighter than the box)")
+    samples: str = opt("../shared/data/real_samples", "crop-margin: the real sample clips folder")
+    faces_dataset: str = opt("../shared/data/dfdc_faces", "crop-margin: the face-crop data set "
+                             "(faces_224/ + metadata.csv) whose crops are matched")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ A ``frame`` checkpoint also yields ``frame_mean`` (the same model on every valid
 probabilities averaged; no training of its own) and the per-frame view (frame label = video
 label), both from one pass over the clips.
 
+``--split all`` evaluates every labelled video of the manifest folder (an external test set
+imported with ``extract`` + ``prepare``): no validation split is used, so each model's decision
+threshold is the one stored in its checkpoint (0.5 where it stores none) and the report says so.
+
 The pure core is ``build_report`` (prediction tables in, report folder out); ``run`` loads the
 checkpoints, predicts, and calls it. The whole folder is replaced atomically.
 """
@@ -164,9 +168,10 @@ def _val_threshold(model: str, val: pd.DataFrame | None, info: ModelInfo, rule: 
             what = "max balanced accuracy" if rule == "balanced_accuracy" else \
                 f"FPR <= {target_fpr:g}"
             return t, f"val split ({n_real} REAL / {n_fake} FAKE), {what}"
+    why = "no val split used" if val is None else "no usable val predictions"
     if info.checkpoint_threshold is not None and math.isfinite(info.checkpoint_threshold):
-        return float(info.checkpoint_threshold), "checkpoint (no usable val predictions)"
-    return 0.5, "0.5 (no usable val predictions)"
+        return float(info.checkpoint_threshold), f"checkpoint (stored at training; {why})"
+    return 0.5, f"0.5 (the checkpoint stores none for this model; {why})"
 
 
 PAIRED_METRICS: dict[str, Any] = {"roc_auc": M.roc_auc, "log_loss": M.log_loss}
@@ -258,6 +263,10 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         f"{summary['dfpipe_version']}.",
         f"Intervals: 95% percentile bootstrap over groups ({summary['bootstrap']} resamples, "
         f"seed {summary['seed']}), so related fakes do not inflate confidence.",
+        *([("Split `all`: every labelled video of the manifest folder; no validation split is "
+            "used, so the `val` threshold of each model is the one stored in its checkpoint "
+            "(see the thresholds column for where each came from).")]
+          if summary["split"] == "all" else []),
         "",
         "## Models",
         "",
@@ -645,6 +654,18 @@ def _preprocess(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     return int(size), int(index)
 
 
+def _warn_if_trained_here(path: Path, ckpt: Mapping[str, Any], manifest_dir: Path) -> None:
+    """``--split all`` on the very manifests a model was trained on scores its training videos."""
+    from pipeline.fsutil import sha256_file
+    from pipeline.manifest import manifest_path
+
+    trained = (ckpt.get("train_data") or {}).get("split_sha256")
+    split_file = manifest_path(manifest_dir, "split")
+    if trained and split_file.is_file() and sha256_file(split_file) == trained:
+        logger.warning("%s was trained on %s: --split all includes its training and validation "
+                       "videos, so these numbers are not held-out evidence", path, split_file)
+
+
 def model_names(archs: list[str], paths: list[Path]) -> list[str]:
     """Report names: the architecture, or ``arch@run-folder`` for every model of an
     architecture that appears more than once (``#2``, ``#3`` appended if still ambiguous)."""
@@ -672,7 +693,11 @@ def run(cfg: EvaluateConfig) -> int:
     device = resolve_device(cfg.device)
     check_out_dir(cfg.out)  # before the slow part
     clips, split = read_clips_and_split(cfg.manifest_dir)
-    splits = {s: split[split["split"] == s] for s in dict.fromkeys([cfg.split, "val"])}
+    if cfg.split == "all":  # every labelled video; thresholds from the checkpoints
+        split = split.assign(split="all")
+        splits = {"all": split}
+    else:
+        splits = {s: split[split["split"] == s] for s in dict.fromkeys([cfg.split, "val"])}
     if splits[cfg.split].empty:
         raise PipelineError(f"{cfg.manifest_dir}: split '{cfg.split}' has no videos")
     records = {s: build_records(clips, split, s) for s, rows in splits.items() if len(rows)}
@@ -694,6 +719,8 @@ def run(cfg: EvaluateConfig) -> int:
     mean_names = dict(zip(mean_idx, all_names[len(paths):], strict=True))
     for i, (path, arch) in enumerate(zip(paths, archs, strict=True)):
         ckpt = load_checkpoint(path, map_location="cpu")
+        if cfg.split == "all":
+            _warn_if_trained_here(path, ckpt, Path(cfg.manifest_dir))
         model = build_model(ckpt).to(device).eval()
         image_size, frame_index = _preprocess(ckpt)
         mode = getattr(model, "input_key", "clip")
@@ -708,8 +735,10 @@ def run(cfg: EvaluateConfig) -> int:
                          note=f"{ckpt.get('epoch', '?')} epoch(s) trained, best epoch "
                               f"{best.get('epoch', '?')}; checkpoint threshold "
                               f"{_fmt(float(thr)) if thr is not None else 'n/a'} "
-                              f"({ckpt.get('threshold_rule', '?')}, informational: the report "
-                              "re-chooses it on this manifest's val split)")
+                              f"({ckpt.get('threshold_rule', '?')}, "
+                              + ("used as is: --split all has no val split)" if cfg.split == "all"
+                                 else "informational: the report re-chooses it on this "
+                                      "manifest's val split)"))
         infos[name] = info
         for which in records:
             logger.info("%s: predicting %d %s videos", name, len(records[which]), which)

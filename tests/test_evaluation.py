@@ -327,3 +327,30 @@ def test_model_names_disambiguate_by_run_folder(tmp_path):
     assert E.model_names(["cnn_lstm", "cnn_lstm", "frame"], [a, b, f]) == [
         "cnn_lstm@cnn_lstm_s0", "cnn_lstm@cnn_lstm_s1", "frame"]
     assert E.model_names(["frame", "frame"], [f, f]) == ["frame@frame_s0", "frame@frame_s0#2"]
+
+
+def test_cli_evaluate_split_all_uses_every_video_and_the_checkpoint_threshold(tmp_path, e2e):
+    """--split all: every labelled video of the manifests, thresholds from the checkpoint."""
+    from pipeline.cli import main
+
+    _, _, mdir, b = e2e
+    out = tmp_path / "all"
+    rc = main(["evaluate", "--checkpoint", str(b), "--manifest-dir", str(mdir), "--split", "all",
+               "--out", str(out), "--bootstrap", "20", "--device", "cpu", "--batch-size", "4"])
+    assert rc == 0
+    preds = read_manifest(out / "predictions.csv", "predictions")
+    split = read_manifest(mdir / "split.csv", "split")
+    for _, rows in preds.groupby("model"):
+        assert sorted(rows["video_id"]) == sorted(split["video_id"])  # train, val and test
+    assert not (out / "val_predictions.csv").exists()
+    s = json.loads((out / "metrics.json").read_text())
+    assert s["split"] == "all"
+    frame = s["models"]["frame"]
+    assert frame["val_threshold"] == pytest.approx(0.42)
+    assert frame["val_threshold_source"] == "checkpoint (stored at training; no val split used)"
+    assert frame["at_val"]["threshold"] == pytest.approx(0.42)
+    fm = s["models"]["frame_mean"]
+    assert fm["val_threshold"] == 0.5 and fm["val_threshold_source"].startswith("0.5 (the checkpoint")
+    md = (out / "report.md").read_text()
+    assert "# dfpipe evaluation: `all` split" in md
+    assert "no validation split is used" in md
