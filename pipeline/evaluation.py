@@ -157,8 +157,8 @@ def _metrics_with_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold
 
 
 def _val_threshold(model: str, val: pd.DataFrame | None, info: ModelInfo, rule: str,
-                   target_fpr: float) -> tuple[float, str]:
-    """(threshold, where it came from) for one model."""
+                   target_fpr: float, no_val: bool = False) -> tuple[float, str]:
+    """(threshold, where it came from) for one model (``no_val``: ``--split all``, none asked)."""
     rows = val[val["model"] == model] if val is not None and len(val) else None
     if rows is not None and len(rows):
         y = labels_to_y(rows["label"], "val predictions")
@@ -168,7 +168,7 @@ def _val_threshold(model: str, val: pd.DataFrame | None, info: ModelInfo, rule: 
             what = "max balanced accuracy" if rule == "balanced_accuracy" else \
                 f"FPR <= {target_fpr:g}"
             return t, f"val split ({n_real} REAL / {n_fake} FAKE), {what}"
-    why = "no val split used" if val is None else "no usable val predictions"
+    why = "no val split used" if no_val else "no usable val predictions"
     if info.checkpoint_threshold is not None and math.isfinite(info.checkpoint_threshold):
         return float(info.checkpoint_threshold), f"checkpoint (stored at training; {why})"
     return 0.5, f"0.5 (the checkpoint stores none for this model; {why})"
@@ -487,7 +487,8 @@ def build_report(
         y = labels_to_y(rows["label"])
         p = rows["p_fake"].to_numpy(float)
         g = rows["group"].astype(str).to_numpy()
-        thr, source = _val_threshold(m, vals, model_infos[m], threshold_rule, target_fpr)
+        thr, source = _val_threshold(m, vals, model_infos[m], threshold_rule, target_fpr,
+                                     no_val=split == "all")
         logger.info("%s: %d videos, validation threshold %.4f (%s)", m, len(rows), thr, source)
         at_05 = _metrics_with_ci(y, p, g, 0.5, n_bootstrap, seed)
         at_val = _metrics_with_ci(y, p, g, thr, n_bootstrap, seed)

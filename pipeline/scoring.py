@@ -425,7 +425,7 @@ def _json_default(o: Any) -> Any:
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
                "frames_used", "faces_found", "n_tracks", "track_scores", "seconds", "checkpoint_id",
-               "model", "evidence_png"]
+               "model", "card_title", "trained_on", "evidence_png"]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -443,6 +443,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
                                      if t.get("p_fake") is not None),
             "checkpoint_id": r.get("checkpoint", {}).get("id", ""),
             "model": r.get("checkpoint", {}).get("model", ""),
+            "card_title": r.get("checkpoint", {}).get("card_title", ""),
+            "trained_on": r.get("checkpoint", {}).get("trained_on", ""),
             "evidence_png": r.get("evidence_png", ""),
         })
     atomic_write_text(path, buf.getvalue())

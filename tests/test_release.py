@@ -103,6 +103,13 @@ def test_score_without_checkpoint_uses_the_shipped_model(release_dir, clip, tmp_
     assert ck["card_title"] == "tiny_release: tiny frame model on test crops (not a detector)"
     assert ck["model"] == "frame_mean"
     assert ck["trained_on"] == "real data: test crops (tiny), 6 REAL / 6 FAKE training videos"
+    import pandas as pd
+
+    csv = tmp_path / "r.csv"
+    assert main(["score", str(clip), "--out", str(csv), "--device", "cpu"]) == 0
+    table = pd.read_csv(csv)
+    assert table.loc[0, "card_title"] == ck["card_title"]
+    assert table.loc[0, "trained_on"] == ck["trained_on"]
 
 
 def test_trained_on_thousands_and_unknown():
@@ -381,3 +388,27 @@ def test_shipped_model_scores_a_real_clip(real_samples, tmp_path):
     assert row["checkpoint"]["card_title"]
     assert row["checkpoint"]["trained_on"].startswith("real data")
     assert "dfdc_faces" in row["checkpoint"]["trained_on"] + row["checkpoint"]["card_title"]
+
+
+# ------------------------------------------------------------------------ the demo
+
+
+def test_demo_scores_with_the_shipped_model_when_present(release_dir, clip, tmp_path, capsys):
+    from pipeline.run import score_with_shipped
+
+    out = tmp_path / "shipped"
+    assert score_with_shipped((str(clip),), out, synthetic=True) == 0
+    printed = capsys.readouterr().out
+    assert "shipped real model dfdc_frame_lite0.pt: tiny_release" in printed
+    assert "mean little" in printed and f"{clip}\t" in printed
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert row["checkpoint"]["path"] == str(release_dir / release.DEFAULT_CHECKPOINT)
+    assert (out / "evidence" / "one.png").is_file()
+
+
+def test_demo_without_the_shipped_model_skips_that_step(tmp_path, monkeypatch, clip):
+    from pipeline.run import score_with_shipped
+
+    monkeypatch.setattr(release, "RELEASE_DIR", tmp_path)
+    assert score_with_shipped((str(clip),), tmp_path / "shipped", synthetic=True) is None
+    assert not (tmp_path / "shipped").exists()
