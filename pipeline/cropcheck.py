@@ -192,25 +192,69 @@ def measure(samples: str | os.PathLike, dataset: str | os.PathLike,
     return {"clips": clips, "jpeg": dataset_jpeg_qualities(dataset / "faces_224", n_jpeg)}
 
 
+class _DecodedVideo:
+    """Frames of one video decoded once, served like a ``VideoReader`` (for ``extract_faces``)."""
+
+    def __init__(self, path: str | os.PathLike, decoder: str, pick: Any) -> None:
+        from pipeline.video_io import open_video
+
+        reader = open_video(path, decoder)
+        try:
+            self.path, self.info = str(path), reader.info
+            idx = pick(self.info.n_frames) or list(range(self.info.n_frames))
+            self.frames = dict(zip(idx, reader.get_batch(idx), strict=True))
+        finally:
+            reader.close()
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        return np.stack([self.frames[i] for i in indices])  # (N, H, W, 3)
+
+    def iter_batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Any:
+        idx = sorted(self.frames if indices is None else indices)
+        for k in range(0, len(idx), batch_size):
+            yield idx[k:k + batch_size], self.get_batch(idx[k:k + batch_size])
+
+    def close(self) -> None:
+        pass
+
+
 def scores_by_margin(checkpoint: str, videos: Sequence[str | os.PathLike],
                      margins: Sequence[float] = DEFAULT_MARGINS, device: str = "cpu") -> dict[str, Any]:
     """p_fake of each video at each crop margin, all else as the checkpoint's crop recipe.
 
+    Each video is decoded and its faces detected and tracked once; only the crops change with
+    the margin (``faces.crop_face``, then the recipe's JPEG round trip), scored by
+    ``VideoScorer.score(faces=...)``.
+
     Returns ``{"recipe": ..., "rows": [{"video", "margin", "p_fake", "frame_mean", "status"}]}``;
     ``frame_mean`` is the mean of the deciding track's per-frame scores.
     """
+    from pipeline.errors import VideoReadError
+    from pipeline.faces import VideoFaces, crop_face, extract_faces, jpeg_round_trip
     from pipeline.scoring import VideoScorer
 
+    scorer = VideoScorer.from_checkpoint(checkpoint, device=device)
+    recipe = {k: v for k, v in scorer.crop.items() if k != "margin"}
     rows = []
-    recipe = None
-    for m in margins:
-        scorer = VideoScorer.from_checkpoint(checkpoint, device=device, crop={"margin": float(m)})
-        recipe = {k: v for k, v in scorer.crop.items() if k != "margin"}
-        for v in videos:
-            r = scorer.score(v)
+    for v in videos:
+        try:
+            video = _DecodedVideo(v, scorer.extract_cfg.decoder, scorer.slot_frames)
+            found = extract_faces(video, scorer.detector, scorer.extract_cfg,
+                                  frames=scorer.slot_frames(video.info.n_frames))
+        except VideoReadError as e:
+            rows += [{"video": Path(v).stem, "margin": float(m), "status": e.status, "p_fake": None,
+                      "frame_mean": None} for m in margins]
+            continue
+        for m in margins:
+            crops = [crop_face(video.frames[r.frame], r.box, float(m), recipe["size"], recipe["square"])
+                     for r in found.records]
+            if recipe["jpeg_quality"]:
+                crops = [jpeg_round_trip(c, recipe["jpeg_quality"]) for c in crops]
+            r = scorer.score(v, faces=VideoFaces(found.info, found.records, crops))
             tl = [p["p_fake"] for p in r.get("timeline") or []]
             rows.append({"video": Path(v).stem, "margin": float(m), "status": r["status"],
                          "p_fake": r["p_fake"], "frame_mean": float(np.mean(tl)) if tl else None})
+        logger.info("crop-margin: %s scored at %d margins", v, len(margins))
     return {"checkpoint": str(checkpoint), "recipe": recipe, "rows": rows}
 
 

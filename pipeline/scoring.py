@@ -151,8 +151,13 @@ class VideoScorer:
     # ------------------------------------------------------------------------------ one video
 
     def score(self, path: str | os.PathLike, *, explain_dir: str | os.PathLike | None = None,
-              display_name: str | None = None) -> dict[str, Any]:
-        """Score one video. Never raises for a bad video: the result has a status and a reason."""
+              display_name: str | None = None, faces: Any = None) -> dict[str, Any]:
+        """Score one video. Never raises for a bad video: the result has a status and a reason.
+
+        ``faces``: the video's faces already found (a ``faces.VideoFaces`` as ``find_faces``
+        returns, e.g. re-cropped at another margin by the crop-margin bench): no decoding or
+        detection then.
+        """
         t0 = time.perf_counter()
         path = Path(path)
         result: dict[str, Any] = {
@@ -161,7 +166,7 @@ class VideoScorer:
             "frames_used": 0, "faces_found": 0, "seconds": 0.0, "checkpoint": self._ck_summary(),
         }
         try:
-            self._score(path, result, explain_dir, display_name or path.name)
+            self._score(path, result, explain_dir, display_name or path.name, faces)
         except VideoReadError as e:
             result.update(status=e.status, reason=str(e).splitlines()[0])
         except Exception as e:  # noqa: BLE001 - one bad video must not stop a batch
@@ -176,10 +181,25 @@ class VideoScorer:
                 "backbone": self.card["backbone"], "path": self.ckpt_path,
                 "trained_on": self.card["trained_on"], "card_title": self.card["card_title"]}
 
-    def _score(self, path: Path, result: dict, explain_dir, display_name: str) -> None:
+    def slot_frames(self, n_frames: int) -> list[int] | None:
+        """Frames MTCNN runs on: the sampler's slot starts (``detect='slots'``), None = all."""
+        if self.detect == "slots" and self.sampler == "stride":
+            return [f for f in range(0, self.n_slots * self.stride, self.stride) if f < n_frames]
+        return None
+
+    def find_faces(self, path: str | os.PathLike) -> Any:
+        """Decode, detect, track and crop (the recipe's crops, JPEG round trip done).
+
+        Returns a ``faces.VideoFaces``.
+
+        Raises:
+            VideoReadError: the video cannot be read, or has under 2 frames (status
+                ``too_short``).
+        """
         from pipeline.faces import extract_faces, jpeg_round_trip
         from pipeline.video_io import open_video
 
+        path = Path(path)
         if path.is_dir():
             try:
                 os.listdir(path)
@@ -189,20 +209,20 @@ class VideoScorer:
             raise VideoReadError(f"{path}: {why}")
         reader = open_video(path, self.extract_cfg.decoder)
         try:
-            info = reader.info
-            if info.n_frames < 2:
-                result.update(status="too_short",
-                              reason=f"{path}: {info.n_frames} frame(s), need at least 2")
-                return
-            frames = None
-            if self.detect == "slots" and self.sampler == "stride":
-                frames = [f for f in range(0, self.n_slots * self.stride, self.stride)
-                          if f < info.n_frames]
-            faces = extract_faces(reader, self.detector, self.extract_cfg, frames=frames)
+            n = reader.info.n_frames
+            if n < 2:
+                raise VideoReadError(f"{path}: {n} frame(s), need at least 2", status="too_short")
+            faces = extract_faces(reader, self.detector, self.extract_cfg,
+                                  frames=self.slot_frames(reader.info.n_frames))
         finally:
             reader.close()
         if self.crop["jpeg_quality"]:  # the training crops were JPEG files
             faces.crops = [jpeg_round_trip(c, self.crop["jpeg_quality"]) for c in faces.crops]
+        return faces
+
+    def _score(self, path: Path, result: dict, explain_dir, display_name: str, faces: Any) -> None:
+        faces = faces if faces is not None else self.find_faces(path)
+        info = faces.info
         result["faces_found"] = len(faces.records)
         result["n_frames"] = info.n_frames
         if not faces.records:

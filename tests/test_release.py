@@ -362,12 +362,22 @@ def test_match_crops_finds_the_margin_a_reference_was_made_with(clip, tmp_path):
 
 def test_scores_by_margin(tiny_frame_checkpoint, clip):
     from pipeline.cropcheck import scores_by_margin
+    from pipeline.scoring import VideoScorer
 
-    res = scores_by_margin(str(tiny_frame_checkpoint), [clip], (0.0, 0.3))
+    res = scores_by_margin(str(tiny_frame_checkpoint), [clip, clip.with_name("gone.mp4")],
+                           (0.0, 0.3))
     assert [(r["video"], r["margin"], r["status"]) for r in res["rows"]] == [
-        ("one", 0.0, "ok"), ("one", 0.3, "ok")]
-    assert all(0 <= r["p_fake"] <= 1 and 0 <= r["frame_mean"] <= 1 for r in res["rows"])
+        ("one", 0.0, "ok"), ("one", 0.3, "ok"), ("gone", 0.0, "missing_file"),
+        ("gone", 0.3, "missing_file")]
+    ok = res["rows"][:2]
+    assert all(0 <= r["p_fake"] <= 1 and 0 <= r["frame_mean"] <= 1 for r in ok)
+    assert ok[0]["p_fake"] != ok[1]["p_fake"]  # the crops changed
     assert res["recipe"]["size"] == 160  # the tiny checkpoint has no recipe: extract defaults
+    # detect once, re-crop per margin == scoring the video from scratch at that margin
+    for row in ok:
+        ref = VideoScorer.from_checkpoint(tiny_frame_checkpoint, device="cpu",
+                                          crop={"margin": row["margin"]}).score(clip)
+        assert row["p_fake"] == pytest.approx(ref["p_fake"], abs=1e-6)
 
 
 # ------------------------------------------------------------------------ the real shipped model
