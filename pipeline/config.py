@@ -252,6 +252,8 @@ class TrainConfig:
                                       "the encoder stays frozen throughout)")
     init_encoder: str | None = opt(None, "start the encoder from this trained checkpoint's encoder "
                                    "(a frame or cnn_lstm best.pt with the same --backbone)")
+    data_description: str = opt("", "what the training data is, in words, e.g. 'DFDC face crops "
+                                "(dfdc_faces)': recorded in the checkpoint, shown in every verdict")
     workers: int = opt(0, "DataLoader workers")
     device: str = opt("auto", "training device", choices=["auto", "cpu", "cuda"])
     amp: bool = opt(True, "mixed precision on CUDA")

@@ -345,7 +345,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
     common = {"model": {"name": cfg.model, "kwargs": kwargs}, "config": to_dict(cfg),
-              "train_data": data_summary(manifest_dir, clips, split),
+              "train_data": {**data_summary(manifest_dir, clips, split),
+                             "description": cfg.data_description},
               "preprocess": {"image_size": cfg.image_size, "mean": list(MEAN),
                              "std": list(STD), "frame_index": cfg.frame_index,
                              "input_key": mode},

@@ -112,6 +112,15 @@ def test_score_without_checkpoint_uses_the_shipped_model(release_dir, clip, tmp_
     assert table.loc[0, "trained_on"] == ck["trained_on"]
 
 
+def test_serve_without_the_default_model_exits_2(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("fastapi")
+    from pipeline.cli import main
+
+    monkeypatch.setattr(release, "RELEASE_DIR", tmp_path)
+    assert main(["serve", "--port", "1"]) == 2  # refused before anything binds
+    assert "not part of this install" in capsys.readouterr().err
+
+
 def test_trained_on_thousands_and_unknown():
     from pipeline.scoring import _trained_on
 
@@ -299,9 +308,11 @@ def test_train_with_init_encoder_frozen_records_it(tiny_frame_checkpoint, tmp_pa
     from pipeline.checkpoint import build_model
     from pipeline.training import run
 
-    cfg = _train_cfg(tiny_frame_checkpoint, tmp_path, freeze_backbone_epochs=1)
+    cfg = _train_cfg(tiny_frame_checkpoint, tmp_path, freeze_backbone_epochs=1,
+                     data_description="blobs (train_fixtures)")
     assert run(cfg) == 0
     best = load_checkpoint(tmp_path / "ckpt" / "init" / "best.pt")
+    assert best["train_data"]["description"] == "blobs (train_fixtures)"
     assert best["init_encoder"]["path"] == str(tiny_frame_checkpoint)
     assert best["init_encoder"]["checkpoint_id"] == release_id(tiny_frame_checkpoint)
     src = _backbone_state(build_model(load_checkpoint(tiny_frame_checkpoint)))
