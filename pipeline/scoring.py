@@ -67,12 +67,15 @@ def crop_recipe(ckpt: dict[str, Any]) -> dict[str, Any]:
     """
     stored = ckpt.get("crop")
     d = ExtractConfig()
-    if isinstance(stored, dict) and all(k in stored for k in CROP_KEYS):
-        out = {k: stored[k] for k in CROP_KEYS}
-        source = str(stored.get("source", "checkpoint"))
+    out = {"margin": d.margin, "size": d.crop_size, "square": d.square,
+           "jpeg_quality": d.jpeg_quality}
+    if isinstance(stored, dict):
+        missing = [k for k in CROP_KEYS if stored.get(k) is None]
+        out.update({k: stored[k] for k in CROP_KEYS if k not in missing})
+        source = str(stored.get("source") or "checkpoint")
+        if missing:
+            source += f" ({', '.join(missing)}: extract defaults)"
     else:
-        out = {"margin": d.margin, "size": d.crop_size, "square": d.square,
-               "jpeg_quality": d.jpeg_quality}
         source = "extract defaults (the checkpoint records no crop recipe)"
     return {"margin": float(out["margin"]), "size": int(out["size"]), "square": bool(out["square"]),
             "jpeg_quality": int(out["jpeg_quality"] or 0), "source": source}
@@ -109,7 +112,7 @@ class VideoScorer:
         # crops as the training crops were made (``crop`` overrides, e.g. for the margin bench)
         self.crop = crop_recipe(
             {"crop": {**crop_recipe(ckpt), "source": "set by the caller", **crop}} if crop else ckpt)
-        if self.crop["source"].startswith("extract defaults"):
+        if "extract defaults" in self.crop["source"]:
             log.warning("%s: %s; cropping with margin %.2f, %d px, JPEG q%d", ckpt_path,
                         self.crop["source"], self.crop["margin"], self.crop["size"],
                         self.crop["jpeg_quality"])

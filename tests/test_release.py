@@ -195,6 +195,9 @@ def test_crop_recipe_from_checkpoint_or_extract_defaults():
     got = crop_recipe({"crop": {"margin": -0.05, "size": 224, "square": True, "jpeg_quality": 75}})
     assert got == {"margin": -0.05, "size": 224, "square": True, "jpeg_quality": 75,
                    "source": "checkpoint"}
+    part = crop_recipe({"crop": {"margin": 0.0, "size": 224}})
+    assert (part["square"], part["jpeg_quality"]) == (True, 95)
+    assert part["source"] == "checkpoint (square, jpeg_quality: extract defaults)"
     old = crop_recipe({})
     assert (old["margin"], old["size"], old["square"], old["jpeg_quality"]) == (0.3, 160, True, 95)
     assert old["source"].startswith("extract defaults")
