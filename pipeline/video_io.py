@@ -1,5 +1,9 @@
 """Video decoding behind one small interface: a video file -> RGB frame batches.
 
+Frames come out as a player shows them: a container's display rotation (phones store portrait
+video as landscape pixels plus a display matrix) is applied by every backend, and ``.info``
+reports the displayed width and height (``info.rotation`` keeps the applied angle).
+
 ``open_video(path, backend)`` returns a ``VideoReader`` with ``.info`` (frame count, fps, size),
 ``.get_batch(indices)`` and ``.iter_batches(batch_size, indices)``; the latter streams the video
 in order so that only one batch of frames is in memory at a time (4K clips stay bounded; every
@@ -36,6 +40,44 @@ class VideoInfo:
     fps: float
     width: int
     height: int
+    rotation: int = 0  # display rotation applied to the decoded pixels (degrees, counter-clockwise)
+
+
+def rotation_steps(degrees: float | None) -> int:
+    """Counter-clockwise quarter turns (``np.rot90``'s ``k``) that show a frame as a player does.
+
+    ``degrees`` is FFmpeg's display-matrix rotation (counter-clockwise); phones write -90 for
+    portrait video stored as landscape pixels, which a player turns a quarter clockwise (k = 3).
+    """
+    if not degrees:
+        return 0
+    return int(round(float(degrees) / 90.0)) % 4
+
+
+def rotate_frames(frames: np.ndarray, k: int) -> np.ndarray:
+    """``(N, H, W, 3)`` or ``(H, W, 3)`` frames turned ``k`` quarter turns counter-clockwise."""
+    if k == 0:
+        return frames
+    axes = (1, 2) if frames.ndim == 4 else (0, 1)
+    return np.ascontiguousarray(np.rot90(frames, k, axes=axes))
+
+
+def probe_rotation(path: str) -> int:
+    """Display rotation of the first video frame (degrees, counter-clockwise; 0 when none)."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            for frame in c.decode(s):
+                return int(round(float(getattr(frame, "rotation", 0) or 0)))
+    except Exception:  # the caller's own open reports unreadable files
+        return 0
+    return 0
+
+
+def _displayed(width: int, height: int, k: int) -> tuple[int, int]:
+    return (height, width) if k % 2 else (width, height)
 
 
 class VideoReader(Protocol):
@@ -104,12 +146,16 @@ class DecordReader:
             raise
         except Exception as e:  # decord raises DECORDError/RuntimeError with C++ traces
             raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
-        self.info = VideoInfo(n_frames=n, fps=fps, width=int(w), height=int(h))
+        # decord applies the display rotation itself (its frames and shape are as displayed);
+        # the PyAV stream below does not, so it turns its frames by the probed angle
+        rotation = probe_rotation(path)
+        self._k = rotation_steps(rotation)
+        self.info = VideoInfo(n_frames=n, fps=fps, width=int(w), height=int(h), rotation=rotation)
 
     def get_batch(self, indices: Sequence[int]) -> np.ndarray:
         _check_indices(indices, self.info.n_frames, self.path)
         try:
-            return self._vr.get_batch(list(indices)).asnumpy()  # (N, H, W, 3)
+            return self._vr.get_batch(list(indices)).asnumpy()  # (N, H, W, 3) as displayed
         except Exception as e:
             raise VideoReadError(
                 f"{self.path}: decoding frames {indices[0]}..{indices[-1]} failed: {_one_line(e)}"
@@ -125,6 +171,7 @@ class DecordReader:
                        self.info.n_frames, self.path)
         stream = PyAVReader.__new__(PyAVReader)
         stream.path, stream._threads, stream.info = self.path, self._threads, self.info
+        stream._k = self._k
         yield from stream.iter_batches(batch_size, indices)
 
     def close(self) -> None:
@@ -155,7 +202,10 @@ class PyAVReader:
             raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
         if n == 0 or w == 0 or h == 0:
             raise VideoReadError(f"{path}: no video frames")
-        self.info = VideoInfo(n_frames=n, fps=fps, width=w, height=h)
+        rotation = probe_rotation(path)
+        self._k = rotation_steps(rotation)
+        w, h = _displayed(w, h, self._k)
+        self.info = VideoInfo(n_frames=n, fps=fps, width=w, height=h, rotation=rotation)
 
     def _frames(self) -> Iterator[np.ndarray]:
         import av
@@ -165,7 +215,8 @@ class PyAVReader:
                 s = c.streams.video[0]
                 s.thread_count = self._threads
                 for frame in c.decode(s):
-                    yield frame.to_ndarray(format="rgb24")  # (H, W, 3)
+                    # (H, W, 3) as displayed
+                    yield rotate_frames(frame.to_ndarray(format="rgb24"), self._k)
         except Exception as e:
             raise VideoReadError(f"{self.path}: decoding failed: {_one_line(e)}") from e
 
@@ -217,12 +268,17 @@ class CV2Reader(PyAVReader):
                 raise VideoReadError(f"{path}: cannot open video (OpenCV)")
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             fps = float(cap.get(cv2.CAP_PROP_FPS))
+            # OpenCV applies the display rotation itself (CAP_PROP_ORIENTATION_AUTO, on by
+            # default) and reports the displayed size
             w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            rotation = -int(round(cap.get(cv2.CAP_PROP_ORIENTATION_META) or 0))
         finally:
             cap.release()
         if n <= 0 or w == 0 or h == 0:
             raise VideoReadError(f"{path}: no video frames")
-        self.info = VideoInfo(n_frames=n, fps=fps, width=w, height=h)
+        self._k = 0
+        self.info = VideoInfo(n_frames=n, fps=fps, width=w, height=h,
+                              rotation=((rotation + 180) % 360) - 180)
 
     def _frames(self) -> Iterator[np.ndarray]:
         import cv2
