@@ -244,6 +244,10 @@ class ExtractWorker:
         faces = extract_faces(reader, self.detector, cfg)
         reader.close()
         status = "ok" if faces.records else "no_face"
+        meta["n_frames_lost"] = int(reader.frames_lost)
+        if reader.frames_lost:
+            logger.warning("%s: %d of %d frames could not be decoded (skipped)", item["path"],
+                           reader.frames_lost, info.n_frames)
         row = _row(**base, **meta, n_face_frames=faces.n_face_frames, n_faces=len(faces.records),
                    n_multi_face_frames=faces.n_multi_face_frames, n_tracks=faces.n_tracks,
                    status=status, reason="" if faces.records else f"{item['path']}: no face found")

@@ -51,6 +51,7 @@ SCHEMAS: dict[str, Schema] = {
                 "original": "string",  # original's video_id for fakes, "" otherwise
                 "fps": "float64",
                 "n_frames": "Int64",
+                "n_frames_lost": "Int64",  # frames that could not be decoded (damaged packets)
                 "width": "Int64",
                 "height": "Int64",
                 "n_face_frames": "Int64",  # frames with >= 1 face
@@ -144,7 +145,14 @@ def meta_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".csv") + ".meta.json")
 
 
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"videos": ("n_frames_lost",)}
+"""Columns added after schema version 1: a manifest written before them reads them as missing."""
+
+
 def _coerce(df: pd.DataFrame, schema: Schema, source: str) -> pd.DataFrame:
+    for col in OPTIONAL_COLUMNS.get(schema.kind, ()):
+        if col not in df.columns:
+            df = df.assign(**{col: pd.NA})
     missing = [c for c in schema.columns if c not in df.columns]
     if missing:
         raise ManifestError(

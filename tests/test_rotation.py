@@ -80,3 +80,58 @@ def test_extracted_faces_of_a_rotated_video_are_upright_and_inside_the_frame(cli
     # the crops are upright faces: MTCNN finds a face in them
     found = [bool(d) for d in det.detect(np.stack(got.crops[:6]))]
     assert sum(found) >= 5
+
+
+# --- damaged streams ---------------------------------------------------------------------------
+
+
+def _damage(src, dst, share: float = 1 / 3, n_bytes: int = 3000) -> None:
+    """Scramble ``n_bytes`` of ``src`` a ``share`` of the way in (a few damaged packets)."""
+    data = bytearray(src.read_bytes())
+    start = int(len(data) * share)
+    for i in range(start, start + n_bytes):
+        data[i] = (data[i] * 7 + 13) % 256
+    dst.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    d = tmp_path_factory.mktemp("damaged")
+    make_clip(d / "good.mp4", n_frames=90, width=480, height=270)
+    _damage(d / "good.mp4", d / "damaged.mp4")
+    return d / "good.mp4", d / "damaged.mp4"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_damaged_middle_loses_only_its_frames(damaged, backend):
+    good, bad = damaged
+    r = open_video(bad, backend)
+    got = [i for idx, _ in r.iter_batches(16) for i in idx]
+    assert 0 < r.frames_lost < 30 and len(got) == 90 - r.frames_lost
+    assert got[:20] == list(range(20)) and got[-1] == 89  # before and after the damage
+    ref = open_video(good, "pyav").get_batch([0, 89]).astype(int)
+    assert np.abs(r.get_batch([0, 89]).astype(int) - ref).mean() < 4
+
+
+def test_extract_keeps_a_damaged_video_with_its_lost_frames_counted(damaged, tmp_path):
+    from pipeline import cli
+    from pipeline.manifest import read_manifest
+
+    good, bad = damaged
+    rc = cli.main(["extract", str(bad), "--out", str(tmp_path / "f"), "--manifest-dir",
+                   str(tmp_path / "m"), "--engine", "inline", "--detect-every", "10"])
+    assert rc == 0
+    v = read_manifest(tmp_path / "m" / "videos.csv", "videos").iloc[0]
+    assert v["status"] == "ok" and 0 < v["n_frames_lost"] < 30
+    assert v["n_face_frames"] == 90 - v["n_frames_lost"]
+
+
+def test_mostly_lost_is_a_read_error(damaged, tmp_path):
+    from pipeline.errors import VideoReadError
+
+    good, _ = damaged
+    cut = tmp_path / "cut.mp4"
+    _damage(good, cut, share=0.1, n_bytes=int(good.stat().st_size * 0.8))
+    with pytest.raises(VideoReadError, match="frames decodable|cannot open"):
+        r = open_video(cut, "pyav")
+        list(r.iter_batches(16))
