@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -119,3 +121,35 @@ def test_atomic_dir_replaces_whole(tmp_path):
     with atomic_path(d, is_dir=True) as tmp:
         (tmp / "b.jpg").write_text("2")
     assert sorted(x.name for x in d.iterdir()) == ["b.jpg"]
+
+
+@pytest.mark.parametrize(
+    "mask, dir_mode, file_mode",
+    [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)],
+)
+def test_atomic_outputs_keep_the_umask_permissions(tmp_path, mask, dir_mode, file_mode):
+    old = os.umask(mask)
+    try:
+        with atomic_path(tmp_path / "out", is_dir=True) as tmp:
+            (tmp / "a.jpg").write_text("1")
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == file_mode
+
+
+def test_atomic_write_fsyncs_the_parent_folder(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_write_text(tmp_path / "f.txt", "x")
+    with atomic_path(tmp_path / "d", is_dir=True):
+        pass
+    assert synced == [tmp_path.stat().st_ino] * 2
