@@ -153,3 +153,29 @@ def test_atomic_write_fsyncs_the_parent_folder(tmp_path, monkeypatch):
     with atomic_path(tmp_path / "d", is_dir=True):
         pass
     assert synced == [tmp_path.stat().st_ino] * 2
+
+
+@pytest.mark.parametrize(
+    "cell, column, what",
+    [("abc", "x1", "a number"), ("1.5", "frame", "an integer"), ("", "frame", "an integer"),
+     ("12x", "prob", "a number")],
+)
+def test_manifest_bad_number_names_file_line_column_and_value(tmp_path, cell, column, what):
+    cols = list(manifest.SCHEMAS["faces"].columns)
+    good = {"video_id": "v", "frame": "3", "track": "0", "x1": "1", "y1": "2", "x2": "3",
+            "y2": "4", "prob": "", "crop_path": "/c.jpg"}
+    rows = [dict(good), dict(good), dict(good, **{column: cell})]
+    p = tmp_path / "faces.csv"
+    pd.DataFrame(rows, columns=cols).to_csv(p, index=False)
+    with pytest.raises(ManifestError) as e:
+        manifest.read_manifest(p, "faces")
+    assert str(e.value) == f"{p}: line 4, column '{column}': {cell!r} is not {what}"
+
+
+def test_manifest_empty_and_nan_cells_stay_missing(tmp_path):
+    p = tmp_path / "faces.csv"
+    p.write_text("video_id,frame,track,x1,y1,x2,y2,prob,crop_path\n"
+                 "v,3,0,1,2,3,4,,/c.jpg\nv,4,0,1,2,3,4,nan,/c.jpg\nv,5,0,1,2,3,4,0.5,/c.jpg\n")
+    back = manifest.read_manifest(p, "faces")
+    assert back["prob"].isna().tolist() == [True, True, False]
+    assert back["frame"].tolist() == [3, 4, 5]
