@@ -215,6 +215,9 @@ class PrepareConfig:
     test_share: float = opt(0.2, "share of groups for test")
     val_share: float = opt(0.2, "share of the remaining groups for validation")
     seed: int = opt(0, "split seed")
+    merge_groups: str = opt("auto", "merge groups that share an identity (FF++ fakes "
+                            "<target>_<source> tie both ids); off: one group per original",
+                            choices=["auto", "off"])
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ folders or single video files. Output: ``FACES_DIR/<video_id>/<frame:04d>_<track
 ``videos.csv`` and ``faces.csv`` in the manifest folder.
 
 Resume: each finished video is one folder ``FACES_DIR/<video_id>/`` written under a temporary
-name and renamed whole, holding its crops, ``_video.json`` (its videos-row and the parameters
-that made it) and ``_faces.csv``. A rerun skips videos whose folder exists with the same
-parameters, and rebuilds both manifests from all per-video records (sorted by video_id, frame,
+name and renamed whole, holding its crops, ``_video.json`` (its videos-row, the parameters
+that made it and the input file's identity: path, size, mtime_ns and a hash of its first and last
+64 KiB) and ``_faces.csv``. A rerun skips videos whose folder exists with the same parameters and
+the same input file (a file replaced under the same name is redone), and rebuilds both manifests from all per-video records (sorted by video_id, frame,
 track), so a run killed at any moment and rerun gives the manifests an uninterrupted run gives.
 Failed videos are recorded in ``FACES_DIR/_failed/<video_id>.json`` and retried on every rerun.
 One run at a time per FACES_DIR: a starting run deletes the ``.tmp-*`` leftovers it finds there.
@@ -25,6 +26,7 @@ else, with the exception). Exit status 1 when any failure occurred.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -57,7 +59,9 @@ FACES_RECORD = "_faces.csv"
 FACE_FIELDS = ["frame", "track", "x1", "y1", "x2", "y2", "prob", "crop"]
 # parameters that change a video's outputs: a recorded video made with others is redone
 RESULT_PARAMS = ("detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
-                 "crop_size", "jpeg_quality", "iou_threshold", "batch_size")
+                 "crop_size", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
+IDENTITY_BYTES = 64 * 1024
+"""Bytes hashed at each end of an input: the MP4 header/index sits at one end or the other."""
 # environment for pool/Ray workers (glibc reads it at process start). Measured here: one worker
 # extracting two 1080p DFDC clips (decode + MTCNN + JPEG crops), two runs each way: wall
 # 79.3/70.7 s -> 62.4/63.5 s, system CPU 13.0/9.8 s -> 1.7/1.8 s, user CPU unchanged (~42 s),
@@ -188,6 +192,26 @@ def result_params(cfg: ExtractConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in RESULT_PARAMS}
 
 
+def input_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What makes an input file "the same file" for resume: resolved path, size, mtime_ns and
+    the SHA-256 of its first and last ``IDENTITY_BYTES`` (a file copied over another keeps
+    neither its size and mtime nor, short of an identical file, those bytes).
+
+    Raises:
+        OSError: the file cannot be stat'ed or read.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read(IDENTITY_BYTES))
+        if st.st_size > IDENTITY_BYTES:
+            f.seek(max(st.st_size - IDENTITY_BYTES, IDENTITY_BYTES))
+            h.update(f.read(IDENTITY_BYTES))
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "head_tail_sha256": h.hexdigest()}
+
+
 class ExtractWorker:
     """Engine-agnostic per-video worker: built once per process (loads MTCNN once).
 
@@ -236,6 +260,10 @@ class ExtractWorker:
 
         cfg = self.cfg
         reader = open_video(item["path"], cfg.decoder, num_threads=self.threads)
+        try:  # after open_video: its checks name missing and empty files
+            identity = input_identity(item["path"])
+        except OSError as e:
+            raise VideoReadError(f"{item['path']}: cannot read: {e.strerror or e}") from e
         info = reader.info
         meta = dict(fps=round(info.fps, 4), n_frames=info.n_frames, width=info.width, height=info.height)
         if info.n_frames < MIN_FRAMES:
@@ -263,7 +291,7 @@ class ExtractWorker:
             (tmp / FACES_RECORD).write_text(buf.getvalue())
             row["seconds"] = round(time.perf_counter() - t0, 3)
             # the record goes last: a folder is complete exactly when it has one
-            record = {"row": _plain(row), "params": result_params(cfg)}
+            record = {"row": _plain(row), "params": result_params(cfg), "input": identity}
             (tmp / VIDEO_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
         failed = self.out / FAILED_DIR / f"{item['video_id']}.json"
         if failed.exists():
@@ -275,8 +303,13 @@ def _plain(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items() if k != "id"}
 
 
-def load_record(out: Path, video_id: str, cfg: ExtractConfig) -> dict | None:
-    """The stored videos-row of a finished video, or None when it must be (re)done."""
+def load_record(out: Path, video_id: str, cfg: ExtractConfig, path: str | os.PathLike) -> dict | None:
+    """The stored videos-row of a finished video, or None when it must be (re)done.
+
+    Redone: no readable record, other result parameters, or an input at ``path`` that is not the
+    file the record was made from (see ``input_identity``; a record without an identity, made by
+    an older dfpipe, cannot be checked and is redone too). The reason is logged.
+    """
     rec = out / video_id / VIDEO_RECORD
     if not rec.is_file():
         return None
@@ -285,6 +318,19 @@ def load_record(out: Path, video_id: str, cfg: ExtractConfig) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     if data.get("params") != result_params(cfg):
+        return None
+    stored = data.get("input")
+    if not isinstance(stored, dict):
+        logger.info("%s: redoing %s: its record has no input identity (older dfpipe)", path, video_id)
+        return None
+    try:
+        now = input_identity(path)
+    except OSError:
+        return None  # the worker reports the file's problem
+    if now != stored:
+        what = ", ".join(k for k in now if now[k] != stored.get(k))
+        logger.info("%s: redoing %s: the input is not the file its faces came from (%s changed)",
+                    path, video_id, what)
         return None
     return _row(**{k: (math.nan if v is None else v) for k, v in data["row"].items()})
 
@@ -365,7 +411,7 @@ def run(cfg: ExtractConfig) -> int:
     todo: list[dict] = []
     n_resumed = 0
     for it in items:
-        rec = None if cfg.overwrite else load_record(out, it["video_id"], cfg)
+        rec = None if cfg.overwrite else load_record(out, it["video_id"], cfg, it["path"])
         if rec is not None:
             rec.update({k: it[k] for k in ("part", "path", "label", "original")})
             rows.append(rec)

@@ -8,7 +8,8 @@ Steps (each decision lands in a manifest; nothing is moved or deleted):
 3. subsampling (``pipeline.sampling``): ``n_frames`` slots per video, gaps recorded; a video with
    fewer usable slots is dropped (``too_few_usable_frames: 27/30``) or padded with mask 0 rows;
 4. orphan fakes (``pipeline.filtering.orphan_filter``): fakes whose original was left out;
-5. grouped split (``pipeline.splits``), checked for leaks and labels before it is written.
+5. grouped split (``pipeline.splits``), checked for leaks and labels before it is written;
+   ``--merge-groups auto`` merges groups that share an identity (counts in ``counts.groups``).
 
 Single-image videos (``extract --from-faces`` on a folder of one image per video, e.g. the Kaggle
 "deepfake_faces" set: videos-rows with status ``ok`` and ``n_frames`` 1) skip steps 2 and 3: the
@@ -48,7 +49,7 @@ from pipeline.sampling import (
     n_usable,
     sample_video,
 )
-from pipeline.splits import check_split, split_groups, split_summary
+from pipeline.splits import check_split, merge_report, split_groups, split_summary
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,9 @@ def _log_summary(counts: dict[str, Any]) -> None:
     ]
     for s, d in counts["split"].items():
         lines.append(f"{s:<8}{d['videos']:>8}{d['groups']:>8}{d['fake_share']:>12.3f}")
+    g = counts["groups"]
+    lines.append(f"groups                   {g['groups']} ({g['groups_by_original']} originals, "
+                 f"--merge-groups {g['merge_groups']}: {len(g['merged_groups'])} merged group(s))")
     logger.info("prepare summary\n%s", "\n".join(lines))
 
 
@@ -268,7 +272,7 @@ def run(cfg: PrepareConfig) -> int:
                   "outliers": len(outliers), "outliers_by_reason": reason_counts(outliers),
                   **orphan_counts, **sample_counts, **single_counts}
     try:
-        split = split_groups(kept, cfg.test_share, cfg.val_share, cfg.seed)
+        split = split_groups(kept, cfg.test_share, cfg.val_share, cfg.seed, cfg.merge_groups)
         check_split(split)
     except SplitError as e:
         # the filter's decisions are still worth reading; stale clips/split must not survive
@@ -290,6 +294,7 @@ def run(cfg: PrepareConfig) -> int:
         "clip_rows": len(clips),
         "padded_rows": int((clips["mask"] == 0).sum()),
         "split": split_summary(split),
+        "groups": merge_report(kept, cfg.merge_groups),
     }
     for kind, table in (("outliers", outliers), ("clips", clips), ("gaps", gaps),
                         ("split", split)):
