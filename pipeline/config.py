@@ -196,9 +196,11 @@ class ExtractConfig:
                        "widened by the margin on each side, stretched to crop_size)")
     jpeg_quality: int = opt(95, "JPEG quality of the crops")
     iou_threshold: float = opt(0.3, "IoU that links a face to an existing track")
-    from_faces: bool = opt(False, "the inputs are folders of pre-extracted faces to import (Kaggle "
-                           "deepfake-detection-faces layout: one folder per video); no detection")
-    metadata: str | None = opt(None, "metadata.csv for --from-faces (filename,label,original)")
+    from_faces: bool = opt(False, "the inputs are folders of pre-extracted faces to import, no "
+                           "detection: one sub-folder per video (Kaggle deepfake-detection-faces) "
+                           "or one image per video (Kaggle deepfake_faces: DIR/<id>.jpg)")
+    metadata: str | None = opt(None, "metadata CSV for --from-faces (filename or videoname, "
+                               "label, original)")
     overwrite: bool = opt(False, "redo videos that are already done")
 
 
@@ -217,6 +219,9 @@ class PrepareConfig:
     test_share: float = opt(0.2, "share of groups for test")
     val_share: float = opt(0.2, "share of the remaining groups for validation")
     seed: int = opt(0, "split seed")
+    merge_groups: str = opt("auto", "merge groups that share an identity (FF++ fakes "
+                            "<target>_<source> tie both ids); off: one group per original",
+                            choices=["auto", "off"])
 
 
 @dataclass(frozen=True)

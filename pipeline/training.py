@@ -275,11 +275,19 @@ def write_history(folder: Path, history: list[dict[str, Any]], title: str) -> No
     plots.training_curves_plot({title: rows}, folder / "training_curve.png")
 
 
+def reduce_device(d: Dist) -> torch.device:
+    """Where a tensor must live for a collective of this process group: nccl only takes CUDA
+    tensors (on this rank's device), gloo takes CPU ones."""
+    return d.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _mean_over_ranks(total: float, n: int, d: Dist) -> float:
+    """Sum of ``total`` over the ranks divided by the sum of ``n`` (``total / n`` alone)."""
     if not d.enabled:
         return total / max(n, 1)
-    t = torch.tensor([total, float(n)], dtype=torch.float64)
+    t = torch.tensor([total, float(n)], dtype=torch.float64, device=reduce_device(d))
     dist.all_reduce(t)
+    t = t.cpu()
     return float(t[0] / t[1].clamp_min(1))
 
 

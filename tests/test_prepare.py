@@ -170,6 +170,36 @@ def test_prepare_deterministic(tmp_path, seed):
     assert meta["config"]["seed"] == seed
 
 
+def test_prepare_merges_groups_that_share_an_identity(tmp_path):
+    """FF++ naming: fake 004_982 shows person 982's face, who is also the REAL video 982. With
+    --merge-groups auto (the default) groups 004 and 982 are one group in one split; with off
+    they are two groups, and some seed puts them in different splits (the leak merging stops)."""
+    videos, faces = dataset(6, 2)
+    for vid, label, orig in (("004", "REAL", ""), ("982", "REAL", ""), ("004_982", "FAKE", "004"),
+                             ("982_004", "FAKE", "982")):
+        videos.append({"video_id": vid, "label": label, "original": orig, "n_frames": 300})
+        faces[vid] = [(f, 0) for f in range(300)]
+    write_inputs(tmp_path, videos, faces)
+    ids = ["004", "982", "004_982", "982_004"]
+    apart = 0
+    for seed in range(6):
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed)]) == 0
+        split = manifest.read_manifest(tmp_path / "split.csv", "split").set_index("video_id")
+        assert split.loc[ids, "group"].tolist() == ["004"] * 4
+        assert split.loc[ids, "split"].nunique() == 1
+        groups = json.loads((tmp_path / "split.meta.json").read_text())["counts"]["groups"]
+        assert groups == {"merge_groups": "auto", "groups_by_original": 8, "groups": 7,
+                          "merged_groups": {"004": ["004", "982"]}}
+        assert json.loads((tmp_path / "split.meta.json").read_text())["config"]["merge_groups"] == "auto"
+
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed),
+                         "--merge-groups", "off"]) == 0
+        off = manifest.read_manifest(tmp_path / "split.csv", "split").set_index("video_id")
+        assert off.loc[ids, "group"].tolist() == ["004", "982", "004", "982"]
+        apart += off.loc["004", "split"] != off.loc["982", "split"]
+    assert apart > 0
+
+
 # --- a synthetic set planned by `dfpipe synth`, faces as a perfect extractor would find them ----
 
 

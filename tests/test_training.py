@@ -234,3 +234,45 @@ def test_dataloader_workers_give_the_same_training_as_in_process_loading(manifes
     h1 = pd.read_csv(tmp_path / "w1" / "history.csv")
     np.testing.assert_allclose(h1["train_loss"], h0["train_loss"], rtol=1e-6)
     np.testing.assert_allclose(h1["val_loss"], h0["val_loss"], rtol=1e-6)
+
+
+def _gloo_mean_worker(rank: int, store_file: str, out_dir: str) -> None:
+    """One rank of a real 2-process gloo group: rank r contributes total r+1 over 2r+1 samples."""
+    store = torch.distributed.FileStore(store_file, 2)
+    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    try:
+        d = training.Dist(rank=rank, world_size=2)
+        mean = training._mean_over_ranks(float(rank + 1), 2 * rank + 1, d)
+        Path(out_dir, f"rank{rank}.txt").write_text(repr(mean))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_mean_over_ranks_under_a_real_gloo_group(tmp_path):
+    torch.multiprocessing.spawn(_gloo_mean_worker, args=(str(tmp_path / "store"), str(tmp_path)),
+                                nprocs=2, join=True)
+    # (1 + 2) / (1 + 3) on both ranks
+    assert [float((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1)] == [0.75, 0.75]
+
+
+def test_mean_over_ranks_puts_the_tensor_on_the_rank_device_under_nccl(monkeypatch):
+    """NCCL only reduces CUDA tensors: the tensor must be on this rank's device (no GPU needed:
+    the collective is replaced by one that records what it was given and sums in place)."""
+    seen: list[torch.Tensor] = []
+
+    def fake_all_reduce(t: torch.Tensor) -> None:
+        seen.append(t)
+        t.mul_(2)  # two ranks with the same contribution
+
+    monkeypatch.setattr(training.dist, "get_backend", lambda *a, **k: "nccl")
+    monkeypatch.setattr(training.dist, "all_reduce", fake_all_reduce)
+    # the meta device stands in for cuda:1, which this machine lacks; what matters is that the
+    # tensor follows d.device instead of being built on the default (CPU) device
+    d = training.Dist(rank=1, world_size=2, local_rank=1, device=torch.device("meta"))
+    with pytest.raises(NotImplementedError):  # a meta tensor cannot be copied back, as expected
+        training._mean_over_ranks(3.0, 4, d)
+    assert [t.device for t in seen] == [torch.device("meta")]
+    monkeypatch.setattr(training.dist, "get_backend", lambda *a, **k: "gloo")
+    seen.clear()
+    assert training._mean_over_ranks(3.0, 4, d) == 0.75
+    assert [t.device for t in seen] == [torch.device("cpu")]
