@@ -307,8 +307,9 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         "## Comparison (video level)",
         "",
         "Each cell: value [95% interval]. The threshold column says which decision threshold a "
-        "number uses: `-` none (ranking/probability metrics), `0.5`, or `val` (chosen per model "
-        "on the validation split, value in the first row).",
+        "number uses: `-` none (ranking/probability metrics), `0.5`, or `val` ("
+        + ("here, with split `all`: the threshold stored in each checkpoint" if summary["split"] == "all"
+           else "chosen per model on the validation split") + ", value in the first row).",
         "",
         "| metric | threshold | videos REAL / FAKE | " + " | ".join(models) + " |",
         "|---|---|---|" + "---|" * len(models),
@@ -752,7 +753,9 @@ def run(cfg: EvaluateConfig) -> int:
                 name=mean_name, arch="frame_mean", checkpoint=str(path),
                 train_data=info.train_data, derived_from=name,
                 note=f"`{name}` applied to every valid frame, probabilities averaged "
-                     "(no training of its own; threshold chosen on val like the others)")
+                     "(no training of its own; threshold "
+                     + ("0.5: the checkpoint stores none for it)" if cfg.split == "all"
+                        else "chosen on val like the others)"))
             for which in records:
                 vids, frames = _frame_pass(model, loader(which, "clip", image_size, frame_index),
                                            device)

@@ -59,7 +59,7 @@ FACES_RECORD = "_faces.csv"
 FACE_FIELDS = ["frame", "track", "x1", "y1", "x2", "y2", "prob", "crop"]
 # parameters that change a video's outputs: a recorded video made with others is redone
 RESULT_PARAMS = ("detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
-                 "crop_size", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
+                 "crop_size", "square", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
 IDENTITY_BYTES = 64 * 1024
 """Bytes hashed at each end of an input: the MP4 header/index sits at one end or the other."""
 # environment for pool/Ray workers (glibc reads it at process start). Measured here: one worker

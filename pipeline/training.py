@@ -192,7 +192,12 @@ def train_crop(manifest_dir: Path) -> dict[str, Any] | None:
     """
     videos = manifest_path(manifest_dir, "videos")
     conf = read_meta(videos).get("config") or {}
-    if not conf or conf.get("from_faces") or "margin" not in conf:
+    if conf.get("from_faces"):
+        logger.warning("%s: faces imported with --from-faces were cropped elsewhere: the "
+                       "checkpoint records no crop recipe (set one when exporting it for release)",
+                       videos)
+        return None
+    if "margin" not in conf:
         return None
     return {"margin": float(conf["margin"]), "size": int(conf["crop_size"]),
             "square": bool(conf.get("square", True)), "jpeg_quality": int(conf["jpeg_quality"]),

@@ -436,3 +436,11 @@ def test_demo_without_the_shipped_model_skips_that_step(tmp_path, monkeypatch, c
     monkeypatch.setattr(release, "RELEASE_DIR", tmp_path)
     assert score_with_shipped((str(clip),), tmp_path / "shipped", synthetic=True) is None
     assert not (tmp_path / "shipped").exists()
+
+
+def test_extract_redoes_videos_cropped_with_another_shape():
+    """--no-square changes the crops, so a video's record made with square crops is redone."""
+    from pipeline.config import ExtractConfig
+    from pipeline.extract import result_params
+
+    assert result_params(ExtractConfig(square=False)) != result_params(ExtractConfig())
