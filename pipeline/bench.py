@@ -346,8 +346,10 @@ def bench_crop_margin(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.checkpoint is not None:
         videos = cropcheck.labelled_samples(cfg.samples)
         out["scores"] = cropcheck.scores_by_margin(resolve_checkpoint(cfg.checkpoint),
-                                                   [v for v, _ in videos], cfg.margins, cfg.device)
-        out["scores"]["labels"] = {v.stem: lab for v, lab in videos}
+                                                   [v["path"] for v in videos], cfg.margins,
+                                                   cfg.device)
+        out["scores"]["labels"] = {Path(v["path"]).stem: v["label"] for v in videos}
+        out["scores"]["summary"] = cropcheck.margin_summary(out["scores"]["rows"], videos)
     return out
 
 
@@ -396,4 +398,17 @@ def _crop_margin_markdown(r: dict[str, Any]) -> list[str]:
                              f"{row['p_fake']:.3f} / {row['frame_mean']:.3f}")
             rows.append([v, sc["labels"].get(v, ""), *cells])
         lines += _table(["video", "label", *[f"m {m:+.3f}" for m in margins]], rows)
+        summary = sc.get("summary") or []
+        if summary:
+            left_out = ", ".join(summary[0]["excluded"]) or "none"
+            lines += [f"Per margin, leaving out the clips whose crop is in dfdc_faces ({left_out}: "
+                      "seen in training): ROC AUC [95% grouped-bootstrap interval over originals] "
+                      "and mean p_fake per class.", ""]
+            lines += _table(["margin", "REAL / FAKE clips", "ROC AUC", "mean p_fake REAL",
+                             "mean p_fake FAKE"],
+                            [[f"{s['margin']:+.3f}", f"{s['n_real']} / {s['n_fake']}",
+                              f"{s['roc_auc']:.3f} [{s['roc_auc_lo']:.3f}, {s['roc_auc_hi']:.3f}]",
+                              "-" if s["mean_p_real"] is None else f"{s['mean_p_real']:.3f}",
+                              "-" if s["mean_p_fake"] is None else f"{s['mean_p_fake']:.3f}"]
+                             for s in summary])
     return lines

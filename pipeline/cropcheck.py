@@ -258,8 +258,9 @@ def scores_by_margin(checkpoint: str, videos: Sequence[str | os.PathLike],
     return {"checkpoint": str(checkpoint), "recipe": recipe, "rows": rows}
 
 
-def labelled_samples(samples: str | os.PathLike) -> list[tuple[Path, str]]:
-    """(video, label) of every sample clip listed in a DFDC-style metadata.json that exists."""
+def labelled_samples(samples: str | os.PathLike) -> list[dict[str, Any]]:
+    """``{"path", "label", "group"}`` of every sample clip listed in a DFDC-style metadata.json
+    that exists; ``group`` = its original's id (its own id for an original)."""
     import json
 
     out = []
@@ -267,5 +268,34 @@ def labelled_samples(samples: str | os.PathLike) -> list[tuple[Path, str]]:
         for name, entry in json.loads(meta.read_text()).items():
             p = meta.parent / name
             if p.is_file():
-                out.append((p, str(entry.get("label", ""))))
+                original = entry.get("original") or name
+                out.append({"path": p, "label": str(entry.get("label", "")),
+                            "group": Path(str(original)).stem})
+    return out
+
+
+def margin_summary(rows: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]],
+                   exclude: Sequence[str] = tuple(SAMPLE_CLIPS), n_bootstrap: int = 1000,
+                   seed: int = 0) -> list[dict[str, Any]]:
+    """Per margin: mean p_fake of the REAL and FAKE clips and ROC AUC with its 95% interval
+    (grouped bootstrap over originals), leaving out ``exclude`` (clips in the training set)."""
+    from pipeline import metrics as M
+
+    info = {Path(s["path"]).stem: s for s in samples}
+    out = []
+    for m in sorted({r["margin"] for r in rows}):
+        use = [r for r in rows if r["margin"] == m and r["p_fake"] is not None
+               and r["video"] in info and r["video"] not in exclude
+               and info[r["video"]]["label"] in ("REAL", "FAKE")]
+        y = np.array([info[r["video"]]["label"] == "FAKE" for r in use], dtype=int)
+        p = np.array([r["p_fake"] for r in use], dtype=float)
+        g = np.array([info[r["video"]]["group"] for r in use])
+        auc = M.roc_auc(y, p) if len(use) else float("nan")
+        lo, hi = (M.percentile_interval(M.grouped_bootstrap_values(y, p, g, M.roc_auc, n_bootstrap, seed))
+                  if len(use) else (float("nan"), float("nan")))
+        out.append({"margin": m, "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
+                    "mean_p_real": float(p[y == 0].mean()) if (y == 0).any() else None,
+                    "mean_p_fake": float(p[y == 1].mean()) if (y == 1).any() else None,
+                    "roc_auc": auc, "roc_auc_lo": lo, "roc_auc_hi": hi,
+                    "excluded": [v for v in exclude if v in info]})
     return out

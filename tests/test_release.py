@@ -5,6 +5,7 @@ step. Tiny checkpoints only; the real shipped model is tested when its file is p
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -444,3 +445,22 @@ def test_extract_redoes_videos_cropped_with_another_shape():
     from pipeline.extract import result_params
 
     assert result_params(ExtractConfig(square=False)) != result_params(ExtractConfig())
+
+
+def test_margin_summary_auc_per_margin_without_training_clips():
+    from pipeline.cropcheck import margin_summary
+
+    samples = [{"path": Path(f"x/{v}.mp4"), "label": lab, "group": g} for v, lab, g in (
+        ("ra", "REAL", "a"), ("fa", "FAKE", "a"), ("rb", "REAL", "b"), ("fb", "FAKE", "b"),
+        ("widuwuoiur", "FAKE", "w"))]
+    p = {0.0: (0.2, 0.8, 0.3, 0.6, 0.1), 0.1: (0.7, 0.4, 0.3, 0.6, 0.9)}
+    rows = [{"video": s["path"].stem, "margin": m, "p_fake": q, "status": "ok"}
+            for m, ps in p.items() for s, q in zip(samples, ps, strict=True)]
+    rows.append({"video": "rb", "margin": 0.2, "p_fake": None, "status": "no_face"})
+    out = {s["margin"]: s for s in margin_summary(rows, samples, n_bootstrap=50)}
+    assert out[0.0]["roc_auc"] == 1.0 and out[0.1]["roc_auc"] == 0.5  # widuwuoiur left out
+    assert (out[0.0]["n_real"], out[0.0]["n_fake"]) == (2, 2)
+    assert out[0.0]["mean_p_real"] == pytest.approx(0.25) and out[0.0]["mean_p_fake"] == pytest.approx(0.7)
+    assert out[0.0]["roc_auc_lo"] <= 1.0 <= out[0.0]["roc_auc_hi"]
+    assert out[0.0]["excluded"] == ["widuwuoiur"]
+    assert out[0.2]["n_real"] == 0 and math.isnan(out[0.2]["roc_auc"])
