@@ -464,3 +464,13 @@ def test_margin_summary_auc_per_margin_without_training_clips():
     assert out[0.0]["roc_auc_lo"] <= 1.0 <= out[0.0]["roc_auc_hi"]
     assert out[0.0]["excluded"] == ["widuwuoiur"]
     assert out[0.2]["n_real"] == 0 and math.isnan(out[0.2]["roc_auc"])
+
+
+def test_release_files_are_package_data():
+    """setup.cfg ships pipeline/release/*.pt and *.md inside the installed package."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    globs = {g.strip() for g in cfg["options.package_data"]["pipeline.release"].split(",")}
+    assert {"*.pt", "*.md"} <= globs
