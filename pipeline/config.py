@@ -181,6 +181,14 @@ class ExtractConfig:
     workers: int = opt(0, "worker processes (0: one per CPU core)")
     address: str | None = opt(None, "Ray cluster address HOST:PORT (none: embedded local Ray)")
     max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
+    detector_mode: str = opt("full", "full: MTCNN detection on every frame (with --detect-every K, "
+                             "every K-th and boxes carried between); track: full detection every "
+                             "--track-every frames and on lost tracks or shot changes, each "
+                             "track's predicted box verified by R-Net+O-Net between",
+                             choices=["full", "track"])
+    track_every: int = opt(10, "track mode: full detection on every K-th frame")
+    search_every: int = opt(2, "track mode while no face is tracked: full detection on every "
+                            "K-th frame")
     detect_every: int = opt(1, "run MTCNN on every K-th frame; boxes carried along tracks between")
     scale: float = opt(0.0, "detection downscale factor (0: by resolution, see faces.auto_scale)")
     retry_scale: float = opt(2.0, "frames without a face are detected again at this many times "
