@@ -518,10 +518,12 @@ def _check_resumable(journal: Path, rows: list[dict], key: str, settings: dict[s
             before = meta.get("settings", {})
     changed = ", ".join(f"{k} {before[k]} -> {v}" for k, v in settings.items()
                         if k in before and before[k] != v)
+    if not changed:
+        old = other[0].get("score_key")
+        changed = f"score key {old} -> {key}" if old else "written without a score key"
     raise ConfigError(
         f"{journal}: {len(other)} result(s) were scored with another checkpoint or settings "
-        f"({changed or 'key ' + str(other[0].get('score_key')) + ' -> ' + key}); "
-        "pass --overwrite to rescore them, or write to another --out")
+        f"({changed}); pass --overwrite to rescore them, or write to another --out")
 
 
 def run(cfg: ScoreConfig) -> int:

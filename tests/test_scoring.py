@@ -253,11 +253,6 @@ def test_resume_is_keyed_on_checkpoint_and_settings(tiny_checkpoint, tiny_frame_
     out = tmp_path / "r.jsonl"
     assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.25")) == 0
     first = out.read_text()
-    [row] = read_journal(out)
-    meta = json.loads((tmp_path / "r.jsonl.config.json").read_text())
-    assert row["score_key"] == meta["score_key"] and row["threshold"] == 0.25
-    assert meta["config"]["threshold"] == 0.25 and meta["settings"]["checkpoint_id"] == \
-        row["checkpoint"]["id"]
     # same settings: resumed, nothing rescored
     assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.25")) == 0
     assert out.read_text() == first
@@ -274,12 +269,14 @@ def test_resume_is_keyed_on_checkpoint_and_settings(tiny_checkpoint, tiny_frame_
                                 "--overwrite")) == 0
     [row] = read_journal(out)
     assert row["threshold"] == 0.75 and row["label"] == ("FAKE" if row["p_fake"] >= 0.75 else "REAL")
+    # the resolved config and the key of what produced the rows, beside the results
+    meta = json.loads((tmp_path / "r.jsonl.config.json").read_text())
+    assert row["score_key"] == meta["score_key"] and meta["config"]["threshold"] == 0.75
+    assert meta["settings"]["checkpoint_id"] == row["checkpoint"]["id"]
 
 
 def test_duplicate_paths_each_get_a_row(tiny_checkpoint, clips, tmp_path):
     """Issue #12.4: a file and a symlink to it: both paths get a row, the file is scored once."""
-    from pipeline.scoring import find_duplicates
-
     folder = tmp_path / "videos"
     folder.mkdir()
     real = folder / "b_real.mp4"
@@ -287,6 +284,8 @@ def test_duplicate_paths_each_get_a_row(tiny_checkpoint, clips, tmp_path):
     (folder / "a_link.mp4").symlink_to(real)
     found = discover_videos([str(folder)])
     assert [p.name for p in found] == ["a_link.mp4", "b_real.mp4"]
+    from pipeline.scoring import find_duplicates
+
     assert find_duplicates(found) == {folder / "a_link.mp4": real}
     out = tmp_path / "r.csv"
     assert cli.main(_score_argv([folder], tiny_checkpoint, out)) == 0
