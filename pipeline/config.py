@@ -178,7 +178,7 @@ class ExtractConfig:
     device: str = opt("auto", "where MTCNN runs", choices=["auto", "cpu", "cuda"])
     decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
     engine: str = opt("pool", "where per-video work runs", choices=["inline", "pool", "ray"])
-    workers: int = opt(0, "worker processes (0: one per CPU core)")
+    workers: int = opt(0, "worker processes (0: as many as the usable CPU cores and memory allow)")
     address: str | None = opt(None, "Ray cluster address HOST:PORT (none: embedded local Ray)")
     max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
     detector_mode: str = opt("full", "full: MTCNN detection on every frame (with --detect-every K, "
@@ -298,14 +298,18 @@ class ScoreConfig:
     out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
     explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
     engine: str = opt("inline", "where per-video work runs", choices=["inline", "pool", "ray"])
-    workers: int = opt(0, "worker processes (0: one per CPU core)")
+    workers: int = opt(0, "worker processes (0: as many as the usable CPU cores and memory allow)")
     address: str | None = opt(None, "Ray cluster address (none: embedded local Ray)")
+    max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     threshold: float | None = opt(None, "decision threshold (default: the checkpoint's)")
     detect: str = opt("slots", "frames MTCNN runs on: 'slots' = only the sampler's slot starts "
                       "(0, 10, ..., 290: fast), 'all' = every frame (as the extract stage)",
                       choices=["slots", "all"])
     min_frames: int = opt(10, "a face track needs at least this many of the 30 slots to be scored")
+    min_track_share: float = opt(0.3, "a face track is an identity (can decide the verdict) when it "
+                                 "holds at least this share of the frames with a face, or is the "
+                                 "longest track; shorter tracks are reported as 'brief'")
     decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
     overwrite: bool = opt(False, "rescore videos already in the results file")
 
@@ -348,5 +352,5 @@ class RunConfig:
     work_dir: str = opt("runs/demo", "folder for everything this run writes")
     epochs: int = opt(40, "training epochs per model")
     backbone: str = opt("tiny", "encoder backbone")
-    workers: int = opt(0, "extraction workers (0: one per core)")
+    workers: int = opt(0, "extraction workers (0: as many as the usable CPU cores and memory allow)")
     seed: int = opt(0, "seed for data generation, split and training")
