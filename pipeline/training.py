@@ -42,11 +42,13 @@ from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.manifest import manifest_path, read_meta
 from pipeline.models import apply_preset, create_model
+from pipeline.splits import check_checkpoint_split, split_fingerprint
 
 logger = logging.getLogger(__name__)
 
 # on --resume these come from the command line; everything else from the checkpoint's config
-RESUME_OVERRIDES = ("epochs", "patience", "workers", "device", "amp", "max_steps", "resume", "threads")
+RESUME_OVERRIDES = ("epochs", "patience", "workers", "device", "amp", "max_steps", "resume", "threads",
+                    "allow_other_split")
 HISTORY_PLOT_KEYS = ("train_loss", "val_loss", "val_roc_auc", "val_balanced_accuracy")
 
 
@@ -162,6 +164,9 @@ def data_summary(manifest_dir: Path, clips: pd.DataFrame, split: pd.DataFrame) -
     return {"manifest_dir": str(manifest_dir),
             "clips_sha256": sha256_file(manifest_path(manifest_dir, "clips")),
             "split_sha256": sha256_file(manifest_path(manifest_dir, "split")),
+            # what evaluate and --resume compare: which video is in which split
+            "split_fingerprint": split_fingerprint(split),
+            "prepare_id": read_meta(manifest_path(manifest_dir, "split")).get("prepare_id"),
             "counts": counts, "n_slots": int(clips.groupby("video_id").size().max()),
             "synthetic": synthetic, "synthetic_source": source,
             # the sampling rules the clips were made with: scoring must use the same ones
@@ -231,6 +236,15 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     folder = run_folder(cfg)
     manifest_dir = Path(cfg.manifest_dir)
     clips, split = read_clips_and_split(manifest_dir)
+    split_notes: list[str] = []
+    if resume_state is not None:
+        previous = resume_state.get("train_data") or {}
+        split_notes = list(previous.get("other_split_on_resume") or [])
+        note = check_checkpoint_split(previous, split, checkpoint=str(cfg.resume),
+                                      manifest=str(manifest_path(manifest_dir, "split")),
+                                      use="resumed with", allow=cfg.allow_other_split)
+        if note:
+            split_notes.append(f"after epoch {resume_state['epoch']}: {note}")
     train_rec, val_rec = build_records(clips, split, "train"), build_records(clips, split, "val")
     labels = np.array([r.label for r in train_rec])
     n_real, n_fake = int((labels == 0).sum()), int((labels == 1).sum())
@@ -286,7 +300,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
     common = {"model": {"name": cfg.model, "kwargs": kwargs}, "config": to_dict(cfg),
-              "train_data": data_summary(manifest_dir, clips, split),
+              "train_data": {**data_summary(manifest_dir, clips, split),
+                             **({"other_split_on_resume": split_notes} if split_notes else {})},
               "preprocess": {"image_size": cfg.image_size, "mean": list(MEAN),
                              "std": list(STD), "frame_index": cfg.frame_index,
                              "input_key": mode},

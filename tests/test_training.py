@@ -149,6 +149,41 @@ def test_resume_refuses_best_pt_and_an_existing_run_folder(manifests, tmp_path):
         training.run(dataclasses.replace(cfg, model="frame", resume=str(tmp_path / "a" / "last.pt")))
 
 
+def test_resume_refuses_a_split_that_moved_videos(tmp_path):
+    """A rerun of prepare between the runs moves a val video into train: --resume refuses,
+    naming the checkpoint and the manifest, unless --allow-other-split (then recorded)."""
+    from pipeline.manifest import read_manifest, write_manifest
+
+    mdir = make_manifests(tmp_path / "m", n_frames=4, size=16)
+    cfg = _cfg(mdir, tmp_path / "ck", run_name="r", epochs=1)
+    assert training.run(cfg) == 0
+    last = tmp_path / "ck" / "r" / "last.pt"
+    recorded = C.load_checkpoint(last)["train_data"]
+    split = read_manifest(mdir / "split.csv", "split")
+    assert recorded["split_fingerprint"] == training.split_fingerprint(split)
+
+    # the same assignment rewritten (rows reversed): not a different split
+    write_manifest(split.iloc[::-1], mdir / "split.csv", "split")
+    resume = dataclasses.replace(cfg, epochs=2, resume=str(last))
+    assert training.run(resume) == 0
+    assert C.load_checkpoint(last)["epoch"] == 2
+
+    moved = split.copy()
+    moved.loc[moved.index[moved["split"] == "val"][0], "split"] = "train"
+    write_manifest(moved, mdir / "split.csv", "split")
+    again = dataclasses.replace(resume, epochs=3)
+    with pytest.raises(ConfigError, match="assigns videos to splits differently") as e:
+        training.run(again)
+    assert str(last) in str(e.value) and str(mdir / "split.csv") in str(e.value)
+    assert C.load_checkpoint(last)["epoch"] == 2  # nothing trained, nothing written
+    assert training.run(dataclasses.replace(again, allow_other_split=True)) == 0
+    state = C.load_checkpoint(last)
+    assert state["epoch"] == 3
+    assert state["train_data"]["split_fingerprint"] == training.split_fingerprint(moved)
+    [note] = state["train_data"]["other_split_on_resume"]
+    assert note.startswith("after epoch 2: ") and str(mdir / "split.csv") in note
+
+
 def test_train_split_with_one_class_is_refused(tmp_path):
     out = make_manifests(tmp_path, n_real={"train": 0, "val": 1}, n_fake={"train": 2, "val": 1},
                          n_frames=2, size=16)
