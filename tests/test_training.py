@@ -81,6 +81,19 @@ def test_frame_model_trains_with_balanced_sampler_and_yields_frame_mean(manifest
     fm = _val_predictions(tmp_path / "f" / "best.pt", manifests, as_model="frame_mean")
     assert len(fm) == 8 and fm["p_fake"].between(0, 1).all()
 
+    # one threshold per use: the frame model's own, and frame_mean's (how score uses it),
+    # chosen on frame_mean validation predictions (here: made by the FrameMean wrapper)
+    from pipeline import metrics as M
+
+    best = C.load_checkpoint(tmp_path / "f" / "best.pt")
+    assert set(best["thresholds"]) == {"frame", "frame_mean"}
+    assert best["thresholds"]["frame"] == best["threshold"] == best["best"]["metrics"]["threshold"]
+    expected = M.choose_threshold(fm["label"].to_numpy(), fm["p_fake"].to_numpy(),
+                                  rule=cfg.threshold_rule)
+    assert best["thresholds"]["frame_mean"] == pytest.approx(expected, abs=1e-5)
+    assert best["best"]["frame_mean"]["metrics"]["n_real"] + \
+        best["best"]["frame_mean"]["metrics"]["n_fake"] == 8
+
 
 def test_frozen_epochs_leave_the_encoder_unchanged(manifests, tmp_path):
     torch.manual_seed(0)
