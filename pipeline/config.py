@@ -262,6 +262,8 @@ class TrainConfig:
     device: str = opt("auto", "training device", choices=["auto", "cpu", "cuda"])
     amp: bool = opt(True, "mixed precision on CUDA")
     resume: str | None = opt(None, "resume from this checkpoint (last.pt of a run)")
+    allow_other_split: bool = opt(False, "--resume: continue although the split manifest is not "
+                                  "the one the run was trained on (refused by default)")
     seed: int = opt(0, "random seed")
     max_steps: int = opt(0, "stop an epoch after this many steps (0: no limit; for smoke runs)")
     threads: int = opt(0, "torch CPU threads per process (0: CPU cores / processes)")
@@ -287,6 +289,8 @@ class EvaluateConfig:
     workers: int = opt(0, "DataLoader workers")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     seed: int = opt(0, "bootstrap seed")
+    allow_other_split: bool = opt(False, "evaluate checkpoints on a split other than the one they "
+                                  "were trained on (refused by default; the report then says so)")
 
 
 @dataclass(frozen=True)

@@ -413,3 +413,27 @@ def test_score_takes_max_in_flight(tiny_checkpoint, clips, tmp_path, monkeypatch
                               "--max-in-flight", "3"))
     assert seen["max_in_flight"] == 3 and len(seen["items"]) == 1
     assert rc == 1  # a video that got no row at all is a failure, never a silent exit 0
+
+def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_checkpoint, caplog):
+    """score uses a frame checkpoint as frame_mean, so it takes the frame_mean threshold; an
+    older checkpoint (one threshold, chosen on middle frames) falls back to it with a warning."""
+    import logging
+
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.scoring import checkpoint_threshold
+
+    ck = load_checkpoint(tiny_frame_checkpoint)
+    assert set(ck["thresholds"]) == {"frame", "frame_mean"}
+    ck = {**ck, "threshold": 0.3, "thresholds": {"frame": 0.3, "frame_mean": 0.7}}
+    s = VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu")
+    assert s.threshold == 0.7 and s.info()["threshold"] == 0.7
+    assert VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu", threshold=0.4).threshold == 0.4
+
+    old = {k: v for k, v in ck.items() if k != "thresholds"}
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+        assert checkpoint_threshold(old, "frame_mean", "old.pt") == 0.3
+    assert "old.pt: no frame_mean threshold" in caplog.text and "middle-frame" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+        assert checkpoint_threshold(old, "frame", "old.pt") == 0.3
+    assert caplog.text == ""
