@@ -745,6 +745,7 @@ def run(cfg: EvaluateConfig) -> int:
             infos[mean_name] = ModelInfo(
                 name=mean_name, arch="frame_mean", checkpoint=str(path),
                 train_data=info.train_data, derived_from=name, other_split=info.other_split,
+                checkpoint_threshold=(ckpt.get("thresholds") or {}).get("frame_mean"),
                 note=f"`{name}` applied to every valid frame, probabilities averaged "
                      "(no training of its own; threshold chosen on val like the others)")
             for which in records:

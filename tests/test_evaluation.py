@@ -203,6 +203,7 @@ def _save_random_checkpoint(path, name, synthetic=True, with_last=False, split_m
         "preprocess": {"image_size": 32, "frame_index": 15},
         "train_data": train_data,
         "history": hist, "threshold": 0.42, "threshold_rule": "balanced_accuracy",
+        "thresholds": {name: 0.42, **({"frame_mean": 0.37} if name == "frame" else {})},
     })
     if with_last:  # best.pt stops at the best epoch; the run's last.pt has one epoch more
         more = hist + [{"epoch": 3, "train_loss": 0.6, "val_loss": 0.7, "val_roc_auc": 0.55}]
@@ -253,6 +254,7 @@ def test_cli_evaluate_end_to_end(e2e):
     assert s["models"]["frame_mean"]["info"]["derived_from"] == "frame"
     assert s["models"]["cnn_lstm"]["info"]["synthetic"] is True
     assert s["models"]["frame"]["info"]["checkpoint_threshold"] == 0.42
+    assert s["models"]["frame_mean"]["info"]["checkpoint_threshold"] == 0.37
     assert s["models"]["cnn_lstm"]["info"]["history_epochs"] == 3  # from last.pt
     assert s["models"]["cnn_lstm"]["info"]["best_epoch"] == 2
     assert s["models"]["frame"]["info"]["history_epochs"] == 2  # no last.pt beside it
