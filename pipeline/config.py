@@ -206,6 +206,18 @@ class ExtractConfig:
     metadata: str | None = opt(None, "metadata CSV for --from-faces (filename or videoname, "
                                "label, original)")
     overwrite: bool = opt(False, "redo videos that are already done")
+    shard: str = opt("", "I/N: process only the videos of shard I of N (stable by video id; "
+                     "array jobs: shards share --out, each writes its own --manifest-dir; "
+                     "then dfpipe merge)")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """``dfpipe merge``: the manifest folders of extract shards -> one manifest folder."""
+
+    inputs: tuple[str, ...] = opt((), "manifest folders written by dfpipe extract --shard I/N",
+                                  positional=True)
+    manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder for the merged videos/faces manifests")
 
 
 @dataclass(frozen=True)
