@@ -83,6 +83,8 @@ class ModelInfo:
         best_epoch: the epoch whose weights the checkpoint holds (marked on training curves).
         checkpoint_threshold: the threshold stored in the checkpoint at training time, if any.
         note: one line shown under the model in the report.
+        other_split: why the evaluated split is not the one the model was trained on, when
+            ``--allow-other-split`` let it through ("" otherwise); the report opens with it.
     """
 
     name: str
@@ -94,6 +96,7 @@ class ModelInfo:
     best_epoch: int | None = None
     checkpoint_threshold: float | None = None
     note: str = ""
+    other_split: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -253,6 +256,15 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
             f"**WARNING: {', '.join(synthetic)} {verb} trained on SYNTHETIC data: these numbers "
             "measure the synthetic artefacts, not real deepfakes.**"
         )
+        lines.append("")
+    other = [n for n in models if infos[n].other_split]
+    if other:
+        lines.append(
+            f"**WARNING: {', '.join(other)} evaluated on a split other than the one "
+            f"{'it was' if len(other) == 1 else 'they were'} trained on (--allow-other-split): "
+            "training videos may be among the evaluated ones, so these numbers may be too "
+            "good.**")
+        lines += [f"- {n}: {infos[n].other_split}" for n in other]
         lines.append("")
     d = summary["data"]
     lines += [
@@ -479,6 +491,8 @@ def build_report(
         "data": {"n_videos": len(base), "n_real": int((y_all == 0).sum()),
                  "n_fake": int((y_all == 1).sum()), "n_groups": int(base["group"].nunique())},
         "any_synthetic": any(model_infos[m].synthetic for m in models),
+        "other_split": {m: model_infos[m].other_split for m in models
+                        if model_infos[m].other_split},
         "models": {},
     }
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -656,16 +670,25 @@ def _preprocess(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     return int(size), int(index)
 
 
-def _warn_if_trained_here(path: Path, ckpt: Mapping[str, Any], manifest_dir: Path) -> None:
-    """``--split all`` on the very manifests a model was trained on scores its training videos."""
+def _trained_here(path: Path, ckpt: Mapping[str, Any], split: pd.DataFrame,
+                  manifest_dir: Path) -> str:
+    """``--split all`` on the very manifests a model was trained on scores its training videos:
+    a warning (logged) for the report's model note, "" otherwise."""
     from pipeline.fsutil import sha256_file
     from pipeline.manifest import manifest_path
+    from pipeline.splits import split_fingerprint
 
-    trained = (ckpt.get("train_data") or {}).get("split_sha256")
+    data = ckpt.get("train_data") or {}
     split_file = manifest_path(manifest_dir, "split")
-    if trained and split_file.is_file() and sha256_file(split_file) == trained:
-        logger.warning("%s was trained on %s: --split all includes its training and validation "
-                       "videos, so these numbers are not held-out evidence", path, split_file)
+    same = (data.get("split_fingerprint") == split_fingerprint(split)
+            if data.get("split_fingerprint") is not None
+            else bool(data.get("split_sha256")) and data.get("split_sha256") == sha256_file(split_file))
+    if not same:
+        return ""
+    logger.warning("%s was trained on %s: --split all includes its training and validation videos, "
+                   "so these numbers are not held-out evidence", path, split_file)
+    return (f". **WARNING: trained on these manifests ({split_file}): the evaluated videos include "
+            "its training and validation videos; not held-out evidence.**")
 
 
 def model_names(archs: list[str], paths: list[Path]) -> list[str]:
@@ -687,6 +710,8 @@ def run(cfg: EvaluateConfig) -> int:
     from pipeline.checkpoint import build_model, load_checkpoint
     from pipeline.data import ClipDataset, build_records, read_clips_and_split
     from pipeline.engine import make_loader, predict, resolve_device
+    from pipeline.manifest import manifest_path
+    from pipeline.splits import check_checkpoint_split
 
     if not cfg.checkpoint:
         raise ConfigError("evaluate: give at least one --checkpoint")
@@ -695,6 +720,7 @@ def run(cfg: EvaluateConfig) -> int:
     device = resolve_device(cfg.device)
     check_out_dir(cfg.out)  # before the slow part
     clips, split = read_clips_and_split(cfg.manifest_dir)
+    labelled = split  # as prepared (train/val/test), for the checkpoints' split checks
     if cfg.split == "all":  # every labelled video; thresholds from the checkpoints
         split = split.assign(split="all")
         splits = {"all": split}
@@ -712,7 +738,17 @@ def run(cfg: EvaluateConfig) -> int:
     tables: dict[str, list[pd.DataFrame]] = {s: [] for s in records}
     frame_tables: list[pd.DataFrame] = []
     paths = [Path(ck) for ck in cfg.checkpoint]
-    archs = [str(load_checkpoint(p)["model"]["name"]) for p in paths]  # all readable first
+    archs, other_split = [], []
+    for p in paths:  # all readable, and trained on this split, before the slow part
+        ck = load_checkpoint(p)
+        archs.append(str(ck["model"]["name"]))
+        if cfg.split == "all":  # another data set, not another split of the training one
+            other_split.append("")
+            continue
+        other_split.append(check_checkpoint_split(
+            dict(ck.get("train_data") or {}), labelled, checkpoint=str(p),
+            manifest=str(manifest_path(cfg.manifest_dir, "split")), use="evaluated on",
+            allow=cfg.allow_other_split))
     derive = [a == "frame" and cfg.frame_level for a in archs]  # also frame_mean + frame view
     mean_idx = [i for i, d in enumerate(derive) if d]
     all_names = model_names(archs + ["frame_mean"] * len(mean_idx),
@@ -721,8 +757,8 @@ def run(cfg: EvaluateConfig) -> int:
     mean_names = dict(zip(mean_idx, all_names[len(paths):], strict=True))
     for i, (path, arch) in enumerate(zip(paths, archs, strict=True)):
         ckpt = load_checkpoint(path, map_location="cpu")
-        if cfg.split == "all":
-            _warn_if_trained_here(path, ckpt, Path(cfg.manifest_dir))
+        trained_here = _trained_here(path, ckpt, labelled, Path(cfg.manifest_dir)) \
+            if cfg.split == "all" else ""
         model = build_model(ckpt).to(device).eval()
         image_size, frame_index = _preprocess(ckpt)
         mode = getattr(model, "input_key", "clip")
@@ -734,13 +770,14 @@ def run(cfg: EvaluateConfig) -> int:
                          history=_full_history(path, ckpt),
                          best_epoch=best.get("epoch"),
                          checkpoint_threshold=None if thr is None else float(thr),
+                         other_split=other_split[i],
                          note=f"{ckpt.get('epoch', '?')} epoch(s) trained, best epoch "
                               f"{best.get('epoch', '?')}; checkpoint threshold "
                               f"{_fmt(float(thr)) if thr is not None else 'n/a'} "
                               f"({ckpt.get('threshold_rule', '?')}, "
                               + ("used as is: --split all has no val split)" if cfg.split == "all"
                                  else "informational: the report re-chooses it on this "
-                                      "manifest's val split)"))
+                                      "manifest's val split)") + trained_here)
         infos[name] = info
         for which in records:
             logger.info("%s: predicting %d %s videos", name, len(records[which]), which)
@@ -751,11 +788,13 @@ def run(cfg: EvaluateConfig) -> int:
             mean_name = mean_names[i]
             infos[mean_name] = ModelInfo(
                 name=mean_name, arch="frame_mean", checkpoint=str(path),
-                train_data=info.train_data, derived_from=name,
+                train_data=info.train_data, derived_from=name, other_split=info.other_split,
+                checkpoint_threshold=(ckpt.get("thresholds") or {}).get("frame_mean"),
                 note=f"`{name}` applied to every valid frame, probabilities averaged "
                      "(no training of its own; threshold "
-                     + ("0.5: the checkpoint stores none for it)" if cfg.split == "all"
-                        else "chosen on val like the others)"))
+                     + (("the checkpoint's frame_mean threshold)" if "frame_mean" in
+                         (ckpt.get("thresholds") or {}) else "0.5: the checkpoint stores none for it)")
+                        if cfg.split == "all" else "chosen on val like the others)"))
             for which in records:
                 vids, frames = _frame_pass(model, loader(which, "clip", image_size, frame_index),
                                            device)
@@ -781,6 +820,9 @@ def run(cfg: EvaluateConfig) -> int:
     )
     if summary["any_synthetic"]:
         print("WARNING: some models were trained on synthetic data (see the report's first line)")
+    if summary["other_split"]:
+        print("WARNING: --allow-other-split: some models were evaluated on a split they were not "
+              "trained on (see the report's first lines)")
     width = max(len(n) for n in summary["models"])
     for name, m in summary["models"].items():
         mm = m["at_0.5"]["metrics"]

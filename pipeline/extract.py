@@ -11,7 +11,8 @@ that made it and the input file's identity: path, size, mtime_ns and a hash of i
 the same input file (a file replaced under the same name is redone), and rebuilds both manifests from all per-video records (sorted by video_id, frame,
 track), so a run killed at any moment and rerun gives the manifests an uninterrupted run gives.
 Failed videos are recorded in ``FACES_DIR/_failed/<video_id>.json`` and retried on every rerun.
-One run at a time per FACES_DIR: a starting run deletes the ``.tmp-*`` leftovers it finds there.
+One run at a time per FACES_DIR (or per shard of it: ``--shard I/N`` processes only its own
+videos, see ``pipeline.shards``): a starting run deletes the ``.tmp-*`` leftovers of its videos.
 
 Statuses: ``ok``; ``no_face`` (a readable video where MTCNN found no face: a valid outcome, not a
 failure); failures: ``missing_file`` (listed in metadata.json but absent), ``empty_file``,
@@ -58,7 +59,7 @@ VIDEO_RECORD = "_video.json"
 FACES_RECORD = "_faces.csv"
 FACE_FIELDS = ["frame", "track", "x1", "y1", "x2", "y2", "prob", "crop"]
 # parameters that change a video's outputs: a recorded video made with others is redone
-RESULT_PARAMS = ("detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
+RESULT_PARAMS = ("detector_mode", "track_every", "search_every", "detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
                  "crop_size", "square", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
 IDENTITY_BYTES = 64 * 1024
 """Bytes hashed at each end of an input: the MP4 header/index sits at one end or the other."""
@@ -399,12 +400,23 @@ def run(cfg: ExtractConfig) -> int:
         raise ConfigError("extract: give at least one input folder or video (or --from-faces DIR)")
     if cfg.detect_every < 1 or cfg.batch_size < 1 or cfg.crop_size < 1:
         raise ConfigError("extract: --detect-every, --batch-size and --crop-size must be >= 1")
+    from pipeline.shards import in_shard, parse_shard
+
+    shard = parse_shard(cfg.shard)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_stale = remove_stale_temps(out) + remove_stale_temps(out / FAILED_DIR)
+    # a sharded run removes only its own shard's leftovers: the other shards may be writing
+    n_stale = (remove_stale_temps(out, lambda name: in_shard(name, shard))
+               + remove_stale_temps(out / FAILED_DIR,
+                                    lambda name: in_shard(name.removesuffix(".json"), shard)))
     if n_stale:
         logger.info("removed %d leftover temporary file(s) of an interrupted run", n_stale)
     items, rows = discover_inputs(cfg.inputs)
+    if shard is not None:
+        n_all = len(items)
+        items = [it for it in items if in_shard(it["video_id"], shard)]
+        rows = [r for r in rows if in_shard(r["video_id"], shard)]
+        logger.info("shard %d/%d: %d of %d videos", shard[0], shard[1], len(items), n_all)
     if not items and not rows:
         logger.warning("extract: no videos (%s) found in %s", " ".join(VIDEO_EXTENSIONS),
                        " ".join(cfg.inputs))

@@ -119,7 +119,8 @@ SCHEMAS: dict[str, Schema] = {
             {
                 "video_id": "string",
                 "label": "string",
-                "group": "string",  # the original: a REAL's own id, a FAKE's original
+                "group": "string",  # the original (a REAL's own id, a FAKE's original), merged
+                # with originals that share an identity (splits.assign_groups)
                 "split": "string",  # train | val | test
             },
             "one row per kept video (written by `dfpipe prepare`)",
@@ -189,6 +190,7 @@ def write_manifest(
     config: dict[str, Any] | None = None,
     inputs: list[str | os.PathLike] | tuple = (),
     counts: dict[str, Any] | None = None,
+    prepare_id: str | None = None,
 ) -> Path:
     """Validate and atomically write a manifest and its ``.meta.json`` sidecar.
 
@@ -199,6 +201,8 @@ def write_manifest(
         config: resolved config of the producing command (plain types).
         inputs: files this manifest was derived from (their SHA-256 goes in the sidecar).
         counts: summary numbers for people and for later stages.
+        prepare_id: id shared by the manifests one ``dfpipe prepare`` run writes (checked by
+            ``data.read_clips_and_split``); None for other manifests.
     """
     path = Path(path)
     table = validate(df, kind, str(path))
@@ -217,6 +221,8 @@ def write_manifest(
         "inputs": {str(p): sha256_file(p) for p in inputs if Path(p).is_file()},
         "sha256": sha256_file(path),
     }
+    if prepare_id is not None:
+        meta["prepare_id"] = prepare_id
     atomic_write_json(meta_path(path), meta)
     return path
 

@@ -28,6 +28,7 @@ when the inputs are missing or the split is impossible.
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,8 @@ def run(cfg: PrepareConfig) -> int:
     outliers = _concat([mismatch, window_out, short_out, single_out, orphan_out])
     conf = to_dict(cfg)
     inputs = [videos_path, faces_path]
+    # one id in the four sidecars: readers check that clips and split come from one run
+    prepare_id = uuid.uuid4().hex
     pre_counts = {"videos_in": len(videos) + len(mismatch), "kept": len(kept),
                   "outliers": len(outliers), "outliers_by_reason": reason_counts(outliers),
                   **orphan_counts, **sample_counts, **single_counts}
@@ -278,7 +281,8 @@ def run(cfg: PrepareConfig) -> int:
         # the filter's decisions are still worth reading; stale clips/split must not survive
         for kind, table in (("outliers", outliers), ("gaps", gaps)):
             manifest.write_manifest(table, manifest.manifest_path(mdir, kind), kind,
-                                    config=conf, inputs=inputs, counts=pre_counts)
+                                    config=conf, inputs=inputs, counts=pre_counts,
+                                    prepare_id=prepare_id)
         for kind in ("clips", "split"):
             for p in (manifest.manifest_path(mdir, kind), manifest.meta_path(
                     manifest.manifest_path(mdir, kind))):
@@ -299,7 +303,7 @@ def run(cfg: PrepareConfig) -> int:
     for kind, table in (("outliers", outliers), ("clips", clips), ("gaps", gaps),
                         ("split", split)):
         manifest.write_manifest(table, manifest.manifest_path(mdir, kind), kind,
-                                config=conf, inputs=inputs, counts=counts)
+                                config=conf, inputs=inputs, counts=counts, prepare_id=prepare_id)
     _log_summary(counts)
     if len(mismatch):
         logger.error("%d video(s) whose n_faces disagrees with faces.csv (see outliers.csv)",

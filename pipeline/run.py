@@ -65,7 +65,7 @@ def score_with_shipped(paths: tuple[str, ...], out_dir: Path, *, synthetic: bool
               "real model never saw anything like them, so its verdicts on them mean little")
     rc = scoring.run(config.ScoreConfig(inputs=paths, checkpoint=str(shipped),
                                         out=str(out_dir / "results.jsonl"),
-                                        explain=str(out_dir / "evidence")))
+                                        explain=str(out_dir / "evidence"), overwrite=True))
     _stage("score (shipped model)", rc, fatal=False)
     log.info("evidence sheets of the shipped model: %s", out_dir / "evidence")
     return rc
@@ -121,9 +121,11 @@ def run(cfg: config.RunConfig) -> int:
         data = "SYNTHETIC" if not cfg.inputs else "your"
         print(f"== verdicts of {Path(ckpts[0]).parent.name} (trained by this run on its {data} "
               "train split) ==")
+        # overwrite: a rerun may have trained the checkpoint further, and scoring a few videos
+        # again is cheap (score refuses to resume another checkpoint's results)
         rc = scoring.run(config.ScoreConfig(inputs=paths, checkpoint=ckpts[0],
                                             out=str(scores / "results.jsonl"),
-                                            explain=str(scores / "evidence")))
+                                            explain=str(scores / "evidence"), overwrite=True))
         _stage("score", rc, fatal=False)
         worst = max(worst, rc)
         log.info("evidence sheets: %s", scores / "evidence")

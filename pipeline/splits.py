@@ -315,3 +315,62 @@ def split_summary(split: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "fake_share": round(n_fake / len(sub), 4) if len(sub) else 0.0,
         }
     return out
+
+
+def split_fingerprint(split: pd.DataFrame) -> str:
+    """SHA-256 of what a split decides: the sorted ``video_id -> split`` pairs.
+
+    Row order, labels, group names and the sidecar do not enter: a rerun of ``prepare`` that
+    puts every video where it was gives the same fingerprint, one that moves a video does not.
+    """
+    import hashlib
+
+    pairs = sorted(zip(split["video_id"].astype(str), split["split"].astype(str), strict=True))
+    h = hashlib.sha256()
+    for vid, s in pairs:
+        h.update(f"{vid}\t{s}\n".encode())
+    return h.hexdigest()
+
+
+def check_checkpoint_split(train_data: dict[str, Any], split: pd.DataFrame, *, checkpoint: str,
+                           manifest: str, use: str, allow: bool) -> str:
+    """Is ``split`` the split the checkpoint was trained on? ``""`` when it is.
+
+    Compared: the checkpoint's ``train_data.split_fingerprint`` with ``split_fingerprint(split)``
+    (checkpoints from before fingerprints: their ``split_sha256`` with the file's bytes).
+
+    Args:
+        train_data: the checkpoint's training-data summary.
+        split: the split table about to be used.
+        checkpoint, manifest: paths for the message.
+        use: what is being done, for the message ("evaluated on", "resumed with").
+        allow: ``--allow-other-split``: warn and return the reason instead of refusing.
+
+    Returns:
+        ``""`` on a match, else (``allow``) the one-line reason.
+
+    Raises:
+        ConfigError: the splits differ (or the checkpoint records none) and not ``allow``.
+    """
+    from pipeline.fsutil import sha256_file
+
+    recorded = train_data.get("split_fingerprint")
+    if recorded is not None:
+        if recorded == split_fingerprint(split):
+            return ""
+        reason = (f"{manifest} assigns videos to splits differently from the split {checkpoint} "
+                  f"was trained on (fingerprint {split_fingerprint(split)[:12]} vs recorded "
+                  f"{recorded[:12]})")
+    elif train_data.get("split_sha256"):
+        if train_data["split_sha256"] == sha256_file(manifest):
+            return ""
+        reason = (f"{manifest} is not the split file {checkpoint} was trained on (sha256 "
+                  f"{sha256_file(manifest)[:12]} vs recorded {train_data['split_sha256'][:12]})")
+    else:
+        reason = f"{checkpoint} records no training split, so {manifest} cannot be checked against it"
+    if not allow:
+        raise ConfigError(f"{reason}: not {use} it, since videos it trained on may sit in another "
+                          "split here; rerun `dfpipe prepare` as it was (same inputs and seed) or "
+                          "pass --allow-other-split (the output then says so)")
+    logger.warning("--allow-other-split: %s", reason)
+    return reason

@@ -333,3 +333,40 @@ def test_prepare_after_real_extract_on_synth_dir(synth_dir, tmp_path):
     got = manifest.read_manifest(m / "gaps.csv", "gaps")
     assert sorted(got.astype({"start_frame": "int64"}).values.tolist()) == sorted(gaps)
     assert {g[3] for g in gaps} == {"no_face", "multi_face"}
+
+
+def test_the_four_manifests_are_one_set_and_clips_split_are_checked_together(tmp_path):
+    import shutil
+
+    from pipeline.data import read_clips_and_split
+    from pipeline.errors import ManifestError
+
+    videos, faces = dataset(8, 2)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_inputs(tmp_path / d, videos, faces)
+    assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / "a"), "--seed", "0"]) == 0
+    assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / "b"), "--seed", "5"]) == 0
+    ids = {json.loads((tmp_path / "a" / f"{k}.meta.json").read_text())["prepare_id"]
+           for k in ("outliers", "clips", "gaps", "split")}
+    assert len(ids) == 1 and len(ids.pop()) == 32
+    clips, split = read_clips_and_split(tmp_path / "a")  # one set: accepted
+    assert set(clips["video_id"]) == set(split["video_id"])
+
+    # b's split (another seed) beside a's clips: refused, naming both files
+    for name in ("split.csv", "split.meta.json"):
+        shutil.copy(tmp_path / "b" / name, tmp_path / "a" / name)
+    with pytest.raises(ManifestError, match="not from one `dfpipe prepare` run") as e:
+        read_clips_and_split(tmp_path / "a")
+    assert str(tmp_path / "a" / "clips.csv") in str(e.value)
+    assert str(tmp_path / "a" / "split.csv") in str(e.value)
+
+    # a split.csv edited by hand after prepare (its sidecar no longer matches): refused
+    assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / "a")]) == 0
+    text = (tmp_path / "a" / "split.csv").read_text()
+    (tmp_path / "a" / "split.csv").write_text(text.replace(",test\n", ",train\n", 1))
+    with pytest.raises(ManifestError, match="changed after `dfpipe prepare` wrote it"):
+        read_clips_and_split(tmp_path / "a")
+    # and through the CLI: a one-line error, exit 2
+    assert cli.main(["-q", "train", "--manifest-dir", str(tmp_path / "a"), "--out-dir",
+                     str(tmp_path / "ck"), "--epochs", "1"]) == 2

@@ -428,7 +428,7 @@ def test_demo_scores_with_the_shipped_model_when_present(release_dir, clip, tmp_
     assert "mean little" in printed and f"{clip}\t" in printed
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert row["checkpoint"]["path"] == str(release_dir / release.DEFAULT_CHECKPOINT)
-    assert (out / "evidence" / "one.png").is_file()
+    assert Path(row["evidence_png"]).is_file() and Path(row["evidence_png"]).parent == out / "evidence"
 
 
 def test_demo_without_the_shipped_model_skips_that_step(tmp_path, monkeypatch, clip):

@@ -81,6 +81,19 @@ def test_frame_model_trains_with_balanced_sampler_and_yields_frame_mean(manifest
     fm = _val_predictions(tmp_path / "f" / "best.pt", manifests, as_model="frame_mean")
     assert len(fm) == 8 and fm["p_fake"].between(0, 1).all()
 
+    # one threshold per use: the frame model's own, and frame_mean's (how score uses it),
+    # chosen on frame_mean validation predictions (here: made by the FrameMean wrapper)
+    from pipeline import metrics as M
+
+    best = C.load_checkpoint(tmp_path / "f" / "best.pt")
+    assert set(best["thresholds"]) == {"frame", "frame_mean"}
+    assert best["thresholds"]["frame"] == best["threshold"] == best["best"]["metrics"]["threshold"]
+    expected = M.choose_threshold(fm["label"].to_numpy(), fm["p_fake"].to_numpy(),
+                                  rule=cfg.threshold_rule)
+    assert best["thresholds"]["frame_mean"] == pytest.approx(expected, abs=1e-5)
+    assert best["best"]["frame_mean"]["metrics"]["n_real"] + \
+        best["best"]["frame_mean"]["metrics"]["n_fake"] == 8
+
 
 def test_frozen_epochs_leave_the_encoder_unchanged(manifests, tmp_path):
     torch.manual_seed(0)
@@ -147,6 +160,41 @@ def test_resume_refuses_best_pt_and_an_existing_run_folder(manifests, tmp_path):
         training.run(dataclasses.replace(cfg, resume=str(tmp_path / "a" / "best.pt")))
     with pytest.raises(CheckpointError, match="expected 'frame'"):
         training.run(dataclasses.replace(cfg, model="frame", resume=str(tmp_path / "a" / "last.pt")))
+
+
+def test_resume_refuses_a_split_that_moved_videos(tmp_path):
+    """A rerun of prepare between the runs moves a val video into train: --resume refuses,
+    naming the checkpoint and the manifest, unless --allow-other-split (then recorded)."""
+    from pipeline.manifest import read_manifest, write_manifest
+
+    mdir = make_manifests(tmp_path / "m", n_frames=4, size=16)
+    cfg = _cfg(mdir, tmp_path / "ck", run_name="r", epochs=1)
+    assert training.run(cfg) == 0
+    last = tmp_path / "ck" / "r" / "last.pt"
+    recorded = C.load_checkpoint(last)["train_data"]
+    split = read_manifest(mdir / "split.csv", "split")
+    assert recorded["split_fingerprint"] == training.split_fingerprint(split)
+
+    # the same assignment rewritten (rows reversed): not a different split
+    write_manifest(split.iloc[::-1], mdir / "split.csv", "split")
+    resume = dataclasses.replace(cfg, epochs=2, resume=str(last))
+    assert training.run(resume) == 0
+    assert C.load_checkpoint(last)["epoch"] == 2
+
+    moved = split.copy()
+    moved.loc[moved.index[moved["split"] == "val"][0], "split"] = "train"
+    write_manifest(moved, mdir / "split.csv", "split")
+    again = dataclasses.replace(resume, epochs=3)
+    with pytest.raises(ConfigError, match="assigns videos to splits differently") as e:
+        training.run(again)
+    assert str(last) in str(e.value) and str(mdir / "split.csv") in str(e.value)
+    assert C.load_checkpoint(last)["epoch"] == 2  # nothing trained, nothing written
+    assert training.run(dataclasses.replace(again, allow_other_split=True)) == 0
+    state = C.load_checkpoint(last)
+    assert state["epoch"] == 3
+    assert state["train_data"]["split_fingerprint"] == training.split_fingerprint(moved)
+    [note] = state["train_data"]["other_split_on_resume"]
+    assert note.startswith("after epoch 2: ") and str(mdir / "split.csv") in note
 
 
 def test_train_split_with_one_class_is_refused(tmp_path):
