@@ -557,6 +557,9 @@ def run(cfg: ScoreConfig) -> int:
         raise ConfigError("dfpipe score needs --checkpoint PATH (a best.pt from dfpipe train)")
     if not cfg.inputs:
         raise ConfigError("dfpipe score needs at least one video file or folder")
+    from pipeline.shards import in_shard, parse_shard
+
+    parse_shard(cfg.shard)  # a malformed --shard fails before the slow part
     # fail fast, in the parent, with the checkpoint's own error
     settings = score_settings(cfg, load_checkpoint(cfg.checkpoint))
     key = score_key(settings)
@@ -572,7 +575,8 @@ def run(cfg: ScoreConfig) -> int:
     atomic_write_json(config_path(out), {"config": to_dict(cfg), "settings": settings,
                                          "score_key": key, "dfpipe": __version__})
     done = {r["path"]: r for r in previous}
-    videos = discover_videos(cfg.inputs)
+    shard = parse_shard(cfg.shard)
+    videos = [p for p in discover_videos(cfg.inputs) if in_shard(str(p), shard)]
     dups = find_duplicates(videos)
     for p, primary in dups.items():
         if str(p) not in done:
