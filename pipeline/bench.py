@@ -9,7 +9,7 @@
   and without the evidence sheet, as a ratio to the decode-only floor;
 - ``bench_scaling``: ``dfpipe extract`` over N copies of the video with 1 and 2 pool workers and
   with Ray;
-- ``bench_train``: training clips/s and peak RSS per backbone (``pipeline.models.bench``).
+- ``bench_train``: training clips/s and peak RSS per backbone (``pipeline.bench_train``).
 
 Times are wall-clock seconds on whatever machine runs them (its description is recorded);
 medians over ``repeats``. Without ``--video`` a 10 s 1920x1080 synthetic clip is generated.
@@ -323,6 +323,6 @@ def run(cfg: BenchConfig) -> int:
 
 
 def _bench_train(cfg: BenchConfig) -> dict[str, Any]:
-    from pipeline.models.bench import bench_train
+    from pipeline.bench_train import bench_train
 
     return bench_train(list(cfg.backbones))
