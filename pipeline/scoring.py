@@ -482,7 +482,7 @@ def _json_default(o: Any) -> Any:
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
                "frames_used", "faces_found", "n_tracks", "track_scores", "seconds", "checkpoint_id",
-               "model", "evidence_png"]
+               "model", "evidence_png", "duplicate_of"]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -501,6 +501,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             "checkpoint_id": r.get("checkpoint", {}).get("id", ""),
             "model": r.get("checkpoint", {}).get("model", ""),
             "evidence_png": r.get("evidence_png", ""),
+            "duplicate_of": r.get("duplicate_of", ""),
         })
     atomic_write_text(path, buf.getvalue())
 
