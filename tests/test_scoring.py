@@ -417,3 +417,30 @@ def test_score_takes_max_in_flight(tiny_checkpoint, clips, tmp_path, monkeypatch
                               "--max-in-flight", "3"))
     assert seen["max_in_flight"] == 3 and len(seen["items"]) == 1
     assert rc == 1  # a video that got no row at all is a failure, never a silent exit 0
+
+
+def test_service_with_two_concurrent_requests_gives_sequential_evidence(scorer, clips):
+    """Issue #12.12 through the web service: --max-concurrent 2, two uploads asking for evidence
+    at once on the one loaded model get what they get one at a time."""
+    pytest.importorskip("fastapi")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from pipeline.config import ServeConfig
+    from pipeline.service.app import create_app
+
+    bodies = [clips["one"].read_bytes(), clips["two"].read_bytes()]
+    with TestClient(create_app(lambda: scorer, ServeConfig(checkpoint="x", max_concurrent=2))) as c:
+        def post(body: bytes) -> dict:
+            r = c.post("/score?filename=clip.mp4&explain=true", content=body)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        seq = [post(b) for b in bodies]
+        with ThreadPoolExecutor(2) as pool:
+            con = list(pool.map(post, bodies))
+    for s_, c_ in zip(seq, con, strict=True):
+        assert c_["status"] == "ok" and c_["p_fake"] == pytest.approx(s_["p_fake"], abs=1e-6)
+        assert c_["evidence_png"].startswith("data:image/png;base64,")
+        assert c_["evidence_png"] == s_["evidence_png"]
