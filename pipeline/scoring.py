@@ -61,6 +61,27 @@ OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames", "duplicate")
 N_EVIDENCE = 3
 
 
+def checkpoint_threshold(ckpt: dict[str, Any], scored_as: str, path: str = "") -> float:
+    """The checkpoint's decision threshold for the way it scores (``scored_as``).
+
+    Training stores ``thresholds`` (one per use: ``frame`` and ``frame_mean`` for a frame model,
+    each chosen on validation predictions made that way). An older checkpoint has only
+    ``threshold``, chosen on the model's own predictions: used with a warning when it scores
+    another way (a frame model as ``frame_mean``); 0.5 when it has neither.
+    """
+    thresholds = ckpt.get("thresholds") or {}
+    if scored_as in thresholds:
+        return float(thresholds[scored_as])
+    own = ckpt.get("threshold")
+    if scored_as != ckpt["model"]["name"]:
+        log.warning("%s: no %s threshold in the checkpoint (trained before dfpipe stored one per "
+                       "use); using the %s model's own threshold %s, chosen on %s predictions",
+                       path or "checkpoint", scored_as, ckpt["model"]["name"],
+                       "0.5" if own is None else f"{float(own):.4f}",
+                       "middle-frame" if ckpt["model"]["name"] == "frame" else "its own")
+    return float(own if own is not None else 0.5)
+
+
 class VideoScorer:
     """A model, a face detector and the sampling rules of its training data: scores videos.
 
@@ -86,7 +107,9 @@ class VideoScorer:
         self.sampler = prep.get("sampler", defaults.sampler)
         self.n_slots = int(prep.get("n_frames", defaults.n_frames))
         self.stride = int(prep.get("stride", defaults.stride))
-        self.threshold = float(threshold if threshold is not None else ckpt.get("threshold", 0.5))
+        scored_as = "frame_mean" if self.model_name == "frame" else self.model_name
+        self.threshold = float(threshold if threshold is not None
+                               else checkpoint_threshold(ckpt, scored_as, self.ckpt_path))
         self.detect = detect
         self.min_frames = min_frames
         if not 0.0 <= min_track_share <= 1.0:
@@ -412,7 +435,9 @@ def crashed_row(path: str, row: dict) -> dict[str, Any]:
 
 def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a result depends on: the checkpoint's content id and the scoring settings."""
-    threshold = cfg.threshold if cfg.threshold is not None else ckpt.get("threshold", 0.5)
+    scored_as = "frame_mean" if ckpt["model"]["name"] == "frame" else ckpt["model"]["name"]
+    threshold = (cfg.threshold if cfg.threshold is not None
+                 else checkpoint_threshold(ckpt, scored_as, cfg.checkpoint))
     return {"checkpoint_id": _file_id(cfg.checkpoint), "threshold": float(threshold),
             "detect": cfg.detect, "min_frames": cfg.min_frames,
             "min_track_share": cfg.min_track_share, "decoder": cfg.decoder,

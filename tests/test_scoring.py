@@ -444,3 +444,28 @@ def test_service_with_two_concurrent_requests_gives_sequential_evidence(scorer, 
         assert c_["status"] == "ok" and c_["p_fake"] == pytest.approx(s_["p_fake"], abs=1e-6)
         assert c_["evidence_png"].startswith("data:image/png;base64,")
         assert c_["evidence_png"] == s_["evidence_png"]
+
+
+def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_checkpoint, caplog):
+    """score uses a frame checkpoint as frame_mean, so it takes the frame_mean threshold; an
+    older checkpoint (one threshold, chosen on middle frames) falls back to it with a warning."""
+    import logging
+
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.scoring import checkpoint_threshold
+
+    ck = load_checkpoint(tiny_frame_checkpoint)
+    assert set(ck["thresholds"]) == {"frame", "frame_mean"}
+    ck = {**ck, "threshold": 0.3, "thresholds": {"frame": 0.3, "frame_mean": 0.7}}
+    s = VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu")
+    assert s.threshold == 0.7 and s.info()["threshold"] == 0.7
+    assert VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu", threshold=0.4).threshold == 0.4
+
+    old = {k: v for k, v in ck.items() if k != "thresholds"}
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+        assert checkpoint_threshold(old, "frame_mean", "old.pt") == 0.3
+    assert "old.pt: no frame_mean threshold" in caplog.text and "middle-frame" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+        assert checkpoint_threshold(old, "frame", "old.pt") == 0.3
+    assert caplog.text == ""
