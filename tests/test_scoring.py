@@ -469,3 +469,16 @@ def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_chec
     with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
         assert checkpoint_threshold(old, "frame", "old.pt") == 0.3
     assert caplog.text == ""
+
+
+def test_score_settings_hold_the_threshold_the_scorer_uses(tiny_checkpoint, tiny_frame_checkpoint):
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.config import ScoreConfig
+    from pipeline.scoring import score_key, score_settings
+
+    for ck_path in (tiny_checkpoint, tiny_frame_checkpoint):
+        ck = load_checkpoint(ck_path)
+        settings = score_settings(ScoreConfig(inputs=("x",), checkpoint=str(ck_path)), ck)
+        assert settings["threshold"] == VideoScorer(ck, str(ck_path), device="cpu").threshold
+        moved = score_settings(ScoreConfig(inputs=("x",), checkpoint=str(ck_path), threshold=0.9), ck)
+        assert score_key(moved) != score_key(settings)
