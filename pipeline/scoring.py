@@ -435,7 +435,9 @@ def crashed_row(path: str, row: dict) -> dict[str, Any]:
 
 def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a result depends on: the checkpoint's content id and the scoring settings."""
-    threshold = cfg.threshold if cfg.threshold is not None else ckpt.get("threshold", 0.5)
+    scored_as = "frame_mean" if ckpt["model"]["name"] == "frame" else ckpt["model"]["name"]
+    threshold = (cfg.threshold if cfg.threshold is not None
+                 else checkpoint_threshold(ckpt, scored_as, cfg.checkpoint))
     return {"checkpoint_id": _file_id(cfg.checkpoint), "threshold": float(threshold),
             "detect": cfg.detect, "min_frames": cfg.min_frames,
             "min_track_share": cfg.min_track_share, "decoder": cfg.decoder,
@@ -505,7 +507,7 @@ def _json_default(o: Any) -> Any:
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
                "frames_used", "faces_found", "n_tracks", "track_scores", "seconds", "checkpoint_id",
-               "model", "evidence_png"]
+               "model", "evidence_png", "duplicate_of"]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -524,6 +526,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             "checkpoint_id": r.get("checkpoint", {}).get("id", ""),
             "model": r.get("checkpoint", {}).get("model", ""),
             "evidence_png": r.get("evidence_png", ""),
+            "duplicate_of": r.get("duplicate_of", ""),
         })
     atomic_write_text(path, buf.getvalue())
 
