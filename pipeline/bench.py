@@ -9,7 +9,7 @@
   and without the evidence sheet, as a ratio to the decode-only floor;
 - ``bench_scaling``: ``dfpipe extract`` over N copies of the video with 1 and 2 pool workers and
   with Ray;
-- ``bench_train``: training clips/s and peak RSS per backbone (``pipeline.models.bench``);
+- ``bench_train``: training clips/s and peak RSS per backbone (``pipeline.bench_train``);
 - ``crop-margin`` (not a speed measurement; run only when asked): which crop recipe reproduces
   the ``dfdc_faces`` crops (``pipeline.cropcheck``) and, with ``--checkpoint``, p_fake of the
   labelled real sample clips at each margin.
@@ -329,7 +329,7 @@ def run(cfg: BenchConfig) -> int:
 
 
 def _bench_train(cfg: BenchConfig) -> dict[str, Any]:
-    from pipeline.models.bench import bench_train
+    from pipeline.bench_train import bench_train
 
     return bench_train(list(cfg.backbones))
 

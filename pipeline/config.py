@@ -217,11 +217,13 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class MergeConfig:
-    """``dfpipe merge``: the manifest folders of extract shards -> one manifest folder."""
+    """``dfpipe merge``: the outputs of N shards -> one (extract manifests or score results)."""
 
-    inputs: tuple[str, ...] = opt((), "manifest folders written by dfpipe extract --shard I/N",
+    inputs: tuple[str, ...] = opt((), "manifest folders written by dfpipe extract --shard I/N, or "
+                                  "results files written by dfpipe score --shard I/N",
                                   positional=True)
     manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder for the merged videos/faces manifests")
+    out: str = opt("results.jsonl", "merged results file (.jsonl or .csv) for score shards")
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,8 @@ class ScoreConfig:
                                  "longest track; shorter tracks are reported as 'brief'")
     decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
     overwrite: bool = opt(False, "rescore videos already in the results file")
+    shard: str = opt("", "I/N: score only the videos of shard I of N (stable by path as given; "
+                     "each shard writes its own --out; then dfpipe merge)")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ The per-video core ``extract_faces(reader, detector, cfg) -> VideoFaces`` is pur
 writes) so the scoring stage reuses it; ``write_video_faces`` writes crops as
 ``<frame:04d>_<track>.jpg``. Detection goes through the ``FaceDetector`` protocol; the MTCNN
 adapter runs facenet-pytorch's ``detect()`` (never the keep_all=False path, which crashes on
-batches where some frames have no face) on downscaled frames and rescales the boxes.
+batches where some frames have no face) on downscaled frames and rescales the boxes, and offers
+``verify`` (R-Net + O-Net on given boxes) for ``--detector-mode track`` (``pipeline.track_verify``).
+Tracks are linked by ``pipeline.tracks``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from pipeline.tracks import Box, Tracker, assign_tracks, iou  # noqa: F401
 from pipeline.video_io import VideoReader, open_video, prefetch
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in full-resolution pixels
 MAX_BATCH_BYTES = 128 * 2**20
 """Decoded frames per batch (20 frames of 1080p); with the decode thread one batch is in use,
 one waits and one is being decoded, so a video holds at most ~3x this."""
@@ -221,103 +223,6 @@ def autocontrast(frames: np.ndarray) -> np.ndarray:
         p99 = max(float(np.percentile(f[::4, ::4], 99)), 1.0)
         out[k] = np.clip(f.astype(np.float32) * (255.0 / p99), 0, 255).astype(np.uint8)
     return out
-
-
-# ---------------------------------------------------------------------------- tracks
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-class Tracker:
-    """Online greedy IoU tracker: a face joins the track whose last box overlaps it most;
-    a face that overlaps none joins the nearest free track of similar size within
-    ``max_jump`` box sizes (sparse detection lets faces move more between updates).
-
-    Tracks never expire (a face that reappears at the same place after a gap keeps its id);
-    ids are 0, 1, ... in order of first appearance (left to right within a frame).
-    """
-
-    def __init__(self, iou_threshold: float = 0.3, max_jump: float = 1.5) -> None:
-        self.iou_threshold = iou_threshold
-        self.max_jump = max_jump
-        self.last: dict[int, Box] = {}  # track id -> last box
-        self.age: dict[int, int] = {}  # track id -> updates since it was last seen (0 = last one)
-
-    def update(self, boxes: Sequence[Box]) -> list[int]:
-        """Track ids for the boxes of the next frame."""
-        pairs = sorted(
-            ((iou(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()),
-            key=lambda x: (-x[0], x[1], x[2]),
-        )
-        ids: list[int | None] = [None] * len(boxes)
-        used: set[int] = set()
-        for score, i, t in pairs:
-            if score < self.iou_threshold:
-                break
-            if ids[i] is None and t not in used:
-                ids[i] = t
-                used.add(t)
-        # Second pass for sparse detection (every K-th frame, or scoring's slot starts): a face
-        # that moved further than IoU can follow joins the nearest free track of similar size
-        # whose last box is within ``max_jump`` box sizes, if that track was seen in the previous
-        # update (after a gap, a nearby face is as likely someone else: a shot cut).
-        near = sorted(
-            (_jump(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()
-            if ids[i] is None and t not in used and self.age.get(t, 0) == 0
-            and _similar_size(b, tb)
-        )
-        for dist, i, t in near:
-            if dist > self.max_jump:
-                break
-            if ids[i] is None and t not in used:
-                ids[i] = t
-                used.add(t)
-        for i in sorted((i for i in range(len(boxes)) if ids[i] is None), key=lambda i: boxes[i][0]):
-            ids[i] = len(self.last)
-            used.add(ids[i])
-            self.last[ids[i]] = boxes[i]
-        for t in self.age:
-            self.age[t] += 1
-        for i, t in enumerate(ids):
-            self.last[t] = boxes[i]
-            self.age[t] = 0
-        return [int(t) for t in ids]  # type: ignore[arg-type]
-
-    def observe(self, seen: dict[int, Box]) -> None:
-        """Record the next frame's boxes of known tracks (verified, so no matching needed)."""
-        for t in self.age:
-            self.age[t] += 1
-        for t, box in seen.items():
-            self.last[t] = box
-            self.age[t] = 0
-
-
-def _jump(a: Box, b: Box) -> float:
-    """Distance between box centres in units of ``b``'s larger side."""
-    ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
-    cb = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
-    side = max(b[2] - b[0], b[3] - b[1], 1e-6)
-    return float(np.hypot(ca[0] - cb[0], ca[1] - cb[1]) / side)
-
-
-def _similar_size(a: Box, b: Box, ratio: float = 2.0) -> bool:
-    sa = max(a[2] - a[0], a[3] - a[1])
-    sb = max(b[2] - b[0], b[3] - b[1])
-    return sa > 0 and sb > 0 and 1 / ratio <= sa / sb <= ratio
-
-
-def assign_tracks(detections_per_frame: Sequence[Sequence[Box]], iou_threshold: float = 0.3,
-                  max_jump: float = 1.5) -> list[list[int]]:
-    """Track ids per frame for per-frame box lists (see ``Tracker``)."""
-    tracker = Tracker(iou_threshold, max_jump)
-    return [tracker.update(list(boxes)) for boxes in detections_per_frame]
 
 
 # ---------------------------------------------------------------------------- crops

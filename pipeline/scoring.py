@@ -518,7 +518,9 @@ def crashed_row(path: str, row: dict) -> dict[str, Any]:
 
 def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a result depends on: the checkpoint's content id and the scoring settings."""
-    threshold = cfg.threshold if cfg.threshold is not None else ckpt.get("threshold", 0.5)
+    scored_as = "frame_mean" if ckpt["model"]["name"] == "frame" else ckpt["model"]["name"]
+    threshold = (cfg.threshold if cfg.threshold is not None
+                 else checkpoint_threshold(ckpt, scored_as, cfg.checkpoint))
     return {"checkpoint_id": _file_id(cfg.checkpoint), "threshold": float(threshold),
             "detect": cfg.detect, "min_frames": cfg.min_frames,
             "min_track_share": cfg.min_track_share, "decoder": cfg.decoder,
@@ -588,7 +590,7 @@ def _json_default(o: Any) -> Any:
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
                "frames_used", "faces_found", "n_tracks", "track_scores", "seconds", "checkpoint_id",
-               "model", "card_title", "trained_on", "evidence_png"]
+               "model", "card_title", "trained_on", "evidence_png", "duplicate_of"]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -609,6 +611,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             "card_title": r.get("checkpoint", {}).get("card_title", ""),
             "trained_on": r.get("checkpoint", {}).get("trained_on", ""),
             "evidence_png": r.get("evidence_png", ""),
+            "duplicate_of": r.get("duplicate_of", ""),
         })
     atomic_write_text(path, buf.getvalue())
 
@@ -640,6 +643,9 @@ def run(cfg: ScoreConfig) -> int:
 
     if not cfg.inputs:
         raise ConfigError("dfpipe score needs at least one video file or folder")
+    from pipeline.shards import in_shard, parse_shard
+
+    parse_shard(cfg.shard)  # a malformed --shard fails before the slow part
     cfg = replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))  # "" / default: shipped model
     # fail fast, in the parent, with the checkpoint's own error
     settings = score_settings(cfg, load_checkpoint(cfg.checkpoint))
@@ -656,7 +662,8 @@ def run(cfg: ScoreConfig) -> int:
     atomic_write_json(config_path(out), {"config": to_dict(cfg), "settings": settings,
                                          "score_key": key, "dfpipe": __version__})
     done = {r["path"]: r for r in previous}
-    videos = discover_videos(cfg.inputs)
+    shard = parse_shard(cfg.shard)
+    videos = [p for p in discover_videos(cfg.inputs) if in_shard(str(p), shard)]
     dups = find_duplicates(videos)
     for p, primary in dups.items():
         if str(p) not in done:

@@ -1,5 +1,9 @@
 """Sharding without Ray: ``--shard I/N`` assignment, and ``dfpipe merge``: N shard outputs -> one.
 
+``dfpipe score --shard I/N`` scores the videos whose path (as discovered from the inputs) falls in
+shard I; each shard writes its own results file, and ``dfpipe merge r0.jsonl ... --out R``
+joins them after checking they are one complete set scored with the same settings.
+
 Array jobs (SLURM ``--array``, Kubernetes indexed jobs) run the same command N times with
 ``--shard 0/N`` ... ``--shard N-1/N``. A video belongs to shard ``int(sha256(video_id)[:16], 16)
 % N``: stable across machines, Python versions and input order, so a rerun of one shard redoes
@@ -111,9 +115,76 @@ def merge_extract(shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     return counts
 
 
+def merge_scores(files: list[Path], out: Path) -> dict[str, Any]:
+    """Merge the results files of score shards into ``out`` (.jsonl or .csv).
+
+    Raises:
+        ManifestError: not one complete set of shards scored with the same settings.
+    """
+    import json
+
+    from pipeline.fsutil import atomic_write_text
+    from pipeline.scoring import config_path, journal_path, read_journal, write_csv
+
+    seen: dict[int, Path] = {}
+    total: int | None = None
+    key: str | None = None
+    rows: list[dict] = []
+    for f in files:
+        side = config_path(f)
+        if not side.is_file():
+            raise ManifestError(f"{f}: no {side.name} beside it (not written by dfpipe score)")
+        meta = json.loads(side.read_text())
+        shard = parse_shard((meta.get("config") or {}).get("shard"))
+        if shard is None:
+            raise ManifestError(f"{f}: not written by a sharded score (--shard I/N)")
+        i, n = shard
+        if total is not None and n != total:
+            raise ManifestError(f"{f}: shard {i}/{n}, but the others are of {total}")
+        if i in seen:
+            raise ManifestError(f"{f}: shard {i}/{n} given twice (also {seen[i]})")
+        if key is not None and meta.get("score_key") != key:
+            raise ManifestError(f"{f}: scored with other settings (checkpoint, threshold, ...) "
+                                f"than {seen[min(seen)]}")
+        total, key, seen[i] = n, meta.get("score_key"), f
+        rows += read_journal(journal_path(f))
+    if total is None:
+        raise ConfigError("merge: give the results files of the shards")
+    missing = sorted(set(range(total)) - set(seen))
+    if missing:
+        raise ManifestError(f"merge: shard(s) {', '.join(f'{i}/{total}' for i in missing)} "
+                            "missing; run them first")
+    paths = [r["path"] for r in rows]
+    dup = sorted({p for p in paths if paths.count(p) > 1})
+    if dup:
+        raise ManifestError(f"merge: {dup[:3]} scored in more than one shard")
+    rows.sort(key=lambda r: r["path"])
+    if out.suffix == ".csv":
+        write_csv(out, rows)
+    elif out.suffix == ".jsonl":
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        raise ConfigError(f"{out}: results file must end in .jsonl or .csv")
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return {"videos": len(rows), "status": dict(sorted(statuses.items())), "shards": total}
+
+
 def run(cfg: Any) -> int:
-    """``dfpipe merge``: extract shards' manifest folders -> one manifest folder."""
-    dirs = [Path(p) for p in cfg.inputs]
+    """``dfpipe merge``: shard outputs -> one (results files: score; folders: extract)."""
+    from pipeline.scoring import OUTCOME_STATUSES
+
+    files = [Path(p) for p in cfg.inputs]
+    if files and all(f.suffix in (".jsonl", ".csv") for f in files):
+        for f in files:
+            if not f.is_file():
+                raise ConfigError(f"merge: {f}: results file not found")
+        counts = merge_scores(files, Path(cfg.out))
+        logger.info("merged %d score shards: %d videos (%s) -> %s", counts["shards"],
+                    counts["videos"], counts["status"], cfg.out)
+        return 1 if any(s not in OUTCOME_STATUSES for s in counts["status"]) else 0
+    dirs = files
     for d in dirs:
         if not d.is_dir():
             raise ConfigError(f"merge: {d}: folder not found")

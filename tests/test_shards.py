@@ -81,3 +81,28 @@ def test_a_shard_leaves_other_shards_writes_alone(tmp_path):
     left = sorted(p.name.split(".")[1].removeprefix("tmp-") for p in tmp_path.iterdir())
     assert n == sum(shard_of(v, 3) == 0 for v in ids)
     assert left == sorted(v for v in ids if shard_of(v, 3) != 0)
+
+
+def test_sharded_scoring_merges_to_the_unsharded_result(tiny_checkpoint, clip_factory, tmp_path):
+    from pipeline.scoring import read_journal
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(4):
+        clip_factory(videos / f"c{i}.mp4", 12, seed=i)
+    base = ["--checkpoint", str(tiny_checkpoint), "--engine", "inline", "--device", "cpu"]
+    assert cli.main(["score", str(videos), "--out", str(tmp_path / "all.jsonl"), *base]) == 0
+    for i in range(2):
+        assert cli.main(["score", str(videos), "--out", str(tmp_path / f"r{i}.jsonl"),
+                         "--shard", f"{i}/2", *base]) == 0
+    assert cli.main(["merge", str(tmp_path / "r0.jsonl"), "--out", str(tmp_path / "m.jsonl")]) == 2
+    assert cli.main(["merge", str(tmp_path / "r0.jsonl"), str(tmp_path / "r1.jsonl"),
+                     "--out", str(tmp_path / "m.jsonl")]) == 0
+    ref = {r["path"]: r["p_fake"] for r in read_journal(tmp_path / "all.jsonl")}
+    got = {r["path"]: r["p_fake"] for r in read_journal(tmp_path / "m.jsonl")}
+    assert got == ref and len(got) == 4
+    # another threshold in one shard: not one set
+    assert cli.main(["score", str(videos), "--out", str(tmp_path / "t1.jsonl"), "--shard", "1/2",
+                     "--threshold", "0.9", *base]) == 0
+    assert cli.main(["merge", str(tmp_path / "r0.jsonl"), str(tmp_path / "t1.jsonl"),
+                     "--out", str(tmp_path / "bad.jsonl")]) == 2
