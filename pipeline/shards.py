@@ -177,8 +177,10 @@ def run(cfg: Any) -> int:
 
     files = [Path(p) for p in cfg.inputs]
     if files and all(f.suffix in (".jsonl", ".csv") for f in files):
-        for f in files:
-            if not f.is_file():
+        from pipeline.scoring import config_path
+
+        for f in files:  # a shard that got no video has its config sidecar and no rows
+            if not f.is_file() and not config_path(f).is_file():
                 raise ConfigError(f"merge: {f}: results file not found")
         counts = merge_scores(files, Path(cfg.out))
         logger.info("merged %d score shards: %d videos (%s) -> %s", counts["shards"],
