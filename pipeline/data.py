@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,10 @@ from pipeline.errors import ManifestError, PipelineError
 
 logger = logging.getLogger(__name__)
 
-# ImageNet statistics: torchvision backbones were trained with them; the tiny CNN and
-# InceptionResnetV1 are fine-tuned with them too (one normalization for every model).
+# ImageNet statistics: the default normalization. torchvision backbones were trained with them;
+# the tiny CNN and InceptionResnetV1 are fine-tuned with them too. A backbone trained with other
+# statistics declares ``input_mean``/``input_std`` (EfficientNet-Lite: [-1, 1]); training records
+# the pair in the checkpoint's ``preprocess`` and evaluation/scoring read it from there.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -57,10 +59,12 @@ def load_crop(path: str | os.PathLike) -> np.ndarray:
         raise CropReadError(f"{path}: cannot read face crop: {e}") from e
 
 
-def crops_to_tensor(crops: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
+def crops_to_tensor(crops: Sequence[np.ndarray], image_size: int,
+                    mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
     """RGB uint8 crops (H, W, 3) -> normalized float tensor (T, C, image_size, image_size).
 
-    Crops of another size are resized (area interpolation when shrinking, linear otherwise).
+    Crops of another size are resized (area interpolation when shrinking, linear otherwise);
+    ``(x / 255 - mean) / std`` per channel (the model's own pair: ``normalization_of``).
     """
     frames = []
     for c in crops:
@@ -72,9 +76,19 @@ def crops_to_tensor(crops: Sequence[np.ndarray], image_size: int) -> torch.Tenso
         frames.append(c)
     x = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
     x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (T, C, H, W) in [0, 1]
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std  # (T, C, H, W)
+    m = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s  # (T, C, H, W)
+
+
+def normalization_of(preprocess: Mapping[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) recorded in a checkpoint's ``preprocess``; ImageNet's when absent (old files)."""
+    pre = preprocess or {}
+    mean = tuple(float(v) for v in pre.get("mean") or MEAN)
+    std = tuple(float(v) for v in pre.get("std") or STD)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"preprocess mean/std must be 3 values (std > 0), got {mean} / {std}")
+    return mean, std
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +214,8 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[VideoRecord], mode: str = "clip", image_size: int = 160,
-                 frame_index: int = 15, augment: Sequence[str] = (), seed: int = 0) -> None:
+                 frame_index: int = 15, augment: Sequence[str] = (), seed: int = 0,
+                 mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> None:
         if mode not in ("clip", "image"):
             raise ValueError(f"mode must be 'clip' or 'image', not {mode!r}")
         unknown = sorted(set(augment) - set(AUGMENTATIONS))
@@ -212,6 +227,7 @@ class ClipDataset(Dataset):
         self.frame_index = frame_index
         self.augment = tuple(augment)
         self.seed = seed
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -234,13 +250,14 @@ class ClipDataset(Dataset):
         label = torch.tensor(float(rec.label))
         if self.mode == "image":
             slot = nearest_valid_slot(rec.mask, self.frame_index)
-            image = crops_to_tensor([aug(load_crop(rec.paths[slot]))], self.image_size)[0]
+            image = crops_to_tensor([aug(load_crop(rec.paths[slot]))], self.image_size,
+                                    self.mean, self.std)[0]
             return {"image": image, "label": label, "video_id": rec.video_id}
         valid = [i for i, m in enumerate(rec.mask) if m]
         clip = torch.zeros(len(rec.mask), 3, self.image_size, self.image_size)  # (T, C, H, W)
         if valid:
             clip[valid] = crops_to_tensor([aug(load_crop(rec.paths[i])) for i in valid],
-                                          self.image_size)
+                                          self.image_size, self.mean, self.std)
         mask = torch.tensor(rec.mask, dtype=torch.float32)  # (T,)
         return {"clip": clip, "mask": mask, "label": label, "video_id": rec.video_id}
 

@@ -38,7 +38,7 @@ import torch
 from pipeline import engine
 from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig
-from pipeline.data import crops_to_tensor
+from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_write_text, sha256_file
 from pipeline.sampling import sample_video
@@ -70,6 +70,7 @@ class VideoScorer:
         self.model.to(self.device).eval()
         pre = ckpt.get("preprocess", {})
         self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
+        self.mean, self.std = normalization_of(pre)  # the statistics the model was trained with
         prep = dict(ckpt.get("train_data", {}).get("prepare") or {})
         defaults = PrepareConfig()
         self.sampler = prep.get("sampler", defaults.sampler)
@@ -213,7 +214,8 @@ class VideoScorer:
         mask = torch.zeros(b, t)
         for i, tr in enumerate(tracks):
             slots = [c.slot for c in tr["used"]]
-            x = crops_to_tensor([crops[int(c.crop_path)] for c in tr["used"]], s)  # (n, C, H, W)
+            x = crops_to_tensor([crops[int(c.crop_path)] for c in tr["used"]], s,
+                                self.mean, self.std)  # (n, C, H, W)
             clip[i, slots] = x
             mask[i, slots] = 1.0
         return clip.to(self.device), mask.to(self.device)

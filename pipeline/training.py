@@ -37,11 +37,12 @@ from torch import nn
 from pipeline import checkpoint as ckpt_io
 from pipeline import engine
 from pipeline.config import TrainConfig, from_dict, to_dict
-from pipeline.data import MEAN, STD, ClipDataset, build_records, read_clips_and_split
+from pipeline.data import ClipDataset, build_records, read_clips_and_split
 from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.manifest import manifest_path, read_meta
 from pipeline.models import apply_preset, create_model
+from pipeline.models.backbones import normalization
 
 logger = logging.getLogger(__name__)
 
@@ -240,8 +241,10 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     model = model.to(d.device, memory_format=torch.channels_last)
     seed_everything(cfg.seed + d.rank)  # dropout differs per rank; the order is in the sampler
     mode = engine.input_key(model)
-    train_ds = ClipDataset(train_rec, mode, cfg.image_size, cfg.frame_index, cfg.augment, cfg.seed)
-    val_ds = ClipDataset(val_rec, mode, cfg.image_size, cfg.frame_index)
+    mean, std = normalization(model.encoder)  # the backbone's own input statistics
+    train_ds = ClipDataset(train_rec, mode, cfg.image_size, cfg.frame_index, cfg.augment, cfg.seed,
+                           mean=mean, std=std)
+    val_ds = ClipDataset(val_rec, mode, cfg.image_size, cfg.frame_index, mean=mean, std=std)
     sampler = engine.EpochSampler(labels, balanced=cfg.balance == "balanced_sampler",
                                   rank=d.rank, world_size=d.world_size, seed=cfg.seed)
     pin = d.device.type == "cuda"
@@ -279,8 +282,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
 
     common = {"model": {"name": cfg.model, "kwargs": kwargs}, "config": to_dict(cfg),
               "train_data": data_summary(manifest_dir, clips, split),
-              "preprocess": {"image_size": cfg.image_size, "mean": list(MEAN),
-                             "std": list(STD), "frame_index": cfg.frame_index,
+              "preprocess": {"image_size": cfg.image_size, "mean": list(mean),
+                             "std": list(std), "frame_index": cfg.frame_index,
                              "input_key": mode},
               "versions": ckpt_io.library_versions(), "threshold_rule": cfg.threshold_rule}
     if d.main:
