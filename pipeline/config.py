@@ -243,8 +243,14 @@ class TrainConfig:
     patience: int = opt(3, "early stopping: epochs without validation-loss improvement")
     balance: str = opt("weighted_loss", "class imbalance handling",
                        choices=["none", "weighted_loss", "balanced_sampler"])
-    augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, jpeg")
+    augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, "
+                                   "jpeg, blur, crop (a jittered 80-100 %% window)")
     freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first")
+    train_blocks: int = opt(0, "fine-tune only the last N encoder stages (EfficientNet-Lite: stem, "
+                            "16 blocks, head conv = 18 stages); the others stay fixed. 0: all")
+    feature_cache: str | None = opt(None, "frame model, head only: encode each crop once with the "
+                                    "frozen encoder, keep the features in this folder, train the "
+                                    "head on them (augment: flip or nothing)")
     workers: int = opt(0, "DataLoader workers")
     device: str = opt("auto", "training device", choices=["auto", "cpu", "cuda"])
     amp: bool = opt(True, "mixed precision on CUDA")
@@ -255,6 +261,19 @@ class TrainConfig:
     threshold_rule: str = opt("balanced_accuracy", "validation threshold stored in the checkpoint",
                               choices=["balanced_accuracy", "fpr"])
     target_fpr: float = opt(0.1, "false-positive rate for --threshold-rule fpr")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``dfpipe export``: a trained checkpoint -> a small inference-only release file."""
+
+    checkpoint: str = opt("", "checkpoint to export (best.pt of a run)")
+    out: str = opt("", "release file to write (.pt)")
+    card: str = opt("", "model card (Markdown file) stored in the release")
+    margin: float = opt(0.0, "crop recipe: margin around the face box as a share of its larger side")
+    size: int = opt(224, "crop recipe: crop side in pixels")
+    square: bool = opt(True, "crop recipe: square box before the margin")
+    jpeg_quality: int = opt(0, "crop recipe: JPEG quality of the training crops (0: not JPEG)")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-AUGMENTATIONS = ("flip", "color", "jpeg")
+AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop")
 
 
 class CropReadError(PipelineError):
@@ -105,6 +105,8 @@ class ClipAugment:
     contrast: float = 1.0
     saturation: float = 1.0
     jpeg_quality: int = 0  # 0: no re-compression
+    blur_sigma: float = 0.0  # Gaussian blur sigma in pixels of the crop; 0: none
+    crop: tuple[float, float, float] = (1.0, 0.0, 0.0)  # (side share, x0 share, y0 share) kept
 
     @classmethod
     def identity(cls) -> ClipAugment:
@@ -125,11 +127,25 @@ class ClipAugment:
                 float(x) for x in rng.uniform(0.8, 1.2, size=3))
         if "jpeg" in ops and rng.random() < 0.5:
             kw["jpeg_quality"] = int(rng.integers(40, 96))
+        if "blur" in ops and rng.random() < 0.3:
+            kw["blur_sigma"] = float(rng.uniform(0.3, 1.5))
+        if "crop" in ops:  # a square window of 80-100 % of the side, anywhere inside the crop
+            side = float(rng.uniform(0.8, 1.0))
+            x0, y0 = (float(v) for v in rng.uniform(0.0, 1.0 - side, size=2))
+            kw["crop"] = (side, x0, y0)
         return cls(**kw)
 
     def __call__(self, crop: np.ndarray) -> np.ndarray:
-        """Apply to one RGB uint8 crop."""
+        """Apply to one RGB uint8 crop: window, flip, colour, blur, JPEG (the order of a camera
+        pipeline: re-compression last); the output has the input's size."""
         x = crop
+        side, x0, y0 = self.crop
+        if side < 1.0:
+            h, w = x.shape[:2]
+            ch, cw = max(1, round(side * h)), max(1, round(side * w))
+            top, left = min(round(y0 * h), h - ch), min(round(x0 * w), w - cw)
+            x = cv2.resize(np.ascontiguousarray(x[top:top + ch, left:left + cw]), (w, h),
+                           interpolation=cv2.INTER_LINEAR)
         if self.flip:
             x = x[:, ::-1]
         if (self.brightness, self.contrast, self.saturation) != (1.0, 1.0, 1.0):
@@ -139,6 +155,8 @@ class ClipAugment:
             gray = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
             f = gray[..., None] + self.saturation * (f - gray[..., None])
             x = np.clip(f, 0, 255).astype(np.uint8)
+        if self.blur_sigma > 0:
+            x = cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), self.blur_sigma)
         if self.jpeg_quality:
             ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(x[..., ::-1]),
                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
