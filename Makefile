@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint browser clean
+.PHONY: venv demo test lint browser ffmpeg clean
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ demo: $(STAMP)
 browser:
 	bash scripts/install_browser.sh
 
-test: $(STAMP) browser
+ffmpeg:
+	bash scripts/install_ffmpeg.sh
+
+test: $(STAMP) browser ffmpeg
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

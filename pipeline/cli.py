@@ -2,8 +2,9 @@
 
 Each subcommand's flags come from its stage config dataclass (``pipeline.config``); the handler
 is ``run(cfg) -> int`` in the stage module, imported only when that subcommand runs so that
-``dfpipe --help`` stays fast. Exit status: 0 all good, 1 some items failed (the stage says
-which), 2 the command could not run (one-line reason).
+``dfpipe --help`` stays fast. Exit status (``EXIT_STATUS``): 0 all good, 1 some items failed
+(the stage says which), 2 the command could not run (one-line reason), 3 dfpipe crashed (an
+unexpected exception: a bug, logged with its traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from pipeline import __version__, config
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
+
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_CANNOT_RUN, EXIT_CRASHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STATUS = f"""exit status:
+  {EXIT_OK}    everything worked (no_face / too_few_frames are answers, not failures)
+  {EXIT_ITEMS_FAILED}    the command ran, but some items failed (their rows say why)
+  {EXIT_CANNOT_RUN}    the command could not run (bad config, checkpoint or input; one-line reason)
+  {EXIT_CRASHED}    dfpipe crashed: an unexpected error (a bug; the traceback is logged)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); finished items are kept, rerun to resume"""
 
 # name -> (config class, "module:function", one-line help)
 COMMANDS: dict[str, tuple[type, str, str]] = {
@@ -47,13 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfpipe",
         description="Video-level deepfake detection: raw DFDC-style videos -> per-video verdicts.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dfpipe {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (cls, _target, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=cls.__doc__)
+        p = sub.add_parser(name, help=help_text, description=cls.__doc__, epilog=EXIT_STATUS,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         config.add_arguments(p, cls)
     return parser
 
@@ -94,13 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config.from_namespace(cls, args)
         module_name, func_name = target.split(":")
         handler = getattr(importlib.import_module(module_name), func_name)
-        return int(handler(cfg) or 0)
+        return int(handler(cfg) or EXIT_OK)
     except PipelineError as e:
         log.error("%s", e)
-        return 2
+        return EXIT_CANNOT_RUN
     except KeyboardInterrupt:
         log.error("interrupted; finished items are kept, rerun to resume")
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a bug: say so with its own exit status
+        log.error("dfpipe %s crashed: %s: %s", args.command, type(e).__name__,
+                  " ".join(str(e).split())[:300], exc_info=True)
+        return EXIT_CRASHED
 
 
 if __name__ == "__main__":

@@ -178,9 +178,17 @@ class ExtractConfig:
     device: str = opt("auto", "where MTCNN runs", choices=["auto", "cpu", "cuda"])
     decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
     engine: str = opt("pool", "where per-video work runs", choices=["inline", "pool", "ray"])
-    workers: int = opt(0, "worker processes (0: one per CPU core)")
+    workers: int = opt(0, "worker processes (0: as many as the usable CPU cores and memory allow)")
     address: str | None = opt(None, "Ray cluster address HOST:PORT (none: embedded local Ray)")
     max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
+    detector_mode: str = opt("full", "full: MTCNN detection on every frame (with --detect-every K, "
+                             "every K-th and boxes carried between); track: full detection every "
+                             "--track-every frames and on lost tracks or shot changes, each "
+                             "track's predicted box verified by R-Net+O-Net between",
+                             choices=["full", "track"])
+    track_every: int = opt(10, "track mode: full detection on every K-th frame")
+    search_every: int = opt(2, "track mode while no face is tracked: full detection on every "
+                            "K-th frame")
     detect_every: int = opt(1, "run MTCNN on every K-th frame; boxes carried along tracks between")
     scale: float = opt(0.0, "detection downscale factor (0: by resolution, see faces.auto_scale)")
     retry_scale: float = opt(2.0, "frames without a face are detected again at this many times "
@@ -192,9 +200,11 @@ class ExtractConfig:
     crop_size: int = opt(160, "crop size in pixels (square JPEG)")
     jpeg_quality: int = opt(95, "JPEG quality of the crops")
     iou_threshold: float = opt(0.3, "IoU that links a face to an existing track")
-    from_faces: bool = opt(False, "the inputs are folders of pre-extracted faces to import (Kaggle "
-                           "deepfake-detection-faces layout: one folder per video); no detection")
-    metadata: str | None = opt(None, "metadata.csv for --from-faces (filename,label,original)")
+    from_faces: bool = opt(False, "the inputs are folders of pre-extracted faces to import, no "
+                           "detection: one sub-folder per video (Kaggle deepfake-detection-faces) "
+                           "or one image per video (Kaggle deepfake_faces: DIR/<id>.jpg)")
+    metadata: str | None = opt(None, "metadata CSV for --from-faces (filename or videoname, "
+                               "label, original)")
     overwrite: bool = opt(False, "redo videos that are already done")
 
 
@@ -213,6 +223,9 @@ class PrepareConfig:
     test_share: float = opt(0.2, "share of groups for test")
     val_share: float = opt(0.2, "share of the remaining groups for validation")
     seed: int = opt(0, "split seed")
+    merge_groups: str = opt("auto", "merge groups that share an identity (FF++ fakes "
+                            "<target>_<source> tie both ids); off: one group per original",
+                            choices=["auto", "off"])
 
 
 @dataclass(frozen=True)
@@ -255,6 +268,8 @@ class TrainConfig:
     device: str = opt("auto", "training device", choices=["auto", "cpu", "cuda"])
     amp: bool = opt(True, "mixed precision on CUDA")
     resume: str | None = opt(None, "resume from this checkpoint (last.pt of a run)")
+    allow_other_split: bool = opt(False, "--resume: continue although the split manifest is not "
+                                  "the one the run was trained on (refused by default)")
     seed: int = opt(0, "random seed")
     max_steps: int = opt(0, "stop an epoch after this many steps (0: no limit; for smoke runs)")
     threads: int = opt(0, "torch CPU threads per process (0: CPU cores / processes)")
@@ -293,6 +308,8 @@ class EvaluateConfig:
     workers: int = opt(0, "DataLoader workers")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     seed: int = opt(0, "bootstrap seed")
+    allow_other_split: bool = opt(False, "evaluate checkpoints on a split other than the one they "
+                                  "were trained on (refused by default; the report then says so)")
 
 
 @dataclass(frozen=True)
@@ -304,14 +321,18 @@ class ScoreConfig:
     out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
     explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
     engine: str = opt("inline", "where per-video work runs", choices=["inline", "pool", "ray"])
-    workers: int = opt(0, "worker processes (0: one per CPU core)")
+    workers: int = opt(0, "worker processes (0: as many as the usable CPU cores and memory allow)")
     address: str | None = opt(None, "Ray cluster address (none: embedded local Ray)")
+    max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     threshold: float | None = opt(None, "decision threshold (default: the checkpoint's)")
     detect: str = opt("slots", "frames MTCNN runs on: 'slots' = only the sampler's slot starts "
                       "(0, 10, ..., 290: fast), 'all' = every frame (as the extract stage)",
                       choices=["slots", "all"])
     min_frames: int = opt(10, "a face track needs at least this many of the 30 slots to be scored")
+    min_track_share: float = opt(0.3, "a face track is an identity (can decide the verdict) when it "
+                                 "holds at least this share of the frames with a face, or is the "
+                                 "longest track; shorter tracks are reported as 'brief'")
     decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
     overwrite: bool = opt(False, "rescore videos already in the results file")
 
@@ -354,5 +375,5 @@ class RunConfig:
     work_dir: str = opt("runs/demo", "folder for everything this run writes")
     epochs: int = opt(40, "training epochs per model")
     backbone: str = opt("tiny", "encoder backbone")
-    workers: int = opt(0, "extraction workers (0: one per core)")
+    workers: int = opt(0, "extraction workers (0: as many as the usable CPU cores and memory allow)")
     seed: int = opt(0, "seed for data generation, split and training")

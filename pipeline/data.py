@@ -280,12 +280,44 @@ class ClipDataset(Dataset):
         return {"clip": clip, "mask": mask, "label": label, "video_id": rec.video_id}
 
 
+def check_one_prepare_run(clips_path: Path, split_path: Path) -> None:
+    """Raise ``ManifestError`` unless clips and split are one set written by one prepare run.
+
+    ``dfpipe prepare`` writes the same ``prepare_id`` into the sidecars of its four manifests
+    and each sidecar's ``sha256`` of its file. Refused: different ids (e.g. a prepare run that
+    stopped between the two files, or one file copied from elsewhere), one with an id and one
+    without, and a file whose bytes no longer match its sidecar. Manifests where neither
+    sidecar has an id (written by an older dfpipe or by hand with ``write_manifest``) pass.
+    """
+    from pipeline.errors import ManifestError
+    from pipeline.fsutil import sha256_file
+    from pipeline.manifest import meta_path, read_meta
+
+    metas = {p: read_meta(p) for p in (clips_path, split_path)}
+    ids = {p: m.get("prepare_id") for p, m in metas.items()}
+    if all(v is None for v in ids.values()):
+        return
+    if ids[clips_path] != ids[split_path]:
+        raise ManifestError(
+            f"{clips_path} and {split_path} are not from one `dfpipe prepare` run (prepare_id "
+            f"{ids[clips_path]} vs {ids[split_path]}): rerun `dfpipe prepare --manifest-dir "
+            f"{clips_path.parent}`")
+    for p, m in metas.items():
+        if m.get("sha256") and sha256_file(p) != m["sha256"]:
+            raise ManifestError(
+                f"{p}: changed after `dfpipe prepare` wrote it (sha256 differs from "
+                f"{meta_path(p)}): rerun `dfpipe prepare --manifest-dir {p.parent}`")
+
+
 def read_clips_and_split(manifest_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The validated clips and split manifests of a manifest folder."""
+    """The validated clips and split manifests of a manifest folder, checked to be one set
+    (``check_one_prepare_run``)."""
     from pipeline.manifest import manifest_path, read_manifest
 
-    clips = read_manifest(manifest_path(manifest_dir, "clips"), "clips")
-    split = read_manifest(manifest_path(manifest_dir, "split"), "split")
+    clips_path, split_path = manifest_path(manifest_dir, "clips"), manifest_path(manifest_dir, "split")
+    clips = read_manifest(clips_path, "clips")
+    split = read_manifest(split_path, "split")
+    check_one_prepare_run(clips_path, split_path)
     return clips, split
 
 

@@ -79,6 +79,8 @@ class ModelInfo:
         best_epoch: the epoch whose weights the checkpoint holds (marked on training curves).
         checkpoint_threshold: the threshold stored in the checkpoint at training time, if any.
         note: one line shown under the model in the report.
+        other_split: why the evaluated split is not the one the model was trained on, when
+            ``--allow-other-split`` let it through ("" otherwise); the report opens with it.
     """
 
     name: str
@@ -90,6 +92,7 @@ class ModelInfo:
     best_epoch: int | None = None
     checkpoint_threshold: float | None = None
     note: str = ""
+    other_split: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -248,6 +251,15 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
             f"**WARNING: {', '.join(synthetic)} {verb} trained on SYNTHETIC data: these numbers "
             "measure the synthetic artefacts, not real deepfakes.**"
         )
+        lines.append("")
+    other = [n for n in models if infos[n].other_split]
+    if other:
+        lines.append(
+            f"**WARNING: {', '.join(other)} evaluated on a split other than the one "
+            f"{'it was' if len(other) == 1 else 'they were'} trained on (--allow-other-split): "
+            "training videos may be among the evaluated ones, so these numbers may be too "
+            "good.**")
+        lines += [f"- {n}: {infos[n].other_split}" for n in other]
         lines.append("")
     d = summary["data"]
     lines += [
@@ -469,6 +481,8 @@ def build_report(
         "data": {"n_videos": len(base), "n_real": int((y_all == 0).sum()),
                  "n_fake": int((y_all == 1).sum()), "n_groups": int(base["group"].nunique())},
         "any_synthetic": any(model_infos[m].synthetic for m in models),
+        "other_split": {m: model_infos[m].other_split for m in models
+                        if model_infos[m].other_split},
         "models": {},
     }
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -664,6 +678,8 @@ def run(cfg: EvaluateConfig) -> int:
     from pipeline.checkpoint import build_model, load_checkpoint
     from pipeline.data import ClipDataset, build_records, normalization_of, read_clips_and_split
     from pipeline.engine import make_loader, predict, resolve_device
+    from pipeline.manifest import manifest_path
+    from pipeline.splits import check_checkpoint_split
 
     if not cfg.checkpoint:
         raise ConfigError("evaluate: give at least one --checkpoint")
@@ -687,7 +703,14 @@ def run(cfg: EvaluateConfig) -> int:
     tables: dict[str, list[pd.DataFrame]] = {s: [] for s in records}
     frame_tables: list[pd.DataFrame] = []
     paths = [Path(ck) for ck in cfg.checkpoint]
-    archs = [str(load_checkpoint(p)["model"]["name"]) for p in paths]  # all readable first
+    archs, other_split = [], []
+    for p in paths:  # all readable, and trained on this split, before the slow part
+        ck = load_checkpoint(p)
+        archs.append(str(ck["model"]["name"]))
+        other_split.append(check_checkpoint_split(
+            dict(ck.get("train_data") or {}), split, checkpoint=str(p),
+            manifest=str(manifest_path(cfg.manifest_dir, "split")), use="evaluated on",
+            allow=cfg.allow_other_split))
     derive = [a == "frame" and cfg.frame_level for a in archs]  # also frame_mean + frame view
     mean_idx = [i for i, d in enumerate(derive) if d]
     all_names = model_names(archs + ["frame_mean"] * len(mean_idx),
@@ -708,6 +731,7 @@ def run(cfg: EvaluateConfig) -> int:
                          history=_full_history(path, ckpt),
                          best_epoch=best.get("epoch"),
                          checkpoint_threshold=None if thr is None else float(thr),
+                         other_split=other_split[i],
                          note=f"{ckpt.get('epoch', '?')} epoch(s) trained, best epoch "
                               f"{best.get('epoch', '?')}; checkpoint threshold "
                               f"{_fmt(float(thr)) if thr is not None else 'n/a'} "
@@ -723,7 +747,8 @@ def run(cfg: EvaluateConfig) -> int:
             mean_name = mean_names[i]
             infos[mean_name] = ModelInfo(
                 name=mean_name, arch="frame_mean", checkpoint=str(path),
-                train_data=info.train_data, derived_from=name,
+                train_data=info.train_data, derived_from=name, other_split=info.other_split,
+                checkpoint_threshold=(ckpt.get("thresholds") or {}).get("frame_mean"),
                 note=f"`{name}` applied to every valid frame, probabilities averaged "
                      "(no training of its own; threshold chosen on val like the others)")
             for which in records:
@@ -751,6 +776,9 @@ def run(cfg: EvaluateConfig) -> int:
     )
     if summary["any_synthetic"]:
         print("WARNING: some models were trained on synthetic data (see the report's first line)")
+    if summary["other_split"]:
+        print("WARNING: --allow-other-split: some models were evaluated on a split they were not "
+              "trained on (see the report's first lines)")
     width = max(len(n) for n in summary["models"])
     for name, m in summary["models"].items():
         mm = m["at_0.5"]["metrics"]

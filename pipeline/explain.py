@@ -5,6 +5,11 @@ layer are weighted by the spatial mean of d(logit)/dA and summed over channels, 
 upsampled. For a clip model the T frames are folded into the batch inside the encoder, so one
 backward pass of the *video* logit gives one heatmap per frame: where in each face the video
 verdict came from.
+
+Safe with concurrent calls on one shared model (the service's ``--max-concurrent``): the forward
+hook that reads the feature map keeps only the activations of the thread that installed it (a
+forward pass runs in its caller's thread), nothing is written to the parameters' ``.grad``, and
+the sheets are drawn on their own ``Figure`` (no pyplot global state).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,14 +62,19 @@ def grad_cam(forward: Callable[[], torch.Tensor], model: nn.Module,
     """
     layer, where = cam_layer(model)
     store: dict[str, torch.Tensor] = {}
+    owner = threading.get_ident()
 
     def hook(_module, inputs, output):
-        store["act"] = inputs[0] if where == "input" else output
+        if threading.get_ident() == owner:  # another request's forward on the same model: not ours
+            store["act"] = inputs[0] if where == "input" else output
 
     handle = layer.register_forward_hook(hook)
     try:
         with torch.enable_grad():
             logits = forward()
+            if "act" not in store:
+                raise RuntimeError(f"forward() never ran {type(layer).__name__} of the model "
+                                   "in this thread")
             act = store["act"]  # (N, K, h, w)
             (grads,) = torch.autograd.grad(logits.sum(), act)
     finally:
@@ -113,16 +124,16 @@ def render_sheet(
         heatmaps: ``(frame, face, cam)`` for the frames that drove the verdict.
         timeline_label: y-axis label of the timeline.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n_strip = len(faces)
     cols = min(max(n_strip, 1), 15)
     strip_rows = max(1, int(np.ceil(n_strip / cols)))
     n_heat = len(heatmaps)
-    fig = plt.figure(figsize=(15, 2.0 + 1.1 * strip_rows + 2.4 + (2.6 if n_heat else 0)))
+    # a Figure of its own, not pyplot's global figure manager: safe in concurrent threads
+    fig = Figure(figsize=(15, 2.0 + 1.1 * strip_rows + 2.4 + (2.6 if n_heat else 0)))
+    FigureCanvasAgg(fig)
     heights = [1.1] * strip_rows + [2.2] + ([2.6] if n_heat else [])
     gs = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.45)
     fig.suptitle(f"{title}\n{verdict}", fontsize=13, fontweight="bold", y=0.995)
@@ -168,7 +179,6 @@ def render_sheet(
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

@@ -5,9 +5,10 @@ folders or single video files. Output: ``FACES_DIR/<video_id>/<frame:04d>_<track
 ``videos.csv`` and ``faces.csv`` in the manifest folder.
 
 Resume: each finished video is one folder ``FACES_DIR/<video_id>/`` written under a temporary
-name and renamed whole, holding its crops, ``_video.json`` (its videos-row and the parameters
-that made it) and ``_faces.csv``. A rerun skips videos whose folder exists with the same
-parameters, and rebuilds both manifests from all per-video records (sorted by video_id, frame,
+name and renamed whole, holding its crops, ``_video.json`` (its videos-row, the parameters
+that made it and the input file's identity: path, size, mtime_ns and a hash of its first and last
+64 KiB) and ``_faces.csv``. A rerun skips videos whose folder exists with the same parameters and
+the same input file (a file replaced under the same name is redone), and rebuilds both manifests from all per-video records (sorted by video_id, frame,
 track), so a run killed at any moment and rerun gives the manifests an uninterrupted run gives.
 Failed videos are recorded in ``FACES_DIR/_failed/<video_id>.json`` and retried on every rerun.
 One run at a time per FACES_DIR: a starting run deletes the ``.tmp-*`` leftovers it finds there.
@@ -25,6 +26,7 @@ else, with the exception). Exit status 1 when any failure occurred.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -56,8 +58,10 @@ VIDEO_RECORD = "_video.json"
 FACES_RECORD = "_faces.csv"
 FACE_FIELDS = ["frame", "track", "x1", "y1", "x2", "y2", "prob", "crop"]
 # parameters that change a video's outputs: a recorded video made with others is redone
-RESULT_PARAMS = ("detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
-                 "crop_size", "jpeg_quality", "iou_threshold", "batch_size")
+RESULT_PARAMS = ("detector_mode", "track_every", "search_every", "detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
+                 "crop_size", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
+IDENTITY_BYTES = 64 * 1024
+"""Bytes hashed at each end of an input: the MP4 header/index sits at one end or the other."""
 # environment for pool/Ray workers (glibc reads it at process start). Measured here: one worker
 # extracting two 1080p DFDC clips (decode + MTCNN + JPEG crops), two runs each way: wall
 # 79.3/70.7 s -> 62.4/63.5 s, system CPU 13.0/9.8 s -> 1.7/1.8 s, user CPU unchanged (~42 s),
@@ -188,6 +192,26 @@ def result_params(cfg: ExtractConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in RESULT_PARAMS}
 
 
+def input_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What makes an input file "the same file" for resume: resolved path, size, mtime_ns and
+    the SHA-256 of its first and last ``IDENTITY_BYTES`` (a file copied over another keeps
+    neither its size and mtime nor, short of an identical file, those bytes).
+
+    Raises:
+        OSError: the file cannot be stat'ed or read.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read(IDENTITY_BYTES))
+        if st.st_size > IDENTITY_BYTES:
+            f.seek(max(st.st_size - IDENTITY_BYTES, IDENTITY_BYTES))
+            h.update(f.read(IDENTITY_BYTES))
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "head_tail_sha256": h.hexdigest()}
+
+
 class ExtractWorker:
     """Engine-agnostic per-video worker: built once per process (loads MTCNN once).
 
@@ -236,6 +260,10 @@ class ExtractWorker:
 
         cfg = self.cfg
         reader = open_video(item["path"], cfg.decoder, num_threads=self.threads)
+        try:  # after open_video: its checks name missing and empty files
+            identity = input_identity(item["path"])
+        except OSError as e:
+            raise VideoReadError(f"{item['path']}: cannot read: {e.strerror or e}") from e
         info = reader.info
         meta = dict(fps=round(info.fps, 4), n_frames=info.n_frames, width=info.width, height=info.height)
         if info.n_frames < MIN_FRAMES:
@@ -244,6 +272,10 @@ class ExtractWorker:
         faces = extract_faces(reader, self.detector, cfg)
         reader.close()
         status = "ok" if faces.records else "no_face"
+        meta["n_frames_lost"] = int(reader.frames_lost)
+        if reader.frames_lost:
+            logger.warning("%s: %d of %d frames could not be decoded (skipped)", item["path"],
+                           reader.frames_lost, info.n_frames)
         row = _row(**base, **meta, n_face_frames=faces.n_face_frames, n_faces=len(faces.records),
                    n_multi_face_frames=faces.n_multi_face_frames, n_tracks=faces.n_tracks,
                    status=status, reason="" if faces.records else f"{item['path']}: no face found")
@@ -259,7 +291,7 @@ class ExtractWorker:
             (tmp / FACES_RECORD).write_text(buf.getvalue())
             row["seconds"] = round(time.perf_counter() - t0, 3)
             # the record goes last: a folder is complete exactly when it has one
-            record = {"row": _plain(row), "params": result_params(cfg)}
+            record = {"row": _plain(row), "params": result_params(cfg), "input": identity}
             (tmp / VIDEO_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
         failed = self.out / FAILED_DIR / f"{item['video_id']}.json"
         if failed.exists():
@@ -271,8 +303,13 @@ def _plain(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items() if k != "id"}
 
 
-def load_record(out: Path, video_id: str, cfg: ExtractConfig) -> dict | None:
-    """The stored videos-row of a finished video, or None when it must be (re)done."""
+def load_record(out: Path, video_id: str, cfg: ExtractConfig, path: str | os.PathLike) -> dict | None:
+    """The stored videos-row of a finished video, or None when it must be (re)done.
+
+    Redone: no readable record, other result parameters, or an input at ``path`` that is not the
+    file the record was made from (see ``input_identity``; a record without an identity, made by
+    an older dfpipe, cannot be checked and is redone too). The reason is logged.
+    """
     rec = out / video_id / VIDEO_RECORD
     if not rec.is_file():
         return None
@@ -281,6 +318,19 @@ def load_record(out: Path, video_id: str, cfg: ExtractConfig) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     if data.get("params") != result_params(cfg):
+        return None
+    stored = data.get("input")
+    if not isinstance(stored, dict):
+        logger.info("%s: redoing %s: its record has no input identity (older dfpipe)", path, video_id)
+        return None
+    try:
+        now = input_identity(path)
+    except OSError:
+        return None  # the worker reports the file's problem
+    if now != stored:
+        what = ", ".join(k for k in now if now[k] != stored.get(k))
+        logger.info("%s: redoing %s: the input is not the file its faces came from (%s changed)",
+                    path, video_id, what)
         return None
     return _row(**{k: (math.nan if v is None else v) for k, v in data["row"].items()})
 
@@ -361,7 +411,7 @@ def run(cfg: ExtractConfig) -> int:
     todo: list[dict] = []
     n_resumed = 0
     for it in items:
-        rec = None if cfg.overwrite else load_record(out, it["video_id"], cfg)
+        rec = None if cfg.overwrite else load_record(out, it["video_id"], cfg, it["path"])
         if rec is not None:
             rec.update({k: it[k] for k in ("part", "path", "label", "original")})
             rows.append(rec)
@@ -407,14 +457,55 @@ def _frame_number(name: str, fallback: int) -> int:
     return int(digits[-1]) if digits else fallback
 
 
-def import_faces(cfg: ExtractConfig) -> int:
-    """``--from-faces DIR... --metadata CSV``: pre-extracted face folders -> the same manifests.
+def _read_faces_metadata(mpath: Path) -> dict[str, dict]:
+    """Rows of a Kaggle faces metadata CSV by video id (``filename`` or ``videoname`` column)."""
+    if not mpath.is_file():
+        raise ConfigError(f"--metadata {mpath}: file not found")
+    try:
+        table = pd.read_csv(mpath, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise MetadataError(f"{mpath}: unreadable CSV: {' '.join(str(e).split())}") from e
+    key = next((c for c in ("filename", "videoname") if c in table.columns), None)
+    if key is None or "label" not in table.columns:
+        raise MetadataError(f"{mpath}: needs columns filename|videoname,label[,original]; "
+                            f"has {list(table.columns)}")
+    meta: dict[str, dict] = {}
+    for line, r in enumerate(table.to_dict("records"), start=2):
+        label = str(r.get("label", "")).strip().upper()
+        if label not in LABELS:  # the video is still imported, with label "" (prepare: no_label)
+            logger.warning("%s: line %d: label %r is not REAL/FAKE; imported with label ''",
+                           mpath, line, r.get("label"))
+        meta[_stem(r[key])] = r
+    return meta
 
-    Layout (Kaggle "deepfake-detection-faces"): ``DIR/<video_id>/<frame>.jpg`` and a CSV with
-    ``filename,label,original`` (extra columns ignored). Images are referenced where they are
-    (not copied); frame numbers come from the last number in each image name, track is 0, boxes
-    and probabilities are NaN. Metadata rows without a folder are ``missing_file``; folders
-    without a metadata row get label ""; a folder without images is ``no_face``.
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header; ``VideoReadError`` when it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise VideoReadError(f"{path}: not a readable image: {' '.join(str(e).split())}") from e
+
+
+def import_faces(cfg: ExtractConfig) -> int:
+    """``--from-faces DIR... --metadata CSV``: pre-extracted faces -> the same two manifests.
+
+    Two layouts, recognised per input folder (both may be mixed):
+
+    - one folder per video (Kaggle "deepfake-detection-faces"): ``DIR/<video_id>/<frame>.jpg``;
+      frame numbers come from the last number in each image name; a folder without images is
+      ``no_face``;
+    - one image per video (Kaggle "deepfake_faces"): ``DIR/<video_id>.jpg`` directly in the
+      folder. Each image is a *single-image video*: a videos-row with ``n_frames = 1`` and one
+      face at frame 0 (width/height are the image's); ``prepare`` skips the frame-count filter and
+      the 30-frame sampler for such videos. An unreadable image is ``read_error``.
+
+    The CSV has ``filename`` or ``videoname``, ``label`` and optionally ``original`` (extra columns
+    ignored). Images are referenced where they are (not copied); track 0, boxes and probabilities
+    NaN. Metadata rows without images are ``missing_file``; images without a row get label "".
     """
     if not cfg.inputs:
         raise ConfigError("extract --from-faces: give the face folder(s) as inputs")
@@ -422,41 +513,57 @@ def import_faces(cfg: ExtractConfig) -> int:
     for src in srcs:
         if not src.is_dir():
             raise ConfigError(f"--from-faces {src}: folder not found")
-    meta: dict[str, dict] = {}
-    if cfg.metadata:
-        mpath = Path(cfg.metadata)
-        if not mpath.is_file():
-            raise ConfigError(f"--metadata {mpath}: file not found")
-        try:
-            table = pd.read_csv(mpath, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise MetadataError(f"{mpath}: unreadable CSV: {e}") from e
-        if "filename" not in table.columns or "label" not in table.columns:
-            raise MetadataError(f"{mpath}: needs columns filename,label[,original]; has {list(table.columns)}")
-        for r in table.to_dict("records"):
-            meta[_stem(r["filename"])] = r
-    folders: dict[str, Path] = {}
+    meta = _read_faces_metadata(Path(cfg.metadata)) if cfg.metadata else {}
+    found: dict[str, tuple[str, Path]] = {}  # video id -> ("folder" | "image", path)
     rows: list[dict] = []
     for src in srcs:
-        for d in sorted(src.iterdir()):
-            if not d.is_dir() or d.name.startswith((".", "_")):
+        try:
+            entries = sorted(src.iterdir())
+        except OSError as e:
+            raise ConfigError(f"--from-faces {src}: cannot list folder: {e.strerror or e}") from e
+        for d in entries:
+            if d.name.startswith((".", "_")):
                 continue
-            if d.name in folders:
-                rows.append(_row(video_id=d.name, part=src.name, path=str(d.resolve()),
+            if d.is_dir():
+                kind = "folder"
+            elif d.is_file() and d.suffix.lower() in IMAGE_EXTENSIONS:
+                kind = "image"
+            else:
+                continue
+            vid = d.stem if kind == "image" else d.name
+            if vid in found:
+                rows.append(_row(video_id=vid, part=src.name, path=str(d.resolve()),
                                  status="duplicate_id",
-                                 reason=f"{d}: id {d.name} already used by {folders[d.name]}"))
+                                 reason=f"{d}: id {vid} already used by {found[vid][1]}"))
                 continue
-            folders[d.name] = d
-    for vid in sorted(set(folders) | set(meta)):
+            found[vid] = (kind, d)
+    n_single = 0
+    for vid in sorted(set(found) | set(meta)):
         entry = meta.get(vid, {})
         base = dict(video_id=vid, label=_label(entry), original=_stem(entry.get("original", "")))
-        if vid not in folders:
+        if vid not in found:
             rows.append(_row(**base, part="", path="", status="missing_file",
-                             reason=f"{vid}: listed in {cfg.metadata} but no face folder in "
-                                    f"{' '.join(map(str, srcs))}"))
+                             reason=f"{vid}: listed in {cfg.metadata} but no face image or folder "
+                                    f"in {' '.join(map(str, srcs))}"))
             continue
-        folder = folders[vid].resolve()
-        images = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        kind, where = found[vid]
+        where = where.resolve()
+        if kind == "image":
+            try:
+                width, height = _image_size(where)
+            except VideoReadError as e:
+                rows.append(_row(**base, part=where.parent.name, path=str(where),
+                                 status=e.status, reason=str(e)))
+                continue
+            row = _row(**base, part=where.parent.name, path=str(where), n_frames=1,
+                       width=width, height=height, n_face_frames=1, n_faces=1,
+                       n_multi_face_frames=0, n_tracks=1, status="ok", reason="")
+            row["_faces_from"] = [[vid, 0, 0, math.nan, math.nan, math.nan, math.nan, math.nan,
+                                   str(where)]]
+            rows.append(row)
+            n_single += 1
+            continue
+        images = sorted(f for f in where.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         faces = []
         seen: set[int] = set()
         for i, img in enumerate(images):
@@ -465,16 +572,17 @@ def import_faces(cfg: ExtractConfig) -> int:
                 frame = max(seen) + 1
             seen.add(frame)
             faces.append([vid, frame, 0, math.nan, math.nan, math.nan, math.nan, math.nan, str(img)])
-        row = _row(**base, part=folder.parent.name, path=str(folder), n_face_frames=len(faces),
+        row = _row(**base, part=where.parent.name, path=str(where), n_face_frames=len(faces),
                    n_faces=len(faces), n_multi_face_frames=0, n_tracks=1 if faces else 0,
                    status="ok" if faces else "no_face",
-                   reason="" if faces else f"{folder}: no images")
+                   reason="" if faces else f"{where}: no images")
         row["_faces_from"] = faces
         rows.append(row)
-    counts = write_manifests(cfg, rows, kind_counts={"imported_from": [str(s) for s in srcs]})
-    logger.info("import: %d videos (%s), %d faces; manifests in %s", counts["videos"],
-                ", ".join(f"{k} {v}" for k, v in counts["status"].items()), counts["faces"],
-                cfg.manifest_dir)
+    counts = write_manifests(cfg, rows, kind_counts={"imported_from": [str(s) for s in srcs],
+                                                     "single_image_videos": n_single})
+    logger.info("import: %d videos (%s; %d single-image), %d faces; manifests in %s",
+                counts["videos"], ", ".join(f"{k} {v}" for k, v in counts["status"].items()),
+                n_single, counts["faces"], cfg.manifest_dir)
     return 1 if counts["failed"] else 0
 
 

@@ -20,12 +20,14 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from pipeline.video_io import VideoReader, open_video
+from pipeline.video_io import VideoReader, open_video, prefetch
 
 logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in full-resolution pixels
-MAX_BATCH_BYTES = 256 * 2**20  # decoded frames held at once per video (32 frames of 1080p fit)
+MAX_BATCH_BYTES = 128 * 2**20
+"""Decoded frames per batch (20 frames of 1080p); with the decode thread one batch is in use,
+one waits and one is being decoded, so a video holds at most ~3x this."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class MTCNNDetector:
         from pipeline.engine import resolve_device
 
         self.device = resolve_device(device)
+        self.thresholds = tuple(float(t) for t in thresholds)
         self.scale = scale
         self.retry_scale = retry_scale
         self.min_prob = min_prob
@@ -153,6 +156,53 @@ class MTCNNDetector:
                         for i, d in zip(idx, self._detect_at(frames[idx], big, stretch), strict=True):
                             out[i] = d
         return out
+
+
+    def verify(self, frame: np.ndarray, boxes: Sequence[Box]) -> list[Detection | None]:
+        """MTCNN's last two stages on given boxes of one full-resolution frame ``(H, W, 3)``.
+
+        R-Net then O-Net each score a box and refine it with their regression, as inside
+        ``detect`` after P-Net. Returns, per box, the refined box with O-Net's probability where
+        both confirm a face (R-Net above its threshold, O-Net at least ``min_prob``), else None.
+        Dark frames are contrast-stretched first, as ``detect`` retries them.
+        """
+        import torch
+        from facenet_pytorch.models.utils.detect_face import bbreg, rerec
+
+        if not len(boxes):
+            return []
+        img = autocontrast(frame[None])[0] if _needs_stretch(frame) else frame
+        b = torch.tensor([[*box, 0.0] for box in boxes], dtype=torch.float32)  # (N, 5)
+        with torch.no_grad():
+            b = rerec(b)
+            reg, prob = self._mtcnn.rnet(self._stage_input(img, b, 24))  # (N, 4), (N, 2)
+            r_score = prob[:, 1].cpu()
+            b = rerec(bbreg(b, reg.cpu()))
+            reg, _points, prob = self._mtcnn.onet(self._stage_input(img, b, 48))  # (N, 4), .., (N, 2)
+            o_score = prob[:, 1].cpu()
+            b = bbreg(b, reg.cpu())
+        out: list[Detection | None] = []
+        for k in range(len(boxes)):
+            ok = float(r_score[k]) > self.thresholds[1] and float(o_score[k]) >= self.min_prob
+            out.append(Detection(tuple(float(v) for v in b[k, :4]), float(o_score[k]))
+                       if ok else None)
+        return out
+
+    def _stage_input(self, img: np.ndarray, boxes: Any, size: int) -> Any:
+        """``(N, 3, size, size)`` R-Net/O-Net input: zero-padded square crops, MTCNN-normalized."""
+        import torch
+
+        crops = []
+        for x1, y1, x2, y2 in boxes[:, :4].round().int().tolist():
+            w, h = max(x2 - x1, 1), max(y2 - y1, 1)
+            out = np.zeros((h, w, 3), dtype=np.uint8)
+            sx1, sy1 = max(x1, 0), max(y1, 0)
+            sx2, sy2 = min(x2, img.shape[1]), min(y2, img.shape[0])
+            if sx2 > sx1 and sy2 > sy1:
+                out[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = img[sy1:sy2, sx1:sx2]
+            crops.append(cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA))
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()  # (N, 3, size, size)
+        return ((x - 127.5) * 0.0078125).to(self.device)
 
 
 def _needs_stretch(frame: np.ndarray) -> bool:
@@ -240,6 +290,14 @@ class Tracker:
             self.age[t] = 0
         return [int(t) for t in ids]  # type: ignore[arg-type]
 
+    def observe(self, seen: dict[int, Box]) -> None:
+        """Record the next frame's boxes of known tracks (verified, so no matching needed)."""
+        for t in self.age:
+            self.age[t] += 1
+        for t, box in seen.items():
+            self.last[t] = box
+            self.age[t] = 0
+
 
 def _jump(a: Box, b: Box) -> float:
     """Distance between box centres in units of ``b``'s larger side."""
@@ -311,6 +369,7 @@ class VideoFaces:
     info: Any  # VideoInfo
     records: list[FaceRecord] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)  # detector work, for measurements
 
     @property
     def n_face_frames(self) -> int:
@@ -358,6 +417,10 @@ def extract_faces(
         if isinstance(reader_or_path, (str, os.PathLike))
         else reader_or_path
     )
+    if getattr(cfg, "detector_mode", "full") == "track":
+        from pipeline.track_verify import extract_faces_tracked
+
+        return extract_faces_tracked(reader, detector, cfg, frames=frames)
     every = max(1, int(cfg.detect_every))
     info = reader.info
     # frames per batch, capped so a batch stays under MAX_BATCH_BYTES (4K clips stay bounded)
@@ -366,7 +429,7 @@ def extract_faces(
     result = VideoFaces(info=reader.info)
     carried: list[tuple[int, Box]] = []  # (track, box) from the last detection
     k = 0  # position among processed frames
-    for idx, batch in reader.iter_batches(batch_size, frames):
+    for idx, batch in prefetch(reader.iter_batches(batch_size, frames)):
         det_pos = [j for j in range(len(idx)) if (k + j) % every == 0]
         dets = detector.detect(batch[det_pos]) if det_pos else []
         by_pos = dict(zip(det_pos, dets, strict=True))

@@ -27,7 +27,10 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         path: final location.
         is_dir: yield a temporary *directory* (an existing ``path`` directory is replaced whole).
 
-    On an exception the temporary is removed and ``path`` is left untouched.
+    On an exception the temporary is removed and ``path`` is left untouched. The result gets the
+    permissions a plain ``open``/``mkdir`` would give under the current umask (``mkstemp`` and
+    ``mkdtemp`` make 0600/0700), and the parent folder is fsync'd after the rename so the new
+    name survives a power cut.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +42,9 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
+        umask = current_umask()
         if is_dir:
+            os.chmod(tmp, 0o777 & ~umask)
             if path.exists():
                 old = path.with_name(TMP_PREFIX + path.name + ".old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -49,8 +54,9 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             else:
                 os.replace(tmp, path)
         else:
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -58,6 +64,34 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process umask: from /proc on Linux (thread-safe), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where dirs can't be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

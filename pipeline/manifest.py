@@ -51,6 +51,7 @@ SCHEMAS: dict[str, Schema] = {
                 "original": "string",  # original's video_id for fakes, "" otherwise
                 "fps": "float64",
                 "n_frames": "Int64",
+                "n_frames_lost": "Int64",  # frames that could not be decoded (damaged packets)
                 "width": "Int64",
                 "height": "Int64",
                 "n_face_frames": "Int64",  # frames with >= 1 face
@@ -118,7 +119,8 @@ SCHEMAS: dict[str, Schema] = {
             {
                 "video_id": "string",
                 "label": "string",
-                "group": "string",  # the original: a REAL's own id, a FAKE's original
+                "group": "string",  # the original (a REAL's own id, a FAKE's original), merged
+                # with originals that share an identity (splits.assign_groups)
                 "split": "string",  # train | val | test
             },
             "one row per kept video (written by `dfpipe prepare`)",
@@ -144,7 +146,14 @@ def meta_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".csv") + ".meta.json")
 
 
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"videos": ("n_frames_lost",)}
+"""Columns added after schema version 1: a manifest written before them reads them as missing."""
+
+
 def _coerce(df: pd.DataFrame, schema: Schema, source: str) -> pd.DataFrame:
+    for col in OPTIONAL_COLUMNS.get(schema.kind, ()):
+        if col not in df.columns:
+            df = df.assign(**{col: pd.NA})
     missing = [c for c in schema.columns if c not in df.columns]
     if missing:
         raise ManifestError(
@@ -181,6 +190,7 @@ def write_manifest(
     config: dict[str, Any] | None = None,
     inputs: list[str | os.PathLike] | tuple = (),
     counts: dict[str, Any] | None = None,
+    prepare_id: str | None = None,
 ) -> Path:
     """Validate and atomically write a manifest and its ``.meta.json`` sidecar.
 
@@ -191,6 +201,8 @@ def write_manifest(
         config: resolved config of the producing command (plain types).
         inputs: files this manifest was derived from (their SHA-256 goes in the sidecar).
         counts: summary numbers for people and for later stages.
+        prepare_id: id shared by the manifests one ``dfpipe prepare`` run writes (checked by
+            ``data.read_clips_and_split``); None for other manifests.
     """
     path = Path(path)
     table = validate(df, kind, str(path))
@@ -209,6 +221,8 @@ def write_manifest(
         "inputs": {str(p): sha256_file(p) for p in inputs if Path(p).is_file()},
         "sha256": sha256_file(path),
     }
+    if prepare_id is not None:
+        meta["prepare_id"] = prepare_id
     atomic_write_json(meta_path(path), meta)
     return path
 
@@ -226,8 +240,39 @@ def read_manifest(path: str | os.PathLike, kind: str) -> pd.DataFrame:
     schema = SCHEMAS[kind]
     for col, dtype in schema.columns.items():
         if col in df.columns and dtype != "string":
-            df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce")
+            df[col] = _parse_numeric(df[col], col, dtype, path)
     return _coerce(df, schema, str(path))
+
+
+_MISSING_SPELLINGS = frozenset({"", "nan", "<na>"})
+"""Cells read as missing: empty (what ``to_csv`` writes) and the spellings pandas prints."""
+
+
+def _parse_numeric(cells: pd.Series, col: str, dtype: str, path: Path) -> pd.Series:
+    """Parse a column of CSV strings into numbers; a cell that is not one is a ManifestError.
+
+    The error names the file, the 1-based line of the CSV (header = line 1) and the column, with
+    the bad value. Missing cells stay missing except in a non-nullable column (``int64``).
+    """
+    text = cells.str.strip()
+    missing = text.str.lower().isin(_MISSING_SPELLINGS)
+    values = pd.to_numeric(text.where(~missing), errors="coerce")
+    bad = values.isna() & ~missing
+    if dtype in ("int64", "Int64"):
+        finite = values.notna() & ~bad
+        whole = values[finite] == values[finite].round()
+        bad |= finite & ~whole.reindex(values.index, fill_value=True)
+    if dtype == "int64":
+        bad |= missing
+    if bad.any():
+        rows = [i for i, b in enumerate(bad.tolist()) if b]
+        first = rows[0]
+        kind = "an integer" if dtype in ("int64", "Int64") else "a number"
+        more = f" (and {len(rows) - 1} more bad cell(s) in that column)" if len(rows) > 1 else ""
+        raise ManifestError(
+            f"{path}: line {first + 2}, column '{col}': {cells.iloc[first]!r} is not {kind}{more}"
+        )
+    return values
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

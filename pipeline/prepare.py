@@ -8,7 +8,18 @@ Steps (each decision lands in a manifest; nothing is moved or deleted):
 3. subsampling (``pipeline.sampling``): ``n_frames`` slots per video, gaps recorded; a video with
    fewer usable slots is dropped (``too_few_usable_frames: 27/30``) or padded with mask 0 rows;
 4. orphan fakes (``pipeline.filtering.orphan_filter``): fakes whose original was left out;
-5. grouped split (``pipeline.splits``), checked for leaks and labels before it is written.
+5. grouped split (``pipeline.splits``), checked for leaks and labels before it is written;
+   ``--merge-groups auto`` merges groups that share an identity (counts in ``counts.groups``).
+
+Single-image videos (``extract --from-faces`` on a folder of one image per video, e.g. the Kaggle
+"deepfake_faces" set: videos-rows with status ``ok`` and ``n_frames`` 1) skip steps 2 and 3: the
+200-400 window and the 30-frame sampler describe videos, not one crop. Each becomes a clip whose
+slot 0 is the image and whose other slots are padding (mask 0, no gap rows), so the frame model
+reads the image and clip models see one valid frame. Their labels are still required
+(``no_label``), and byte-identical images are deduplicated before the split (``duplicate_image``:
+the first video id keeps it; when the copies disagree on the label, none is kept), so the same
+image can never sit in two splits. They take part in the orphan check and the grouped split like
+any video; the summary counts them.
 
 Exit 0 when done, 1 when some input rows were inconsistent (listed as outliers), 2 (typed error)
 when the inputs are missing or the split is impossible.
@@ -17,6 +28,7 @@ when the inputs are missing or the split is impossible.
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +39,10 @@ from pipeline import manifest
 from pipeline.config import PrepareConfig, to_dict
 from pipeline.errors import ConfigError, SplitError
 from pipeline.filtering import orphan_filter, reason_counts, window_filter
+from pipeline.fsutil import sha256_file
+from pipeline.manifest import LABELS
 from pipeline.sampling import (
+    SlotChoice,
     clip_records,
     clips_frame,
     gap_records,
@@ -35,7 +50,7 @@ from pipeline.sampling import (
     n_usable,
     sample_video,
 )
-from pipeline.splits import check_split, split_groups, split_summary
+from pipeline.splits import check_split, merge_report, split_groups, split_summary
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +146,71 @@ def sample_all(
     return kept, clip_df, gap_df, short_out, counts
 
 
+def single_image_mask(videos: pd.DataFrame) -> pd.Series:
+    """True for single-image videos (status ``ok``, ``n_frames`` 1; see the module docstring)."""
+    n = pd.to_numeric(videos["n_frames"], errors="coerce")
+    return ((videos["status"] == "ok") & (n == 1)).fillna(False).astype(bool)
+
+
+def single_image_choices(crop_path: str, n_frames: int) -> list[SlotChoice]:
+    """The clip of a single-image video: slot 0 is the image, the other slots are padding."""
+    return [SlotChoice(0, None, 0, 0, crop_path, "")] + [
+        SlotChoice(k, None, None, None, None, "single_image") for k in range(1, n_frames)]
+
+
+def prepare_single_images(
+    singles: pd.DataFrame, faces: pd.DataFrame, cfg: PrepareConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Label check, byte-level dedupe and clip rows for single-image videos.
+
+    Returns:
+        (kept videos, clip rows, outlier rows ``no_label`` / ``unreadable_image`` /
+        ``duplicate_image``, counts).
+    """
+    crops = faces.drop_duplicates("video_id").set_index("video_id")["crop_path"]
+    out_rows: list[tuple[Any, str]] = []
+    digests: dict[str, list] = {}
+    for row in tqdm(singles.sort_values("video_id").itertuples(index=False), total=len(singles),
+                    desc="hash images", unit="image", disable=None):
+        if row.label not in LABELS:
+            out_rows.append((row, f"no_label: label {row.label!r} is not REAL/FAKE"))
+            continue
+        path = str(crops.get(row.video_id, ""))
+        try:
+            digest = sha256_file(path)
+        except OSError as e:
+            out_rows.append((row, f"unreadable_image: {path}: {e.strerror or e}"))
+            continue
+        digests.setdefault(digest, []).append(row)
+    kept_rows, clips = [], []
+    n_dup = 0
+    for same in digests.values():
+        first, rest = same[0], same[1:]
+        if any(r.label != first.label for r in rest):
+            ids = ", ".join(r.video_id for r in same)
+            out_rows += [(r, f"duplicate_image: identical bytes in {ids} with different labels")
+                         for r in same]
+            n_dup += len(same)
+            continue
+        out_rows += [(r, f"duplicate_image: identical bytes to {first.video_id}") for r in rest]
+        n_dup += len(rest)
+        kept_rows.append(first)
+        clips.extend(clip_records(first.video_id, first.label, first.original,
+                                  single_image_choices(str(crops[first.video_id]), cfg.n_frames)))
+    kept = pd.DataFrame(kept_rows, columns=singles.columns) if kept_rows else singles.iloc[0:0]
+    kept = kept.sort_values("video_id").reset_index(drop=True).astype(singles.dtypes.to_dict())
+    outliers = pd.DataFrame({
+        "video_id": [r.video_id for r, _ in out_rows],
+        "label": [r.label for r, _ in out_rows],
+        "original": [r.original for r, _ in out_rows],
+        "n_faces": pd.Series([r.n_faces for r, _ in out_rows], dtype="Int64"),
+        "reason": [why for _, why in out_rows],
+    })
+    counts = {"single_image_videos": len(singles), "single_image_kept": len(kept),
+              "duplicate_images": n_dup}
+    return kept, clips_frame(clips), outliers, counts
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     frames = [manifest.validate(f, "outliers") for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else manifest.empty("outliers")
@@ -147,6 +227,9 @@ def _log_summary(counts: dict[str, Any]) -> None:
         f"orphan fakes             {counts['orphan_fakes']} "
         f"({counts['orphan_fakes_dropped']} dropped; {counts['fakes_original_absent']} fakes "
         "whose original is absent from the input, kept)",
+        f"single-image videos      {counts['single_image_videos']} (face-count filter and "
+        f"frame sampler not applied; {counts['single_image_kept']} kept, "
+        f"{counts['duplicate_images']} duplicate images left out)",
         f"short clips              {counts['short_clips']} ({counts['short_clips_dropped']} dropped, "
         f"{counts['short_clips_padded']} padded)",
         f"gap slots                {counts['gap_slots']} {counts['gaps_by_reason']}",
@@ -154,6 +237,9 @@ def _log_summary(counts: dict[str, Any]) -> None:
     ]
     for s, d in counts["split"].items():
         lines.append(f"{s:<8}{d['videos']:>8}{d['groups']:>8}{d['fake_share']:>12.3f}")
+    g = counts["groups"]
+    lines.append(f"groups                   {g['groups']} ({g['groups_by_original']} originals, "
+                 f"--merge-groups {g['merge_groups']}: {len(g['merged_groups'])} merged group(s))")
     logger.info("prepare summary\n%s", "\n".join(lines))
 
 
@@ -168,26 +254,35 @@ def run(cfg: PrepareConfig) -> int:
     logger.info("prepare: %d videos, %d face rows from %s", len(videos), len(faces), mdir)
 
     videos, mismatch = check_face_counts(videos, faces)
-    kept, window_out = window_filter(videos, cfg.min_faces, cfg.max_faces)
+    single = single_image_mask(videos)
+    kept, window_out = window_filter(videos[~single], cfg.min_faces, cfg.max_faces)
     kept, clips, gaps, short_out, sample_counts = sample_all(kept, faces, cfg)
+    s_kept, s_clips, single_out, single_counts = prepare_single_images(
+        videos[single], faces[faces["video_id"].isin(set(videos.loc[single, "video_id"]))], cfg)
+    if len(s_kept):
+        kept = pd.concat([kept, s_kept], ignore_index=True)
+        clips = pd.concat([clips, s_clips], ignore_index=True)
     all_ids = set(videos["video_id"]) | set(mismatch["video_id"])
     kept, orphan_out, orphan_counts = orphan_filter(kept, all_ids, cfg.orphan_fakes)
     clips = clips[clips["video_id"].isin(set(kept["video_id"]))].reset_index(drop=True)
 
-    outliers = _concat([mismatch, window_out, short_out, orphan_out])
+    outliers = _concat([mismatch, window_out, short_out, single_out, orphan_out])
     conf = to_dict(cfg)
     inputs = [videos_path, faces_path]
+    # one id in the four sidecars: readers check that clips and split come from one run
+    prepare_id = uuid.uuid4().hex
     pre_counts = {"videos_in": len(videos) + len(mismatch), "kept": len(kept),
                   "outliers": len(outliers), "outliers_by_reason": reason_counts(outliers),
-                  **orphan_counts, **sample_counts}
+                  **orphan_counts, **sample_counts, **single_counts}
     try:
-        split = split_groups(kept, cfg.test_share, cfg.val_share, cfg.seed)
+        split = split_groups(kept, cfg.test_share, cfg.val_share, cfg.seed, cfg.merge_groups)
         check_split(split)
     except SplitError as e:
         # the filter's decisions are still worth reading; stale clips/split must not survive
         for kind, table in (("outliers", outliers), ("gaps", gaps)):
             manifest.write_manifest(table, manifest.manifest_path(mdir, kind), kind,
-                                    config=conf, inputs=inputs, counts=pre_counts)
+                                    config=conf, inputs=inputs, counts=pre_counts,
+                                    prepare_id=prepare_id)
         for kind in ("clips", "split"):
             for p in (manifest.manifest_path(mdir, kind), manifest.meta_path(
                     manifest.manifest_path(mdir, kind))):
@@ -203,11 +298,12 @@ def run(cfg: PrepareConfig) -> int:
         "clip_rows": len(clips),
         "padded_rows": int((clips["mask"] == 0).sum()),
         "split": split_summary(split),
+        "groups": merge_report(kept, cfg.merge_groups),
     }
     for kind, table in (("outliers", outliers), ("clips", clips), ("gaps", gaps),
                         ("split", split)):
         manifest.write_manifest(table, manifest.manifest_path(mdir, kind), kind,
-                                config=conf, inputs=inputs, counts=counts)
+                                config=conf, inputs=inputs, counts=counts, prepare_id=prepare_id)
     _log_summary(counts)
     if len(mismatch):
         logger.error("%d video(s) whose n_faces disagrees with faces.csv (see outliers.csv)",

@@ -95,9 +95,11 @@ def run(cfg: config.RunConfig) -> int:
     paths = tuple(videos.loc[v, "path"] for v in picks)
     if paths:
         scores = work / "scores"
+        # overwrite: a rerun may have trained the checkpoint further, and scoring a few videos
+        # again is cheap (score refuses to resume another checkpoint's results)
         rc = scoring.run(config.ScoreConfig(inputs=paths, checkpoint=ckpts[0],
                                             out=str(scores / "results.jsonl"),
-                                            explain=str(scores / "evidence")))
+                                            explain=str(scores / "evidence"), overwrite=True))
         _stage("score", rc, fatal=False)
         worst = max(worst, rc)
         log.info("evidence sheets: %s", scores / "evidence")

@@ -3,25 +3,35 @@
 One video: decode -> faces (``faces.extract_faces``, the extract stage's own code) -> per face
 track, the model's 30-slot input (``sampling.sample_video``, the prepare stage's own rules;
 ``data.crops_to_tensor``, the training preprocessing) -> p_fake per track -> the video's p_fake is
-the maximum over tracks (any fake identity makes the video fake). A failure has a status and a
-reason and no score; never a made-up 0.5.
+the maximum over the tracks that are real identities (any fake identity makes the video fake). A
+track is an identity when it holds at least ``min_track_share`` of the video's face frames (or is
+the longest track); shorter ones (a face on a poster seen for a moment, a detector false positive)
+are reported in ``tracks`` with status ``brief`` and never decide the verdict. A failure has a
+status and a reason and no score; never a made-up 0.5.
 
 Statuses: ``ok``; ``no_face`` (readable, no face found); ``too_few_frames`` (faces, but no track
-fills ``min_frames`` of the slots); ``read_error`` / ``empty_file`` / ``missing_file`` /
-``too_short`` (the video cannot be used); ``error`` (anything unexpected, with its message).
-Only the last group makes the exit status 1.
+fills ``min_frames`` of the slots); ``duplicate`` (batch only: the same file as another input
+path, scored once under that path, named in ``duplicate_of``); ``read_error`` / ``empty_file`` /
+``missing_file`` / ``too_short`` (the video cannot be used); ``error`` (anything unexpected, with
+its message, also a worker process that died). Only the last two groups make the exit status 1.
 
 Per-frame timeline: for ``frame`` checkpoints, each sampled frame's own p_fake (the video score is
 their mean, ``frame_mean``); for ``cnn_lstm``, the running verdict: p_fake after the LSTM has seen
 the slots up to that frame.
 
 Batch mode writes one JSON line per video as it finishes (fsync'd), so a killed run loses at most
-the videos in flight; a rerun skips videos already in the results file.
+the videos in flight; a rerun skips videos already in the results file. Each line carries the
+``score_key`` of what produced it (checkpoint content id + the scoring settings, see
+``score_settings``): a rerun with another checkpoint or settings is refused instead of reprinting
+the old verdicts (``--overwrite`` rescores). The resolved config is written beside the results
+(``<out>.config.json``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -35,20 +45,41 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import engine
+from pipeline import __version__, engine
 from pipeline.checkpoint import build_model, load_checkpoint
-from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig
+from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig, to_dict
 from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
-from pipeline.fsutil import atomic_write_text, sha256_file
+from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.sampling import sample_video
 from pipeline.video_io import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames")
+OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames", "duplicate")
 """Statuses that are an answer about the video; anything else counts as a failure."""
 N_EVIDENCE = 3
+
+
+def checkpoint_threshold(ckpt: dict[str, Any], scored_as: str, path: str = "") -> float:
+    """The checkpoint's decision threshold for the way it scores (``scored_as``).
+
+    Training stores ``thresholds`` (one per use: ``frame`` and ``frame_mean`` for a frame model,
+    each chosen on validation predictions made that way). An older checkpoint has only
+    ``threshold``, chosen on the model's own predictions: used with a warning when it scores
+    another way (a frame model as ``frame_mean``); 0.5 when it has neither.
+    """
+    thresholds = ckpt.get("thresholds") or {}
+    if scored_as in thresholds:
+        return float(thresholds[scored_as])
+    own = ckpt.get("threshold")
+    if scored_as != ckpt["model"]["name"]:
+        log.warning("%s: no %s threshold in the checkpoint (trained before dfpipe stored one per "
+                       "use); using the %s model's own threshold %s, chosen on %s predictions",
+                       path or "checkpoint", scored_as, ckpt["model"]["name"],
+                       "0.5" if own is None else f"{float(own):.4f}",
+                       "middle-frame" if ckpt["model"]["name"] == "frame" else "its own")
+    return float(own if own is not None else 0.5)
 
 
 class VideoScorer:
@@ -59,7 +90,8 @@ class VideoScorer:
 
     def __init__(self, ckpt: dict[str, Any], ckpt_path: str, *, device: str = "auto",
                  detect: str = "slots", min_frames: int = 10, decoder: str = "decord",
-                 threshold: float | None = None, extract: ExtractConfig | None = None) -> None:
+                 threshold: float | None = None, extract: ExtractConfig | None = None,
+                 min_track_share: float = 0.3) -> None:
         from pipeline.faces import MTCNNDetector
 
         self.device = engine.resolve_device(device)
@@ -76,9 +108,14 @@ class VideoScorer:
         self.sampler = prep.get("sampler", defaults.sampler)
         self.n_slots = int(prep.get("n_frames", defaults.n_frames))
         self.stride = int(prep.get("stride", defaults.stride))
-        self.threshold = float(threshold if threshold is not None else ckpt.get("threshold", 0.5))
+        scored_as = "frame_mean" if self.model_name == "frame" else self.model_name
+        self.threshold = float(threshold if threshold is not None
+                               else checkpoint_threshold(ckpt, scored_as, self.ckpt_path))
         self.detect = detect
         self.min_frames = min_frames
+        if not 0.0 <= min_track_share <= 1.0:
+            raise ConfigError(f"min_track_share must be in [0, 1], got {min_track_share}")
+        self.min_track_share = float(min_track_share)
         self.extract_cfg = extract or ExtractConfig(decoder=decoder, device=device)
         self.detector = MTCNNDetector(
             device=self.extract_cfg.device, min_face_size=self.extract_cfg.min_face_size,
@@ -170,18 +207,26 @@ class VideoScorer:
             "track": [r.track for r in faces.records],
             "crop_path": [str(i) for i in range(len(faces.records))],  # index into faces.crops
         })
+        probs = np.array([r.prob for r in faces.records], dtype=np.float64)
         tracks = []
         for track, rows in table.groupby("track", sort=True):
             choices = sample_video(rows, self.sampler, self.n_slots, self.stride, info.n_frames)
             used = [c for c in choices if not c.is_gap]
-            tracks.append({"track": int(track), "choices": choices, "used": used})
-        scorable = [t for t in tracks if len(t["used"]) >= self.min_frames]
-        for t in tracks:
-            t["summary"] = {"track": t["track"], "frames_used": len(t["used"]), "p_fake": None,
-                            "status": "ok" if t in scorable else "too_few_frames"}
+            p = probs[rows.index.to_numpy()]
+            p = p[np.isfinite(p)]  # boxes carried between detections have no probability
+            tracks.append({"track": int(track), "choices": choices, "used": used,
+                           "faces": len(rows), "mean_face_prob": float(p.mean()) if len(p) else None})
+        n_face_frames = int(table["frame"].nunique())
+        statuses = track_statuses([t["faces"] for t in tracks], [len(t["used"]) for t in tracks],
+                                  n_face_frames, self.min_track_share, self.min_frames)
+        for t, status in zip(tracks, statuses, strict=True):
+            t["summary"] = {"track": t["track"], "frames_used": len(t["used"]), "faces": t["faces"],
+                            "share": round(t["faces"] / n_face_frames, 4),
+                            "mean_face_prob": t["mean_face_prob"], "p_fake": None, "status": status}
+        scorable = [t for t in tracks if t["summary"]["status"] == "ok"]
         result["tracks"] = [t["summary"] for t in tracks]
         if not scorable:
-            best = max(len(t["used"]) for t in tracks)
+            best = max(len(t["used"]) for t in tracks if t["summary"]["status"] != "brief")
             result.update(status="too_few_frames",
                           reason=f"{path}: no face track fills {self.min_frames} of "
                                  f"{self.n_slots} slots (best: {best})")
@@ -241,8 +286,9 @@ class VideoScorer:
 
         used = track["used"]
         faces = [crops[int(c.crop_path)] for c in used]
-        self.model.zero_grad(set_to_none=True)
-        # maps at the crops' own size (the model may see them smaller)
+        # maps at the crops' own size (the model may see them smaller); grad_cam touches no
+        # shared state (no .grad, its hook only sees this thread's forward), so concurrent
+        # requests on one scorer get their own maps
         cams = grad_cam(lambda: self.model(clip, mask), self.model, faces[0].shape[:2])  # (T, h, w)
         timeline = result["timeline"]
         scores = np.array([p["p_fake"] for p in timeline])
@@ -256,7 +302,7 @@ class VideoScorer:
         picks = sorted(int(i) for i in order[:N_EVIDENCE])
         heat = [(int(used[i].frame), faces[i], cams[used[i].slot]) for i in picks]
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = result["video_id"]
+        stem = evidence_stem(result["path"])
         png = render_sheet(
             out_dir / f"{stem}.png",
             title=f"{display_name}  ·  model {self.card['scored_as']} ({self.card['backbone']}), "
@@ -272,6 +318,39 @@ class VideoScorer:
         result["evidence_png"] = str(png)
         html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name)
         result["evidence_html"] = str(html)
+
+
+def track_statuses(faces: list[int], used: list[int], n_face_frames: int, min_share: float,
+                   min_frames: int) -> list[str]:
+    """Per track: ``ok`` (an identity that fills ``min_frames`` slots), ``too_few_frames``, or
+    ``brief`` (fewer than ``min_share`` of the frames with a face, and not the longest track).
+
+    Args:
+        faces: face crops per track.
+        used: sampled slots that got a face, per track.
+        n_face_frames: frames with at least one face (the share's denominator).
+        min_share: minimum share of ``n_face_frames`` for a real identity.
+        min_frames: minimum used slots for a track to be scored.
+    """
+    longest = max(faces, default=0)
+    out = []
+    for n, u in zip(faces, used, strict=True):
+        if n < longest and n < min_share * n_face_frames:
+            out.append("brief")
+        else:
+            out.append("ok" if u >= min_frames else "too_few_frames")
+    return out
+
+
+def evidence_stem(path: str | os.PathLike) -> str:
+    """File stem of a video's evidence sheet: ``<stem>-<8 hex of its resolved path>``.
+
+    ``a/clip.mp4`` and ``b/clip.mp4`` get different sheets in one ``--explain`` folder, and the
+    same video gets the same name on every rerun.
+    """
+    p = Path(path)
+    digest = hashlib.sha256(str(p.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{p.stem}-{digest[:8]}"
 
 
 def _file_id(path: str) -> str:
@@ -291,7 +370,12 @@ def _trained_on(data: dict[str, Any]) -> str:
 
 
 def discover_videos(inputs: tuple[str, ...] | list[str]) -> list[Path]:
-    """Video files named directly or found (recursively) in folders, sorted, de-duplicated."""
+    """Video files named directly or found (recursively) in folders, sorted by path.
+
+    Every distinct input path is kept, also two paths of one file (a symlink, a hard link):
+    ``find_duplicates`` says which ones are the same file. Only the same path named twice (a
+    folder and a file in it) is listed once.
+    """
     found: list[Path] = []
     for raw in inputs:
         p = Path(raw)
@@ -306,11 +390,68 @@ def discover_videos(inputs: tuple[str, ...] | list[str]) -> list[Path]:
             found.append(p)  # a missing or odd file still gets a result row with its reason
     seen, out = set(), []
     for p in sorted(found, key=lambda q: str(q)):
-        key = str(p.resolve()) if p.exists() else str(p)
+        key = os.path.normpath(os.path.abspath(p))
         if key not in seen:
             seen.add(key)
             out.append(p)
     return out
+
+
+def find_duplicates(videos: list[Path]) -> dict[Path, Path]:
+    """``{duplicate path: the path it is scored under}`` for paths that are one file.
+
+    One file = same device and inode (symlinks followed, hard links too). The path scored is a
+    real file rather than a symlink, then the first by path; files that cannot be stat'ed are
+    never duplicates (they get their own error row).
+    """
+    groups: dict[tuple[int, int], list[Path]] = {}
+    for p in videos:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if p.is_file():
+            groups.setdefault((st.st_dev, st.st_ino), []).append(p)
+    out: dict[Path, Path] = {}
+    for paths in groups.values():
+        if len(paths) > 1:
+            primary = min(paths, key=lambda q: (q.is_symlink(), str(q)))
+            out.update({q: primary for q in paths if q != primary})
+    return out
+
+
+def duplicate_row(path: Path, primary: Path) -> dict[str, Any]:
+    """The result row of a path that is the same file as ``primary`` (not scored again)."""
+    return {"path": str(path), "video_id": path.stem, "status": "duplicate",
+            "reason": f"{path}: same file as {primary} (scored under that path)",
+            "duplicate_of": str(primary), "p_fake": None, "label": None, "tracks": []}
+
+
+def crashed_row(path: str, row: dict) -> dict[str, Any]:
+    """The result row of a video whose worker failed outside ``VideoScorer.score`` (the
+    executor's safety net: a worker process that died, an exception that escaped)."""
+    reason = str(row.get("reason") or "worker failed")
+    return {"path": path, "video_id": Path(path).stem, "status": "error",
+            "reason": f"{path}: {reason}", "p_fake": None, "label": None, "tracks": []}
+
+
+def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a result depends on: the checkpoint's content id and the scoring settings."""
+    threshold = cfg.threshold if cfg.threshold is not None else ckpt.get("threshold", 0.5)
+    return {"checkpoint_id": _file_id(cfg.checkpoint), "threshold": float(threshold),
+            "detect": cfg.detect, "min_frames": cfg.min_frames,
+            "min_track_share": cfg.min_track_share, "decoder": cfg.decoder,
+            "explain": str(Path(cfg.explain).resolve()) if cfg.explain else None}
+
+
+def score_key(settings: dict[str, Any]) -> str:
+    """Short id of ``score_settings`` (12 hex): stored in every result row."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def config_path(out: Path) -> Path:
+    """The resolved config beside the results: ``<out>.config.json``."""
+    return out.with_name(out.name + ".config.json")
 
 
 class ScoreWorker:
@@ -320,7 +461,7 @@ class ScoreWorker:
         self.cfg = cfg
         self.scorer = VideoScorer.from_checkpoint(
             cfg.checkpoint, device=cfg.device, detect=cfg.detect, min_frames=cfg.min_frames,
-            decoder=cfg.decoder, threshold=cfg.threshold)
+            decoder=cfg.decoder, threshold=cfg.threshold, min_track_share=cfg.min_track_share)
 
     def __call__(self, item: dict) -> dict:
         res = self.scorer.score(item["path"], explain_dir=self.cfg.explain)
@@ -389,6 +530,27 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _check_resumable(journal: Path, rows: list[dict], key: str, settings: dict[str, Any],
+                     out: Path) -> None:
+    """Refuse to resume a journal written by another checkpoint or other settings."""
+    other = [r for r in rows if r.get("score_key") != key]
+    if not other:
+        return
+    before = {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        meta = json.loads(config_path(out).read_text(encoding="utf-8"))
+        if meta.get("score_key") == other[0].get("score_key"):
+            before = meta.get("settings", {})
+    changed = ", ".join(f"{k} {before[k]} -> {v}" for k, v in settings.items()
+                        if k in before and before[k] != v)
+    if not changed:
+        old = other[0].get("score_key")
+        changed = f"score key {old} -> {key}" if old else "written without a score key"
+    raise ConfigError(
+        f"{journal}: {len(other)} result(s) were scored with another checkpoint or settings "
+        f"({changed}); pass --overwrite to rescore them, or write to another --out")
+
+
 def run(cfg: ScoreConfig) -> int:
     """Score every input video; resumable; exit 1 when any video failed (not for no_face)."""
     from pipeline.executors import run_items
@@ -397,7 +559,9 @@ def run(cfg: ScoreConfig) -> int:
         raise ConfigError("dfpipe score needs --checkpoint PATH (a best.pt from dfpipe train)")
     if not cfg.inputs:
         raise ConfigError("dfpipe score needs at least one video file or folder")
-    load_checkpoint(cfg.checkpoint)  # fail fast, in the parent, with the checkpoint's own error
+    # fail fast, in the parent, with the checkpoint's own error
+    settings = score_settings(cfg, load_checkpoint(cfg.checkpoint))
+    key = score_key(settings)
     out = Path(cfg.out)
     if out.suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"{out}: results file must end in .jsonl or .csv")
@@ -405,17 +569,27 @@ def run(cfg: ScoreConfig) -> int:
     journal = journal_path(out)
     if cfg.overwrite and journal.exists():
         journal.unlink()
-    done = {r["path"]: r for r in read_journal(journal)}
+    previous = read_journal(journal)
+    _check_resumable(journal, previous, key, settings, out)
+    atomic_write_json(config_path(out), {"config": to_dict(cfg), "settings": settings,
+                                         "score_key": key, "dfpipe": __version__})
+    done = {r["path"]: r for r in previous}
     videos = discover_videos(cfg.inputs)
+    dups = find_duplicates(videos)
+    for p, primary in dups.items():
+        if str(p) not in done:
+            row = {**duplicate_row(p, primary), "score_key": key}
+            _append(journal, row)
+            done[row["path"]] = row
     todo = [{"id": str(p), "path": str(p)} for p in videos if str(p) not in done]
-    log.info("%d video(s): %d already scored in %s, %d to score", len(videos),
-             len(videos) - len(todo), journal, len(todo))
+    log.info("%d video(s): %d already scored in %s, %d duplicate path(s), %d to score",
+             len(videos), len(videos) - len(todo) - len(dups), journal, len(dups), len(todo))
     for row in run_items(ScoreWorker, (cfg,), todo, engine=cfg.engine, workers=cfg.workers,
-                         address=cfg.address, desc="score"):
-        row.pop("id", None)
-        if "path" not in row:  # the executor's safety net for a crashed worker
-            row = {"path": row.get("id", ""), "status": row.get("status", "error"),
-                   "reason": row.get("reason", ""), "p_fake": None}
+                         address=cfg.address, max_in_flight=cfg.max_in_flight, desc="score"):
+        item_id = str(row.pop("id", ""))
+        if "path" not in row:  # the executor's safety net: the worker died or raised
+            row = crashed_row(item_id, row)
+        row["score_key"] = key
         _append(journal, row)
         done[row["path"]] = row
         if row["status"] not in OUTCOME_STATUSES:
@@ -429,6 +603,7 @@ def run(cfg: ScoreConfig) -> int:
     n_fake = sum(1 for r in rows if r.get("label") == "FAKE")
     n_real = sum(1 for r in rows if r.get("label") == "REAL")
     failed = sum(n for s, n in statuses.items() if s not in OUTCOME_STATUSES)
+    failed += len(videos) - len(rows)  # a video without a row has failed too (never expected)
     log.info("scored %d video(s): %d FAKE, %d REAL; statuses %s; results in %s",
              len(rows), n_fake, n_real, statuses, out)
     for r in rows:

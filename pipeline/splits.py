@@ -5,6 +5,15 @@ absent from the data: FF++ ``750_743`` is group ``750``; a FAKE without any ``or
 own group). A group never crosses splits, so a model is never tested on a fake of a face it was
 trained on.
 
+Group merging (``merge_groups="auto"``, the default): one person can sit in several originals.
+Where the naming says so, a video carries more than one identity: an FF++ fake
+``<target>_<source>`` (both parts digits, the first equal to its ``original``) shows the target
+video's scene and the source video's face, so ``004_982`` ties groups ``004`` and ``982``.
+Identities that share a video are merged by union-find; a merged group is named by the smallest
+original-group id among its members (``004_982`` + ``982``: group ``004``; FF++ ``750_743`` alone
+stays group ``750``), which does not depend on row order. DFDC names carry no actor ids, so DFDC groups
+stay one per original. ``merge_groups="off"``: one group per original, as before.
+
 Shares are shares of *groups*: ``n_test = round(test_share * G)``, ``n_val = round(val_share *
 (G - n_test))``, the rest train, each at least 1. Stratification by label "as far as groups allow":
 groups are ordered by composition (stratum ``mixed`` = has REAL and FAKE, ``real_only``,
@@ -20,6 +29,8 @@ groups holding a REAL (or a FAKE) video, since each of the 3 splits needs both l
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +44,9 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["video_id", "label", "group", "split"]
 _STRATUM_ORDER = {"mixed": 0, "real_only": 1, "fake_only": 2}
+MERGE_MODES = ("auto", "off")
+FFPP_FAKE = re.compile(r"^(\d+)_(\d+)$")
+"""FaceForensics++ fake names ``<target>_<source>``."""
 
 
 def group_of(video_id: str, label: str, original: str | None) -> str:
@@ -42,14 +56,73 @@ def group_of(video_id: str, label: str, original: str | None) -> str:
     return str(video_id)
 
 
-def assign_groups(videos: pd.DataFrame) -> pd.Series:
-    """Group id per row of ``videos`` (``video_id``, ``label``, ``original``)."""
+def identities_of(video_id: str, label: str, original: str | None, merge: str = "auto") -> list[str]:
+    """Ids of the people in one video: its group (``group_of``) first, then, with ``merge``
+    ``auto``, the source id of an FF++ fake ``<target>_<source>`` whose original is ``target``."""
+    if merge not in MERGE_MODES:
+        raise ConfigError(f"merge_groups must be one of {list(MERGE_MODES)}, got {merge!r}")
+    base = group_of(video_id, label, original)
+    ids = [base]
+    if merge == "auto" and label == "FAKE":
+        m = FFPP_FAKE.match(str(video_id))
+        if m and m.group(1) == base and m.group(2) != base:
+            ids.append(m.group(2))
+    return ids
+
+
+def union_groups(links: Iterable[Sequence[str]]) -> dict[str, str]:
+    """Union-find: every id -> the representative of its component (its smallest id).
+
+    Args:
+        links: id lists; all ids of one list belong together (a list of one id adds it alone).
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]  # path halving
+            x = parent[x]
+        return x
+
+    for ids in links:
+        for i in ids:
+            parent.setdefault(i, i)
+        for i in ids[1:]:
+            a, b = find(ids[0]), find(i)
+            if a != b:  # the smaller id stays root, so the root is the component's minimum
+                parent[max(a, b)] = min(a, b)
+    return {x: find(x) for x in parent}
+
+
+def _merged(videos: pd.DataFrame, merge: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(merged group name per row, merged group name -> the original-groups it joins)."""
     orig = videos["original"].astype("string").fillna("")
-    return pd.Series(
-        [group_of(v, lab, o) for v, lab, o in zip(videos["video_id"], videos["label"], orig, strict=True)],
-        index=videos.index,
-        dtype="string",
-    )
+    links = [identities_of(str(v), str(lab), o, merge)
+             for v, lab, o in zip(videos["video_id"], videos["label"], orig, strict=True)]
+    root = union_groups(links)
+    members: dict[str, set[str]] = {}
+    for ids in links:
+        members.setdefault(root[ids[0]], set()).add(ids[0])
+    # name a component by its smallest original-group, not by a source id seen only in a name
+    name = {r: min(m) for r, m in members.items()}
+    return ([name[root[ids[0]]] for ids in links],
+            {name[r]: sorted(m) for r, m in members.items()})
+
+
+def assign_groups(videos: pd.DataFrame, merge: str = "auto") -> pd.Series:
+    """Group id per row of ``videos`` (``video_id``, ``label``, ``original``); see the module
+    docstring for ``merge`` (``auto``: identities shared through FF++ names merge groups)."""
+    names, _ = _merged(videos, merge)
+    return pd.Series(names, index=videos.index, dtype="string")
+
+
+def merge_report(videos: pd.DataFrame, merge: str = "auto") -> dict[str, Any]:
+    """Counts for the prepare summary: groups by original, groups after merging, and each merged
+    group (its name -> the original-groups it joins; only those joining two or more)."""
+    _, members = _merged(videos, merge)
+    merged = {r: m for r, m in sorted(members.items()) if len(m) > 1}
+    return {"merge_groups": merge, "groups_by_original": sum(len(m) for m in members.values()),
+            "groups": len(members), "merged_groups": merged}
 
 
 def split_counts(n_groups: int, test_share: float, val_share: float) -> dict[str, int]:
@@ -65,10 +138,10 @@ def split_counts(n_groups: int, test_share: float, val_share: float) -> dict[str
     return {"train": n_groups - n_test - n_val, "val": n_val, "test": n_test}
 
 
-def _group_table(videos: pd.DataFrame) -> pd.DataFrame:
+def _group_table(videos: pd.DataFrame, merge: str) -> pd.DataFrame:
     df = pd.DataFrame(
         {"video_id": videos["video_id"].astype(str), "label": videos["label"].astype(str),
-         "group": assign_groups(videos).astype(str)}
+         "group": assign_groups(videos, merge).astype(str)}
     )
     bad = df.loc[~df["label"].isin(LABELS), "video_id"].tolist()
     if bad:
@@ -150,7 +223,8 @@ def _repair(assign: dict[str, str], groups: pd.DataFrame, order: list[str]) -> N
 
 
 def split_groups(
-    videos: pd.DataFrame, test_share: float = 0.2, val_share: float = 0.2, seed: int = 0
+    videos: pd.DataFrame, test_share: float = 0.2, val_share: float = 0.2, seed: int = 0,
+    merge: str = "auto",
 ) -> pd.DataFrame:
     """Grouped, label-stratified, deterministic split (see the module docstring).
 
@@ -159,11 +233,12 @@ def split_groups(
         test_share: share of groups for test.
         val_share: share of the remaining groups for validation.
         seed: shuffling seed.
+        merge: ``auto`` (merge groups that share an identity) or ``off``.
 
     Returns:
         Split table with columns ``video_id, label, group, split`` in the input's row order.
     """
-    groups = _group_table(videos)
+    groups = _group_table(videos, merge)
     for lab, c in (("REAL", "n_real"), ("FAKE", "n_fake")):
         holders = int((groups[c] > 0).sum())
         if holders < 3:
@@ -195,7 +270,7 @@ def split_groups(
         {
             "video_id": videos["video_id"].astype("string").to_numpy(),
             "label": videos["label"].astype("string").to_numpy(),
-            "group": assign_groups(videos).to_numpy(),
+            "group": assign_groups(videos, merge).to_numpy(),
         }
     )
     out["split"] = out["group"].map(assign).astype("string")
@@ -240,3 +315,62 @@ def split_summary(split: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "fake_share": round(n_fake / len(sub), 4) if len(sub) else 0.0,
         }
     return out
+
+
+def split_fingerprint(split: pd.DataFrame) -> str:
+    """SHA-256 of what a split decides: the sorted ``video_id -> split`` pairs.
+
+    Row order, labels, group names and the sidecar do not enter: a rerun of ``prepare`` that
+    puts every video where it was gives the same fingerprint, one that moves a video does not.
+    """
+    import hashlib
+
+    pairs = sorted(zip(split["video_id"].astype(str), split["split"].astype(str), strict=True))
+    h = hashlib.sha256()
+    for vid, s in pairs:
+        h.update(f"{vid}\t{s}\n".encode())
+    return h.hexdigest()
+
+
+def check_checkpoint_split(train_data: dict[str, Any], split: pd.DataFrame, *, checkpoint: str,
+                           manifest: str, use: str, allow: bool) -> str:
+    """Is ``split`` the split the checkpoint was trained on? ``""`` when it is.
+
+    Compared: the checkpoint's ``train_data.split_fingerprint`` with ``split_fingerprint(split)``
+    (checkpoints from before fingerprints: their ``split_sha256`` with the file's bytes).
+
+    Args:
+        train_data: the checkpoint's training-data summary.
+        split: the split table about to be used.
+        checkpoint, manifest: paths for the message.
+        use: what is being done, for the message ("evaluated on", "resumed with").
+        allow: ``--allow-other-split``: warn and return the reason instead of refusing.
+
+    Returns:
+        ``""`` on a match, else (``allow``) the one-line reason.
+
+    Raises:
+        ConfigError: the splits differ (or the checkpoint records none) and not ``allow``.
+    """
+    from pipeline.fsutil import sha256_file
+
+    recorded = train_data.get("split_fingerprint")
+    if recorded is not None:
+        if recorded == split_fingerprint(split):
+            return ""
+        reason = (f"{manifest} assigns videos to splits differently from the split {checkpoint} "
+                  f"was trained on (fingerprint {split_fingerprint(split)[:12]} vs recorded "
+                  f"{recorded[:12]})")
+    elif train_data.get("split_sha256"):
+        if train_data["split_sha256"] == sha256_file(manifest):
+            return ""
+        reason = (f"{manifest} is not the split file {checkpoint} was trained on (sha256 "
+                  f"{sha256_file(manifest)[:12]} vs recorded {train_data['split_sha256'][:12]})")
+    else:
+        reason = f"{checkpoint} records no training split, so {manifest} cannot be checked against it"
+    if not allow:
+        raise ConfigError(f"{reason}: not {use} it, since videos it trained on may sit in another "
+                          "split here; rerun `dfpipe prepare` as it was (same inputs and seed) or "
+                          "pass --allow-other-split (the output then says so)")
+    logger.warning("--allow-other-split: %s", reason)
+    return reason

@@ -44,11 +44,13 @@ from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.manifest import manifest_path, read_meta
 from pipeline.models import apply_preset, create_model
 from pipeline.models.backbones import normalization
+from pipeline.splits import check_checkpoint_split, split_fingerprint
 
 logger = logging.getLogger(__name__)
 
 # on --resume these come from the command line; everything else from the checkpoint's config
-RESUME_OVERRIDES = ("epochs", "patience", "workers", "device", "amp", "max_steps", "resume", "threads")
+RESUME_OVERRIDES = ("epochs", "patience", "workers", "device", "amp", "max_steps", "resume", "threads",
+                    "allow_other_split")
 HISTORY_PLOT_KEYS = ("train_loss", "val_loss", "val_roc_auc", "val_balanced_accuracy")
 
 
@@ -164,6 +166,9 @@ def data_summary(manifest_dir: Path, clips: pd.DataFrame, split: pd.DataFrame) -
     return {"manifest_dir": str(manifest_dir),
             "clips_sha256": sha256_file(manifest_path(manifest_dir, "clips")),
             "split_sha256": sha256_file(manifest_path(manifest_dir, "split")),
+            # what evaluate and --resume compare: which video is in which split
+            "split_fingerprint": split_fingerprint(split),
+            "prepare_id": read_meta(manifest_path(manifest_dir, "split")).get("prepare_id"),
             "counts": counts, "n_slots": int(clips.groupby("video_id").size().max()),
             "synthetic": synthetic, "synthetic_source": source,
             # the sampling rules the clips were made with: scoring must use the same ones
@@ -211,11 +216,40 @@ def write_history(folder: Path, history: list[dict[str, Any]], title: str) -> No
     plots.training_curves_plot({title: rows}, folder / "training_curve.png")
 
 
+def reduce_device(d: Dist) -> torch.device:
+    """Where a tensor must live for a collective of this process group: nccl only takes CUDA
+    tensors (on this rank's device), gloo takes CPU ones."""
+    return d.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def frame_mean_threshold(model: nn.Module, loader: Any, device: torch.device, rule: str,
+                         target_fpr: float) -> dict[str, Any]:
+    """Threshold and validation metrics of a frame model used as ``frame_mean`` (every valid
+    frame, probabilities averaged: how ``dfpipe score`` uses a frame checkpoint).
+
+    Args:
+        model: the frame model (its current weights).
+        loader: validation clips (``clip`` mode: all slots and their mask).
+    """
+    from pipeline import metrics as M
+    from pipeline.evaluation import _frame_pass  # the one frame_mean computation evaluate uses
+
+    videos, _ = _frame_pass(model, loader, device)
+    labels = pd.Series({r.video_id: r.label for r in loader.dataset.records})  # 0/1, 1 = FAKE
+    y = labels.loc[videos["video_id"]].to_numpy()
+    p = videos["p_fake"].to_numpy(float)
+    threshold = M.choose_threshold(y, p, rule=rule, target_fpr=target_fpr)
+    metrics = {k: float(v) for k, v in M.video_metrics(y, p, threshold).items()}
+    return {"threshold": float(threshold), "metrics": metrics}
+
+
 def _mean_over_ranks(total: float, n: int, d: Dist) -> float:
+    """Sum of ``total`` over the ranks divided by the sum of ``n`` (``total / n`` alone)."""
     if not d.enabled:
         return total / max(n, 1)
-    t = torch.tensor([total, float(n)], dtype=torch.float64)
+    t = torch.tensor([total, float(n)], dtype=torch.float64, device=reduce_device(d))
     dist.all_reduce(t)
+    t = t.cpu()
     return float(t[0] / t[1].clamp_min(1))
 
 
@@ -275,6 +309,15 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     folder = run_folder(cfg)
     manifest_dir = Path(cfg.manifest_dir)
     clips, split = read_clips_and_split(manifest_dir)
+    split_notes: list[str] = []
+    if resume_state is not None:
+        previous = resume_state.get("train_data") or {}
+        split_notes = list(previous.get("other_split_on_resume") or [])
+        note = check_checkpoint_split(previous, split, checkpoint=str(cfg.resume),
+                                      manifest=str(manifest_path(manifest_dir, "split")),
+                                      use="resumed with", allow=cfg.allow_other_split)
+        if note:
+            split_notes.append(f"after epoch {resume_state['epoch']}: {note}")
     train_rec, val_rec = build_records(clips, split, "train"), build_records(clips, split, "val")
     labels = np.array([r.label for r in train_rec])
     n_real, n_fake = int((labels == 0).sum()), int((labels == 1).sum())
@@ -309,6 +352,12 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     train_loader = engine.make_loader(train_ds, cfg.batch_size, sampler=sampler,
                                       workers=workers, pin_memory=pin)
     val_loader = engine.make_loader(val_ds, cfg.batch_size, workers=workers, pin_memory=pin)
+    # a frame model is scored as frame_mean (all frames): its threshold is chosen on that too
+    mean_loader = None
+    if mode == "image" and d.main:
+        mean_loader = engine.make_loader(
+            ClipDataset(val_rec, "clip", cfg.image_size, cfg.frame_index, mean=mean, std=std),
+            cfg.batch_size, workers=cfg.workers, pin_memory=pin)
 
     pos_weight = torch.tensor(n_real / n_fake) if cfg.balance == "weighted_loss" else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight).to(d.device)
@@ -339,7 +388,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
             net_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
     common = {"model": {"name": cfg.model, "kwargs": kwargs}, "config": to_dict(cfg),
-              "train_data": data_summary(manifest_dir, clips, split),
+              "train_data": {**data_summary(manifest_dir, clips, split),
+                             **({"other_split_on_resume": split_notes} if split_notes else {})},
               "preprocess": {"image_size": cfg.image_size, "mean": list(mean),
                              "std": list(std), "frame_index": cfg.frame_index,
                              "input_key": mode},
@@ -381,12 +431,20 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         if improved:
             stopper.update(best_loss=metrics["loss"], best_epoch=epoch + 1, bad_epochs=0)
             best = {"epoch": epoch + 1, "loss": metrics["loss"], "metrics": metrics}
+            if mean_loader is not None:
+                best["frame_mean"] = frame_mean_threshold(model, mean_loader, d.device,
+                                                          cfg.threshold_rule, cfg.target_fpr)
         else:
             stopper["bad_epochs"] += 1
         if d.main:
+            own = best.get("metrics", metrics)["threshold"]
+            # one threshold per way the model is used (score uses frame_mean for a frame model)
+            thresholds = {cfg.model: own}
+            if "frame_mean" in best:
+                thresholds["frame_mean"] = best["frame_mean"]["threshold"]
             state = {**common, "state_dict": model.state_dict(), "epoch": epoch + 1,
                      "metrics": metrics, "history": history, "best": best,
-                     "threshold": best.get("metrics", metrics)["threshold"], "stopper": stopper}
+                     "threshold": own, "thresholds": thresholds, "stopper": stopper}
             if improved:
                 ckpt_io.save_checkpoint(folder / "best.pt", state)
             ckpt_io.save_checkpoint(folder / "last.pt", {

@@ -180,7 +180,8 @@ def test_fpr_rule_respects_target(tmp_path, infos):
 # --------------------------------------------------------------------------------------------
 
 
-def _save_random_checkpoint(path, name, synthetic=True, with_last=False, **kwargs):
+def _save_random_checkpoint(path, name, synthetic=True, with_last=False, split_manifest=None,
+                            **kwargs):
     import torch
 
     from pipeline.checkpoint import save_checkpoint
@@ -188,6 +189,11 @@ def _save_random_checkpoint(path, name, synthetic=True, with_last=False, **kwarg
 
     torch.manual_seed(0)
     model = create_model(name, backbone="tiny", **kwargs)
+    train_data = {"synthetic": synthetic, "n_train": 2}
+    if split_manifest is not None:  # as training records it: evaluate checks it
+        from pipeline.splits import split_fingerprint
+
+        train_data["split_fingerprint"] = split_fingerprint(read_manifest(split_manifest, "split"))
     hist = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69, "val_roc_auc": 0.5},
             {"epoch": 2, "train_loss": 0.65, "val_loss": 0.68, "val_roc_auc": 0.6}]
     save_checkpoint(path, {
@@ -195,8 +201,9 @@ def _save_random_checkpoint(path, name, synthetic=True, with_last=False, **kwarg
         "state_dict": model.state_dict(), "epoch": 2, "best": {"epoch": 2},
         "config": {"model": name, "image_size": 32, "frame_index": 15},
         "preprocess": {"image_size": 32, "frame_index": 15},
-        "train_data": {"synthetic": synthetic, "n_train": 2},
+        "train_data": train_data,
         "history": hist, "threshold": 0.42, "threshold_rule": "balanced_accuracy",
+        "thresholds": {name: 0.42, **({"frame_mean": 0.37} if name == "frame" else {})},
     })
     if with_last:  # best.pt stops at the best epoch; the run's last.pt has one epoch more
         more = hist + [{"epoch": 3, "train_loss": 0.6, "val_loss": 0.7, "val_roc_auc": 0.55}]
@@ -219,8 +226,9 @@ def e2e(tmp_path_factory):
     mdir = make_manifests(root, n_real=counts, n_fake=counts, size=32,
                           pad_slots={"test_fake_000": [0, 15, 29]})
     a = _save_random_checkpoint(root / "run_a" / "best.pt", "cnn_lstm", lstm_hidden=8,
-                                with_last=True)
-    b = _save_random_checkpoint(root / "run_b" / "best.pt", "frame", synthetic=False)
+                                with_last=True, split_manifest=mdir / "split.csv")
+    b = _save_random_checkpoint(root / "run_b" / "best.pt", "frame", synthetic=False,
+                                split_manifest=mdir / "split.csv")
     out = root / "report"
     rc = main(["evaluate", "--checkpoint", str(a), str(b), "--manifest-dir", str(mdir),
                "--out", str(out), "--bootstrap", "50", "--device", "cpu", "--batch-size", "4"])
@@ -246,6 +254,7 @@ def test_cli_evaluate_end_to_end(e2e):
     assert s["models"]["frame_mean"]["info"]["derived_from"] == "frame"
     assert s["models"]["cnn_lstm"]["info"]["synthetic"] is True
     assert s["models"]["frame"]["info"]["checkpoint_threshold"] == 0.42
+    assert s["models"]["frame_mean"]["info"]["checkpoint_threshold"] == 0.37
     assert s["models"]["cnn_lstm"]["info"]["history_epochs"] == 3  # from last.pt
     assert s["models"]["cnn_lstm"]["info"]["best_epoch"] == 2
     assert s["models"]["frame"]["info"]["history_epochs"] == 2  # no last.pt beside it
@@ -327,3 +336,79 @@ def test_model_names_disambiguate_by_run_folder(tmp_path):
     assert E.model_names(["cnn_lstm", "cnn_lstm", "frame"], [a, b, f]) == [
         "cnn_lstm@cnn_lstm_s0", "cnn_lstm@cnn_lstm_s1", "frame"]
     assert E.model_names(["frame", "frame"], [f, f]) == ["frame@frame_s0", "frame@frame_s0#2"]
+
+
+def _other_split_copy(mdir, dest, *, move: bool):
+    """A copy of the manifest folder whose split.csv is rewritten: rows reversed and groups
+    renamed (content that does not matter), plus, with ``move``, one test video swapped with a
+    val video of the same label (content that does)."""
+    import shutil
+
+    from pipeline.manifest import write_manifest
+
+    shutil.copytree(mdir, dest)
+    split = read_manifest(dest / "split.csv", "split").iloc[::-1].reset_index(drop=True)
+    split["group"] = "g_" + split["group"]
+    if move:
+        split = split.set_index("video_id")
+        split.loc[["test_real_000", "val_real_000"], "split"] = ["val", "test"]
+        split = split.reset_index()
+    write_manifest(split, dest / "split.csv", "split")
+    return dest
+
+
+def test_evaluate_refuses_a_split_the_checkpoint_was_not_trained_on(tmp_path, e2e, capsys):
+    from pipeline.cli import main
+
+    _, _, mdir, b = e2e
+    moved = _other_split_copy(mdir, tmp_path / "moved", move=True)
+    argv = ["evaluate", "--checkpoint", str(b), "--manifest-dir", str(moved), "--bootstrap", "0",
+            "--device", "cpu", "--batch-size", "4"]
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(b) in err and str(moved / "split.csv") in err and "--allow-other-split" in err
+    assert not (tmp_path / "r").exists()
+
+    assert main([*argv, "--out", str(tmp_path / "r2"), "--allow-other-split"]) == 0
+    assert "--allow-other-split" in capsys.readouterr().out
+    first = (tmp_path / "r2" / "report.md").read_text().splitlines()[:6]
+    i = next(k for k, line in enumerate(first) if "split other than the one" in line)
+    assert first[i].startswith("**WARNING: frame, frame_mean evaluated on a split other")
+    assert str(moved / "split.csv") in first[i + 1]
+    s = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    assert set(s["other_split"]) == {"frame", "frame_mean"}
+    assert s["models"]["frame"]["info"]["other_split"] == s["other_split"]["frame"]
+
+
+def test_evaluate_accepts_the_same_split_rewritten(tmp_path, e2e):
+    """Row order and group names changed, every video in its split: the same split."""
+    from pipeline.cli import main
+
+    _, _, mdir, b = e2e
+    same = _other_split_copy(mdir, tmp_path / "same", move=False)
+    assert (same / "split.csv").read_bytes() != (mdir / "split.csv").read_bytes()
+    assert main(["evaluate", "--checkpoint", str(b), "--manifest-dir", str(same), "--bootstrap",
+                 "0", "--device", "cpu", "--out", str(tmp_path / "r"), "--no-frame-level"]) == 0
+    s = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert s["other_split"] == {}
+
+
+def test_checkpoint_without_a_recorded_split_is_refused_or_named(tmp_path, e2e):
+    from pipeline.errors import ConfigError
+    from pipeline.splits import check_checkpoint_split, split_fingerprint
+
+    _, _, mdir, _ = e2e
+    split = read_manifest(mdir / "split.csv", "split")
+    kw = dict(checkpoint="c.pt", manifest=str(mdir / "split.csv"), use="evaluated on")
+    with pytest.raises(ConfigError, match="c.pt records no training split"):
+        check_checkpoint_split({}, split, allow=False, **kw)
+    assert "records no training split" in check_checkpoint_split({}, split, allow=True, **kw)
+    # checkpoints from before fingerprints: the split file's bytes decide
+    from pipeline.fsutil import sha256_file
+
+    assert check_checkpoint_split({"split_sha256": sha256_file(mdir / "split.csv")}, split,
+                                  allow=False, **kw) == ""
+    with pytest.raises(ConfigError, match="not the split file"):
+        check_checkpoint_split({"split_sha256": "0" * 64}, split, allow=False, **kw)
+    assert check_checkpoint_split({"split_fingerprint": split_fingerprint(split)}, split,
+                                  allow=False, **kw) == ""

@@ -117,9 +117,65 @@ def _by_id(rows: list[dict]) -> dict[str, dict]:
 
 def test_resolve_workers() -> None:
     assert resolve_workers(3) == 3
-    assert resolve_workers(0) == (os.cpu_count() or 1)
+    assert 1 <= resolve_workers(0) <= (os.cpu_count() or 1)
     with pytest.raises(ConfigError):
         resolve_workers(-1)
+
+
+GiB = 1024**3
+
+
+def _fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+def test_default_workers_follow_affinity_and_cgroup_v2_quota(tmp_path: Path, monkeypatch) -> None:
+    """Issue #12.16: workers=0 fits the cores the process may use, not os.cpu_count()."""
+    from pipeline.executors import usable_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    plenty = {"proc/meminfo": f"MemTotal: {256 * GiB // 1024} kB\nMemAvailable: {200 * GiB // 1024} kB\n"}
+    root = _fake_root(tmp_path / "a", plenty)
+    assert usable_cpus(root) == 6 and resolve_workers(0, root=root) == 6
+    # cgroup v2: 2.5 CPUs on the job's own cgroup (found through /proc/self/cgroup), max above it
+    root = _fake_root(tmp_path / "b", {**plenty, "proc/self/cgroup": "0::/jobs/42\n",
+                                       "sys/fs/cgroup/cpu.max": "max 100000\n",
+                                       "sys/fs/cgroup/jobs/42/cpu.max": "250000 100000\n"})
+    assert resolve_workers(0, root=root) == 2
+    # a limit on a parent cgroup applies too
+    root = _fake_root(tmp_path / "c", {**plenty, "proc/self/cgroup": "0::/jobs/42\n",
+                                       "sys/fs/cgroup/jobs/cpu.max": "100000 100000\n",
+                                       "sys/fs/cgroup/jobs/42/cpu.max": "max 100000\n"})
+    assert resolve_workers(0, root=root) == 1
+
+
+def test_default_workers_follow_cgroup_v1_quota_and_memory(tmp_path: Path, monkeypatch) -> None:
+    from pipeline.executors import usable_memory
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    root = _fake_root(tmp_path, {
+        "proc/meminfo": f"MemAvailable: {100 * GiB // 1024} kB\n",
+        "proc/self/cgroup": "4:memory:/job\n1:cpu,cpuacct:/job\n",
+        "sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us": "800000\n",
+        "sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_period_us": "100000\n",
+        "sys/fs/cgroup/memory/job/memory.limit_in_bytes": f"{9 * GiB}\n",
+        "sys/fs/cgroup/memory/job/memory.usage_in_bytes": f"{2 * GiB}\n",
+        "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",  # v1: no limit
+    })
+    assert usable_memory(root) == 7 * GiB
+    # 8 CPUs by quota, but 7 GiB free in the cgroup / 2 GiB per worker -> 3
+    assert resolve_workers(0, root=root) == 3
+    assert resolve_workers(0, root=root, per_worker_bytes=GiB // 2) == 8
+    assert resolve_workers(5, root=root) == 5  # an explicit count is obeyed
+    # MemAvailable alone, when no cgroup limits it
+    root2 = _fake_root(tmp_path / "v2", {"proc/meminfo": f"MemAvailable: {3 * GiB // 1024} kB\n",
+                                         "proc/self/cgroup": "0::/\n",
+                                         "sys/fs/cgroup/memory.max": "max\n"})
+    assert usable_memory(root2) == 3 * GiB and resolve_workers(0, root=root2) == 1
 
 
 def test_bad_engine_and_empty_items(tmp_path: Path) -> None:

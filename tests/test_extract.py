@@ -290,3 +290,55 @@ def test_kill9_pool_then_rerun_equals_uninterrupted_ray_run(synth_dir, tmp_path)
     strip = lambda f, root: f.assign(crop_path=f["crop_path"].str.replace(str(root), ""))  # noqa: E731
     pd.testing.assert_frame_equal(strip(f_pool, tmp_path / "pool"), strip(f_ray, tmp_path / "ray"))
     assert f_pool["crop_path"].map(os.path.isfile).all()
+
+
+def test_resume_redoes_a_video_whose_file_was_replaced(tmp_path, clip_factory):
+    """Resume must check the input is the file its faces came from, not only the video id."""
+    src = tmp_path / "in"
+    src.mkdir()
+    clip_factory(src / "vid.mp4", n_frames=12, seed=0)
+    cfg = _cfg(tmp_path, [src], scale=0.5)
+    assert run(cfg) == 0
+    v1, f1 = _manifests(cfg)
+    assert v1["n_frames"].tolist() == [12] and f1["frame"].max() <= 11
+    record = tmp_path / "faces" / "vid" / "_video.json"
+    stamp = record.stat().st_mtime_ns
+
+    # the same name, another clip (written elsewhere and moved over it, as a copy would)
+    clip_factory(tmp_path / "other.mp4", n_frames=20, seed=7)
+    os.replace(tmp_path / "other.mp4", src / "vid.mp4")
+    assert run(cfg) == 0
+    v2, f2 = _manifests(cfg)
+    assert v2["n_frames"].tolist() == [20] and f2["frame"].max() > 11
+    assert record.stat().st_mtime_ns != stamp
+    stored = json.loads(record.read_text())["input"]
+    assert stored["path"] == str((src / "vid.mp4").resolve())
+    assert stored["size"] == (src / "vid.mp4").stat().st_size
+
+    # untouched: reused; another decoder: redone; a record from before identities: redone
+    stamp = record.stat().st_mtime_ns
+    assert run(cfg) == 0 and record.stat().st_mtime_ns == stamp
+    assert run(_cfg(tmp_path, [src], scale=0.5, decoder="pyav")) == 0
+    assert record.stat().st_mtime_ns != stamp
+    data = json.loads(record.read_text())
+    assert data["params"]["decoder"] == "pyav"
+    del data["input"]
+    record.write_text(json.dumps(data))
+    stamp = record.stat().st_mtime_ns
+    assert run(_cfg(tmp_path, [src], scale=0.5, decoder="pyav")) == 0
+    assert "input" in json.loads(record.read_text()) and record.stat().st_mtime_ns != stamp
+
+
+def test_input_identity_sees_new_bytes_under_the_old_size_and_mtime(tmp_path):
+    from pipeline.extract import IDENTITY_BYTES, input_identity
+
+    p = tmp_path / "v.mp4"
+    p.write_bytes(b"a" * (3 * IDENTITY_BYTES))
+    before = input_identity(p)
+    st = p.stat()
+    p.write_bytes(b"a" * (3 * IDENTITY_BYTES - 1) + b"b")  # same size, last byte differs
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = input_identity(p)
+    assert (after["size"], after["mtime_ns"]) == (before["size"], before["mtime_ns"])
+    assert after["head_tail_sha256"] != before["head_tail_sha256"]
+    assert input_identity(p) == after

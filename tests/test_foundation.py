@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -22,6 +24,32 @@ def test_help_lists_every_stage(capsys):
     out = capsys.readouterr().out
     for name in ["synth", "extract", "prepare", "train", "evaluate", "score", "serve", "bench", "run"]:
         assert name in out
+
+
+def test_exit_statuses_are_distinct_and_documented(monkeypatch, capfd):
+    """Issue #12.14: 0 ok, 1 some items failed, 2 could not run, 3 crashed; said in --help."""
+    import pipeline.scoring
+
+    def crash(cfg):
+        raise RuntimeError("unexpected\nsecond line")
+
+    monkeypatch.setattr(pipeline.scoring, "run", crash)
+    assert cli.main(["score", "x.mp4", "--checkpoint", "c.pt"]) == 3
+    err = capfd.readouterr().err
+    assert "crashed" in err and "RuntimeError: unexpected second line" in err
+    monkeypatch.setattr(pipeline.scoring, "run", lambda cfg: 1)
+    assert cli.main(["score", "x.mp4", "--checkpoint", "c.pt"]) == 1
+
+    def cannot(cfg):
+        raise ConfigError("no such thing")
+
+    monkeypatch.setattr(pipeline.scoring, "run", cannot)
+    assert cli.main(["score", "x.mp4", "--checkpoint", "c.pt"]) == 2
+    for text in (cli.build_parser().format_help(),
+                 cli.build_parser()._subparsers._group_actions[0].choices["score"].format_help()):
+        for code, words in ((0, "worked"), (1, "some items failed"), (2, "could not run"),
+                            (3, "crashed")):
+            assert f"  {code}  " in text and words in text, (code, text)
 
 
 def test_python_dash_m_runs():
@@ -119,3 +147,61 @@ def test_atomic_dir_replaces_whole(tmp_path):
     with atomic_path(d, is_dir=True) as tmp:
         (tmp / "b.jpg").write_text("2")
     assert sorted(x.name for x in d.iterdir()) == ["b.jpg"]
+
+
+@pytest.mark.parametrize(
+    "mask, dir_mode, file_mode",
+    [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)],
+)
+def test_atomic_outputs_keep_the_umask_permissions(tmp_path, mask, dir_mode, file_mode):
+    old = os.umask(mask)
+    try:
+        with atomic_path(tmp_path / "out", is_dir=True) as tmp:
+            (tmp / "a.jpg").write_text("1")
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == file_mode
+
+
+def test_atomic_write_fsyncs_the_parent_folder(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_write_text(tmp_path / "f.txt", "x")
+    with atomic_path(tmp_path / "d", is_dir=True):
+        pass
+    assert synced == [tmp_path.stat().st_ino] * 2
+
+
+@pytest.mark.parametrize(
+    "cell, column, what",
+    [("abc", "x1", "a number"), ("1.5", "frame", "an integer"), ("", "frame", "an integer"),
+     ("12x", "prob", "a number")],
+)
+def test_manifest_bad_number_names_file_line_column_and_value(tmp_path, cell, column, what):
+    cols = list(manifest.SCHEMAS["faces"].columns)
+    good = {"video_id": "v", "frame": "3", "track": "0", "x1": "1", "y1": "2", "x2": "3",
+            "y2": "4", "prob": "", "crop_path": "/c.jpg"}
+    rows = [dict(good), dict(good), dict(good, **{column: cell})]
+    p = tmp_path / "faces.csv"
+    pd.DataFrame(rows, columns=cols).to_csv(p, index=False)
+    with pytest.raises(ManifestError) as e:
+        manifest.read_manifest(p, "faces")
+    assert str(e.value) == f"{p}: line 4, column '{column}': {cell!r} is not {what}"
+
+
+def test_manifest_empty_and_nan_cells_stay_missing(tmp_path):
+    p = tmp_path / "faces.csv"
+    p.write_text("video_id,frame,track,x1,y1,x2,y2,prob,crop_path\n"
+                 "v,3,0,1,2,3,4,,/c.jpg\nv,4,0,1,2,3,4,nan,/c.jpg\nv,5,0,1,2,3,4,0.5,/c.jpg\n")
+    back = manifest.read_manifest(p, "faces")
+    assert back["prob"].isna().tolist() == [True, True, False]
+    assert back["frame"].tolist() == [3, 4, 5]

@@ -170,6 +170,36 @@ def test_prepare_deterministic(tmp_path, seed):
     assert meta["config"]["seed"] == seed
 
 
+def test_prepare_merges_groups_that_share_an_identity(tmp_path):
+    """FF++ naming: fake 004_982 shows person 982's face, who is also the REAL video 982. With
+    --merge-groups auto (the default) groups 004 and 982 are one group in one split; with off
+    they are two groups, and some seed puts them in different splits (the leak merging stops)."""
+    videos, faces = dataset(6, 2)
+    for vid, label, orig in (("004", "REAL", ""), ("982", "REAL", ""), ("004_982", "FAKE", "004"),
+                             ("982_004", "FAKE", "982")):
+        videos.append({"video_id": vid, "label": label, "original": orig, "n_frames": 300})
+        faces[vid] = [(f, 0) for f in range(300)]
+    write_inputs(tmp_path, videos, faces)
+    ids = ["004", "982", "004_982", "982_004"]
+    apart = 0
+    for seed in range(6):
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed)]) == 0
+        split = manifest.read_manifest(tmp_path / "split.csv", "split").set_index("video_id")
+        assert split.loc[ids, "group"].tolist() == ["004"] * 4
+        assert split.loc[ids, "split"].nunique() == 1
+        groups = json.loads((tmp_path / "split.meta.json").read_text())["counts"]["groups"]
+        assert groups == {"merge_groups": "auto", "groups_by_original": 8, "groups": 7,
+                          "merged_groups": {"004": ["004", "982"]}}
+        assert json.loads((tmp_path / "split.meta.json").read_text())["config"]["merge_groups"] == "auto"
+
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed),
+                         "--merge-groups", "off"]) == 0
+        off = manifest.read_manifest(tmp_path / "split.csv", "split").set_index("video_id")
+        assert off.loc[ids, "group"].tolist() == ["004", "982", "004", "982"]
+        apart += off.loc["004", "split"] != off.loc["982", "split"]
+    assert apart > 0
+
+
 # --- a synthetic set planned by `dfpipe synth`, faces as a perfect extractor would find them ----
 
 
@@ -303,3 +333,40 @@ def test_prepare_after_real_extract_on_synth_dir(synth_dir, tmp_path):
     got = manifest.read_manifest(m / "gaps.csv", "gaps")
     assert sorted(got.astype({"start_frame": "int64"}).values.tolist()) == sorted(gaps)
     assert {g[3] for g in gaps} == {"no_face", "multi_face"}
+
+
+def test_the_four_manifests_are_one_set_and_clips_split_are_checked_together(tmp_path):
+    import shutil
+
+    from pipeline.data import read_clips_and_split
+    from pipeline.errors import ManifestError
+
+    videos, faces = dataset(8, 2)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_inputs(tmp_path / d, videos, faces)
+    assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / "a"), "--seed", "0"]) == 0
+    assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / "b"), "--seed", "5"]) == 0
+    ids = {json.loads((tmp_path / "a" / f"{k}.meta.json").read_text())["prepare_id"]
+           for k in ("outliers", "clips", "gaps", "split")}
+    assert len(ids) == 1 and len(ids.pop()) == 32
+    clips, split = read_clips_and_split(tmp_path / "a")  # one set: accepted
+    assert set(clips["video_id"]) == set(split["video_id"])
+
+    # b's split (another seed) beside a's clips: refused, naming both files
+    for name in ("split.csv", "split.meta.json"):
+        shutil.copy(tmp_path / "b" / name, tmp_path / "a" / name)
+    with pytest.raises(ManifestError, match="not from one `dfpipe prepare` run") as e:
+        read_clips_and_split(tmp_path / "a")
+    assert str(tmp_path / "a" / "clips.csv") in str(e.value)
+    assert str(tmp_path / "a" / "split.csv") in str(e.value)
+
+    # a split.csv edited by hand after prepare (its sidecar no longer matches): refused
+    assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / "a")]) == 0
+    text = (tmp_path / "a" / "split.csv").read_text()
+    (tmp_path / "a" / "split.csv").write_text(text.replace(",test\n", ",train\n", 1))
+    with pytest.raises(ManifestError, match="changed after `dfpipe prepare` wrote it"):
+        read_clips_and_split(tmp_path / "a")
+    # and through the CLI: a one-line error, exit 2
+    assert cli.main(["-q", "train", "--manifest-dir", str(tmp_path / "a"), "--out-dir",
+                     str(tmp_path / "ck"), "--epochs", "1"]) == 2

@@ -195,3 +195,245 @@ def test_every_real_sample_gets_a_status(real_samples, tiny_checkpoint, tmp_path
     assert rows["abqwwspghj.mp4"]["status"] == "ok"
     assert rc == 0
     (tmp_path / "summary.json").write_text(json.dumps(rows, default=str))
+
+
+# --- issue #12: trustworthy results ------------------------------------------------------------
+
+
+class DyingScoreWorker:
+    """``ScoreWorker`` whose process kills itself (kill -9) on videos named ``die*``; other
+    videos are scored by the real ``ScoreWorker`` (built lazily: spawned children import this
+    module as ``test_scoring``)."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg, self.real = cfg, None
+
+    def __call__(self, item: dict) -> dict:
+        import os
+
+        from pipeline.scoring import ScoreWorker
+
+        if Path(item["path"]).name.startswith("die"):
+            os.kill(os.getpid(), 9)
+        self.real = self.real or ScoreWorker(self.cfg)
+        return self.real(item)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_gives_its_video_an_error_row_and_exit_1(tiny_checkpoint, clips, tmp_path,
+                                                                 monkeypatch):
+    """Issue #12.1: the crashed worker's row kept its path and the run exits 1."""
+    from pipeline import scoring
+
+    monkeypatch.setattr(scoring, "ScoreWorker", DyingScoreWorker)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("die.mp4", "one.mp4"):
+        (folder / name).write_bytes(clips["one"].read_bytes())
+    out = tmp_path / "r.jsonl"
+    rc = cli.main(["score", str(folder), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                   "--engine", "pool", "--workers", "1", "--device", "cpu"])
+    rows = {Path(r["path"]).name: r for r in read_journal(out)}
+    assert sorted(rows) == ["die.mp4", "one.mp4"]
+    assert rows["die.mp4"]["status"] == "error" and rows["die.mp4"]["p_fake"] is None
+    assert "worker process died" in rows["die.mp4"]["reason"]
+    assert str(folder / "die.mp4") in rows["die.mp4"]["reason"]
+    assert rows["one.mp4"]["status"] == "ok"
+    assert rc == 1
+
+
+def _score_argv(videos, ckpt, out, *extra) -> list[str]:
+    return ["score", *map(str, videos), "--checkpoint", str(ckpt), "--out", str(out),
+            "--engine", "inline", "--device", "cpu", *extra]
+
+
+def test_resume_is_keyed_on_checkpoint_and_settings(tiny_checkpoint, tiny_frame_checkpoint, clips,
+                                                    tmp_path, capfd):
+    """Issue #12.2: another --threshold or --checkpoint never reprints the old verdicts."""
+    out = tmp_path / "r.jsonl"
+    assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.25")) == 0
+    first = out.read_text()
+    # same settings: resumed, nothing rescored
+    assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.25")) == 0
+    assert out.read_text() == first
+    # another threshold, another checkpoint: refused (exit 2, one line naming the change)
+    capfd.readouterr()
+    assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.75")) == 2
+    err = capfd.readouterr().err
+    assert "threshold 0.25 -> 0.75" in err and "--overwrite" in err
+    assert cli.main(_score_argv([clips["one"]], tiny_frame_checkpoint, out,
+                                "--threshold", "0.25")) == 2
+    assert out.read_text() == first  # nothing lost
+    # --overwrite rescores with what was asked for
+    assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.75",
+                                "--overwrite")) == 0
+    [row] = read_journal(out)
+    assert row["threshold"] == 0.75 and row["label"] == ("FAKE" if row["p_fake"] >= 0.75 else "REAL")
+    # the resolved config and the key of what produced the rows, beside the results
+    meta = json.loads((tmp_path / "r.jsonl.config.json").read_text())
+    assert row["score_key"] == meta["score_key"] and meta["config"]["threshold"] == 0.75
+    assert meta["settings"]["checkpoint_id"] == row["checkpoint"]["id"]
+
+
+def test_duplicate_paths_each_get_a_row(tiny_checkpoint, clips, tmp_path):
+    """Issue #12.4: a file and a symlink to it: both paths get a row, the file is scored once."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    real = folder / "b_real.mp4"
+    real.write_bytes(clips["one"].read_bytes())
+    (folder / "a_link.mp4").symlink_to(real)
+    found = discover_videos([str(folder)])
+    assert [p.name for p in found] == ["a_link.mp4", "b_real.mp4"]
+    from pipeline.scoring import find_duplicates
+
+    assert find_duplicates(found) == {folder / "a_link.mp4": real}
+    out = tmp_path / "r.csv"
+    assert cli.main(_score_argv([folder], tiny_checkpoint, out)) == 0
+    rows = {Path(r["path"]).name: r for r in read_journal(tmp_path / "r.csv.journal.jsonl")}
+    assert rows["b_real.mp4"]["status"] == "ok"
+    assert rows["a_link.mp4"]["status"] == "duplicate"
+    assert rows["a_link.mp4"]["duplicate_of"] == str(real) and rows["a_link.mp4"]["p_fake"] is None
+    assert len(out.read_text().splitlines()) == 3  # header + both paths
+
+
+def test_evidence_sheets_of_same_named_videos_do_not_collide(scorer, clips, tmp_path):
+    """Issue #12.5: a/clip.mp4 and b/clip.mp4 in one --explain folder get their own sheets."""
+    paths = []
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        paths.append(tmp_path / sub / "clip.mp4")
+        paths[-1].write_bytes(clips["one"].read_bytes())
+    ev = tmp_path / "ev"
+    results = [scorer.score(p, explain_dir=ev) for p in paths]
+    pngs = [r["evidence_png"] for r in results]
+    assert pngs[0] != pngs[1] and all(Path(p).is_file() for p in pngs)
+    assert {Path(r["evidence_html"]).name for r in results} == {Path(p).stem + ".html" for p in pngs}
+    assert Path(pngs[0]).name.startswith("clip-")
+    assert scorer.score(paths[0], explain_dir=ev)["evidence_png"] == pngs[0]  # stable on reruns
+
+
+def test_track_statuses_rules():
+    from pipeline.scoring import track_statuses
+
+    # 30 face frames: a full track, a 3-frame blip, a 12-frame identity with too few slots
+    assert track_statuses([30, 3, 12], [30, 3, 4], 30, 0.3, 10) == ["ok", "brief", "too_few_frames"]
+    # the longest track is an identity even below the share
+    assert track_statuses([5, 5, 5, 5], [5, 5, 5, 5], 20, 0.3, 3) == ["ok"] * 4
+    assert track_statuses([2, 8], [2, 8], 10, 0.0, 1) == ["ok", "ok"]
+
+
+def test_a_brief_false_detection_never_decides_the_verdict(tiny_checkpoint, tmp_path):
+    """Issue #12.9: a second face in 3 of 15 slot frames is a brief track, reported, not scored."""
+    from pipeline.synth import make_clip
+
+    clip = tmp_path / "blip.mp4"
+    make_clip(clip, n_frames=150, seed=4, two_face=(0, 30))
+    s = VideoScorer.from_checkpoint(tiny_checkpoint, device="cpu", min_frames=3)
+    r = s.score(clip)
+    assert r["status"] == "ok", r["reason"]
+    by_status = {}
+    for t in r["tracks"]:
+        by_status.setdefault(t["status"], []).append(t)
+    assert len(by_status["ok"]) == 1 and len(by_status["brief"]) == 1, r["tracks"]
+    main, blip = by_status["ok"][0], by_status["brief"][0]
+    assert blip["p_fake"] is None and blip["faces"] == 3 and blip["share"] == pytest.approx(0.2)
+    assert main["faces"] == 15 and main["share"] == 1.0
+    assert r["deciding_track"] == main["track"] and r["p_fake"] == pytest.approx(main["p_fake"])
+    # the same clip scored with the blip counted as an identity: two tracks are scored
+    loose = VideoScorer.from_checkpoint(tiny_checkpoint, device="cpu", min_frames=3,
+                                        min_track_share=0.0)
+    assert sum(t["p_fake"] is not None for t in loose.score(clip)["tracks"]) == 2
+
+
+def test_grad_cam_is_safe_with_concurrent_calls(scorer):
+    """Issue #12.12: two Grad-CAMs whose forward passes overlap on one model each get their own
+    maps (the old shared hook handed one call the other's activations)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from pipeline.explain import grad_cam
+
+    size = scorer.image_size
+    gen = torch.Generator().manual_seed(0)
+    clips_ = [torch.rand(1, 30, 3, size, size, generator=gen) for _ in range(2)]
+    mask = torch.ones(1, 30)
+    # the REAL direction (-logit): this random-init model has positive evidence there, so the
+    # maps are not all zero and a swapped feature map would show
+    sequential = [grad_cam(lambda c=c: -scorer.model(c, mask), scorer.model, (size, size))
+                  for c in clips_]
+    assert all(m.max() > 0 for m in sequential)
+    both_hooked, both_ran = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
+
+    def overlapping(c):
+        def forward():
+            both_hooked.wait()  # both calls have installed their hooks
+            out = -scorer.model(c, mask)
+            both_ran.wait()  # both forward passes are done before either reads its feature map
+            return out
+        return grad_cam(forward, scorer.model, (size, size))
+
+    with ThreadPoolExecutor(2) as pool:
+        concurrent = list(pool.map(overlapping, clips_))
+    for seq, con in zip(sequential, concurrent, strict=True):
+        np.testing.assert_allclose(con, seq, atol=1e-5)
+    assert not np.allclose(sequential[0], sequential[1])
+
+
+def test_concurrent_scoring_with_evidence_equals_sequential(scorer, clips, tmp_path):
+    """Issue #12.12: threads scoring with --explain on one scorer give the sequential results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    videos = [clips["one"], clips["two"]] * 2
+    seq = [scorer.score(v, explain_dir=tmp_path / f"seq{i}") for i, v in enumerate(videos)]
+    with ThreadPoolExecutor(4) as pool:
+        con = list(pool.map(lambda a: scorer.score(a[1], explain_dir=tmp_path / f"con{a[0]}"),
+                            enumerate(videos)))
+    for s_, c_ in zip(seq, con, strict=True):
+        assert c_["status"] == s_["status"] == "ok"
+        assert c_["p_fake"] == pytest.approx(s_["p_fake"], abs=1e-6)
+        assert [t["p_fake"] for t in c_["timeline"]] == pytest.approx(
+            [t["p_fake"] for t in s_["timeline"]], abs=1e-6)
+        assert Path(c_["evidence_png"]).read_bytes() == Path(s_["evidence_png"]).read_bytes()
+
+
+def test_score_takes_max_in_flight(tiny_checkpoint, clips, tmp_path, monkeypatch):
+    """Issue #12.15: ``dfpipe score --max-in-flight N`` reaches the executor."""
+    from pipeline import executors
+
+    seen = {}
+
+    def fake_run_items(worker_cls, worker_args, items, **kw):
+        seen.update(kw, items=list(items))
+        yield from ()
+
+    monkeypatch.setattr(executors, "run_items", fake_run_items)
+    rc = cli.main(_score_argv([clips["one"]], tiny_checkpoint, tmp_path / "r.jsonl",
+                              "--max-in-flight", "3"))
+    assert seen["max_in_flight"] == 3 and len(seen["items"]) == 1
+    assert rc == 1  # a video that got no row at all is a failure, never a silent exit 0
+
+def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_checkpoint, caplog):
+    """score uses a frame checkpoint as frame_mean, so it takes the frame_mean threshold; an
+    older checkpoint (one threshold, chosen on middle frames) falls back to it with a warning."""
+    import logging
+
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.scoring import checkpoint_threshold
+
+    ck = load_checkpoint(tiny_frame_checkpoint)
+    assert set(ck["thresholds"]) == {"frame", "frame_mean"}
+    ck = {**ck, "threshold": 0.3, "thresholds": {"frame": 0.3, "frame_mean": 0.7}}
+    s = VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu")
+    assert s.threshold == 0.7 and s.info()["threshold"] == 0.7
+    assert VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu", threshold=0.4).threshold == 0.4
+
+    old = {k: v for k, v in ck.items() if k != "thresholds"}
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+        assert checkpoint_threshold(old, "frame_mean", "old.pt") == 0.3
+    assert "old.pt: no frame_mean threshold" in caplog.text and "middle-frame" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+        assert checkpoint_threshold(old, "frame", "old.pt") == 0.3
+    assert caplog.text == ""

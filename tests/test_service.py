@@ -106,6 +106,28 @@ def test_empty_upload_is_422():
         assert c.post("/score", content=b"").status_code == 422
 
 
+def _frameless_video(path: Path) -> bytes:
+    """An AVI container with a video stream (MPEG-4 Part 2, 64x64) and no frame in it."""
+    import av
+
+    with av.open(str(path), "w", format="avi") as c:
+        s = c.add_stream("mpeg4", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        c.start_encoding()
+    return path.read_bytes()
+
+
+def test_video_without_frames_is_422_and_never_scored(tmp_path):
+    """Issue #12.15: a decodable container whose video stream has no frames gets the 422 the
+    README promises (the 415 branch used to catch it first)."""
+    scorer = RecordingScorer()
+    with _client(scorer) as c:
+        r = c.post("/score?filename=blank.avi", content=_frameless_video(tmp_path / "blank.avi"))
+    assert r.status_code == 422, r.text
+    assert "blank.avi" in r.json()["detail"] and "no frames" in r.json()["detail"]
+    assert scorer.calls == []
+
+
 def test_path_traversal_name_is_display_only(video_bytes, tmp_path):
     scorer = RecordingScorer()
     target = Path(tempfile.gettempdir()).parent / "x.mp4"

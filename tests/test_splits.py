@@ -140,3 +140,55 @@ def test_real_samples_ffpp_keeps_originals_with_fakes(real_samples):
         s = dict(zip(sp["video_id"], sp["split"], strict=True))
         assert s["004"] == s["004_982"] and s["519"] == s["519_515"] and s["634"] == s["634_660"]
         assert sp.loc[sp["video_id"] == "750_743", "group"].item() == "750"
+
+
+def test_union_groups_exact_components_and_smallest_representative():
+    from pipeline.splits import union_groups
+
+    links = [["b", "c"], ["d"], ["e", "b"], ["a", "e"], ["x", "y", "z"], ["y"], ["d", "d"]]
+    assert union_groups(links) == {"a": "a", "b": "a", "c": "a", "e": "a", "d": "d",
+                                   "x": "x", "y": "x", "z": "x"}
+    # the representative does not depend on the order of the links
+    assert union_groups(list(reversed(links))) == union_groups(links)
+    assert union_groups([]) == {}
+
+
+def test_identities_follow_ffpp_names_only_where_the_original_confirms_them():
+    from pipeline.splits import identities_of
+
+    assert identities_of("004_982", "FAKE", "004") == ["004", "982"]
+    assert identities_of("004_982", "FAKE", "004", "off") == ["004"]
+    assert identities_of("004_982", "FAKE", "519") == ["519"]  # name and metadata disagree
+    assert identities_of("a_1", "FAKE", "a") == ["a"]  # DFDC-like: not FF++ digits
+    assert identities_of("004", "REAL", "") == ["004"]
+    with pytest.raises(Exception, match="merge_groups"):
+        identities_of("004", "REAL", "", "maybe")
+
+
+def test_groups_merge_through_a_shared_identity():
+    from pipeline.splits import merge_report
+
+    v = pd.DataFrame({"video_id": ["004", "982", "004_982", "982_100", "519", "519_515", "x_9"],
+                      "label": ["REAL", "REAL", "FAKE", "FAKE", "REAL", "FAKE", "FAKE"],
+                      "original": ["", "", "004", "982", "", "519", "x"]})
+    assert assign_groups(v).tolist() == ["004", "004", "004", "004", "519", "519", "x"]
+    assert assign_groups(v, "off").tolist() == ["004", "982", "004", "982", "519", "519", "x"]
+    assert merge_report(v) == {"merge_groups": "auto", "groups_by_original": 4, "groups": 3,
+                               "merged_groups": {"004": ["004", "982"]}}
+    assert merge_report(v, "off")["merged_groups"] == {}
+
+
+def test_merged_groups_share_a_split():
+    # 982 (REAL) is the source identity of fake 004_982: 004 and 982 must sit in one split
+    v = dfdc_like(8)
+    v = pd.concat([v, pd.DataFrame({"video_id": ["004", "004_982", "982"],
+                                    "label": ["REAL", "FAKE", "REAL"],
+                                    "original": ["", "004", ""]})], ignore_index=True)
+    for seed in range(10):
+        sp = split_groups(v, seed=seed)
+        assert_sound(v, sp)
+        s = dict(zip(sp["video_id"], sp["split"], strict=True))
+        assert s["004"] == s["004_982"] == s["982"]
+        assert sp.loc[sp["video_id"].isin(["004", "004_982", "982"]), "group"].tolist() == ["004"] * 3
+        off = split_groups(v, seed=seed, merge="off")
+        assert off.loc[off["video_id"] == "982", "group"].item() == "982"

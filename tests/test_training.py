@@ -81,6 +81,19 @@ def test_frame_model_trains_with_balanced_sampler_and_yields_frame_mean(manifest
     fm = _val_predictions(tmp_path / "f" / "best.pt", manifests, as_model="frame_mean")
     assert len(fm) == 8 and fm["p_fake"].between(0, 1).all()
 
+    # one threshold per use: the frame model's own, and frame_mean's (how score uses it),
+    # chosen on frame_mean validation predictions (here: made by the FrameMean wrapper)
+    from pipeline import metrics as M
+
+    best = C.load_checkpoint(tmp_path / "f" / "best.pt")
+    assert set(best["thresholds"]) == {"frame", "frame_mean"}
+    assert best["thresholds"]["frame"] == best["threshold"] == best["best"]["metrics"]["threshold"]
+    expected = M.choose_threshold(fm["label"].to_numpy(), fm["p_fake"].to_numpy(),
+                                  rule=cfg.threshold_rule)
+    assert best["thresholds"]["frame_mean"] == pytest.approx(expected, abs=1e-5)
+    assert best["best"]["frame_mean"]["metrics"]["n_real"] + \
+        best["best"]["frame_mean"]["metrics"]["n_fake"] == 8
+
 
 def test_frozen_epochs_leave_the_encoder_unchanged(manifests, tmp_path):
     torch.manual_seed(0)
@@ -147,6 +160,41 @@ def test_resume_refuses_best_pt_and_an_existing_run_folder(manifests, tmp_path):
         training.run(dataclasses.replace(cfg, resume=str(tmp_path / "a" / "best.pt")))
     with pytest.raises(CheckpointError, match="expected 'frame'"):
         training.run(dataclasses.replace(cfg, model="frame", resume=str(tmp_path / "a" / "last.pt")))
+
+
+def test_resume_refuses_a_split_that_moved_videos(tmp_path):
+    """A rerun of prepare between the runs moves a val video into train: --resume refuses,
+    naming the checkpoint and the manifest, unless --allow-other-split (then recorded)."""
+    from pipeline.manifest import read_manifest, write_manifest
+
+    mdir = make_manifests(tmp_path / "m", n_frames=4, size=16)
+    cfg = _cfg(mdir, tmp_path / "ck", run_name="r", epochs=1)
+    assert training.run(cfg) == 0
+    last = tmp_path / "ck" / "r" / "last.pt"
+    recorded = C.load_checkpoint(last)["train_data"]
+    split = read_manifest(mdir / "split.csv", "split")
+    assert recorded["split_fingerprint"] == training.split_fingerprint(split)
+
+    # the same assignment rewritten (rows reversed): not a different split
+    write_manifest(split.iloc[::-1], mdir / "split.csv", "split")
+    resume = dataclasses.replace(cfg, epochs=2, resume=str(last))
+    assert training.run(resume) == 0
+    assert C.load_checkpoint(last)["epoch"] == 2
+
+    moved = split.copy()
+    moved.loc[moved.index[moved["split"] == "val"][0], "split"] = "train"
+    write_manifest(moved, mdir / "split.csv", "split")
+    again = dataclasses.replace(resume, epochs=3)
+    with pytest.raises(ConfigError, match="assigns videos to splits differently") as e:
+        training.run(again)
+    assert str(last) in str(e.value) and str(mdir / "split.csv") in str(e.value)
+    assert C.load_checkpoint(last)["epoch"] == 2  # nothing trained, nothing written
+    assert training.run(dataclasses.replace(again, allow_other_split=True)) == 0
+    state = C.load_checkpoint(last)
+    assert state["epoch"] == 3
+    assert state["train_data"]["split_fingerprint"] == training.split_fingerprint(moved)
+    [note] = state["train_data"]["other_split_on_resume"]
+    assert note.startswith("after epoch 2: ") and str(mdir / "split.csv") in note
 
 
 def test_train_split_with_one_class_is_refused(tmp_path):
@@ -234,3 +282,45 @@ def test_dataloader_workers_give_the_same_training_as_in_process_loading(manifes
     h1 = pd.read_csv(tmp_path / "w1" / "history.csv")
     np.testing.assert_allclose(h1["train_loss"], h0["train_loss"], rtol=1e-6)
     np.testing.assert_allclose(h1["val_loss"], h0["val_loss"], rtol=1e-6)
+
+
+def _gloo_mean_worker(rank: int, store_file: str, out_dir: str) -> None:
+    """One rank of a real 2-process gloo group: rank r contributes total r+1 over 2r+1 samples."""
+    store = torch.distributed.FileStore(store_file, 2)
+    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    try:
+        d = training.Dist(rank=rank, world_size=2)
+        mean = training._mean_over_ranks(float(rank + 1), 2 * rank + 1, d)
+        Path(out_dir, f"rank{rank}.txt").write_text(repr(mean))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_mean_over_ranks_under_a_real_gloo_group(tmp_path):
+    torch.multiprocessing.spawn(_gloo_mean_worker, args=(str(tmp_path / "store"), str(tmp_path)),
+                                nprocs=2, join=True)
+    # (1 + 2) / (1 + 3) on both ranks
+    assert [float((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1)] == [0.75, 0.75]
+
+
+def test_mean_over_ranks_puts_the_tensor_on_the_rank_device_under_nccl(monkeypatch):
+    """NCCL only reduces CUDA tensors: the tensor must be on this rank's device (no GPU needed:
+    the collective is replaced by one that records what it was given and sums in place)."""
+    seen: list[torch.Tensor] = []
+
+    def fake_all_reduce(t: torch.Tensor) -> None:
+        seen.append(t)
+        t.mul_(2)  # two ranks with the same contribution
+
+    monkeypatch.setattr(training.dist, "get_backend", lambda *a, **k: "nccl")
+    monkeypatch.setattr(training.dist, "all_reduce", fake_all_reduce)
+    # the meta device stands in for cuda:1, which this machine lacks; what matters is that the
+    # tensor follows d.device instead of being built on the default (CPU) device
+    d = training.Dist(rank=1, world_size=2, local_rank=1, device=torch.device("meta"))
+    with pytest.raises(NotImplementedError):  # a meta tensor cannot be copied back, as expected
+        training._mean_over_ranks(3.0, 4, d)
+    assert [t.device for t in seen] == [torch.device("meta")]
+    monkeypatch.setattr(training.dist, "get_backend", lambda *a, **k: "gloo")
+    seen.clear()
+    assert training._mean_over_ranks(3.0, 4, d) == 0.75
+    assert [t.device for t in seen] == [torch.device("cpu")]

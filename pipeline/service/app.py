@@ -5,7 +5,8 @@ Upload (raw request body) -> temp dir -> decodability check -> scoring (one mode
 
 Limits, each with its status code:
 - body larger than ``max_upload_mb``: 413 (checked on Content-Length and while streaming);
-- content that does not decode as a video: 415; a video with no frames: 422;
+- an empty body, or a video container whose video stream has no frames: 422; any other content
+  that does not decode as a video (text, truncated file, audio only): 415;
 - more requests than ``max_concurrent`` running + ``max_queue`` waiting: 503 with Retry-After.
 The uploaded file name is display-only: the upload is always stored as ``upload.bin`` inside a
 fresh temporary folder, so ``../../x.mp4`` cannot write anywhere else.
@@ -189,18 +190,35 @@ def _reason(e: Exception) -> str:
 
 
 def _check_decodable(path: Path) -> None:
-    """Raise VideoReadError if ``path`` is not a video, ValueError if it has no frames."""
+    """Raise ValueError if ``path`` is a video container whose video stream has no frames (422),
+    VideoReadError if it is not a decodable video at all (415)."""
     from pipeline.video_io import open_video
 
-    reader = open_video(path)
     try:
-        if reader.info.n_frames < 1:
-            raise ValueError("the video has no frames")
+        reader = open_video(path)
+    except VideoReadError:
+        if _has_frameless_video_stream(path):
+            raise ValueError("the video stream has no frames") from None
+        raise
+    try:
         reader.get_batch([0])
     finally:
-        close = getattr(reader, "close", None)
-        if close:
-            close()
+        reader.close()
+
+
+def _has_frameless_video_stream(path: Path) -> bool:
+    """True when FFmpeg opens ``path``, finds a video stream, and decodes no frame from it."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return False
+            for _frame in container.decode(container.streams.video[0]):
+                return False
+    except Exception:  # noqa: BLE001 - not even a container: the caller's 415 stands
+        return False
+    return True
 
 
 def run(cfg: ServeConfig) -> int:
