@@ -36,9 +36,10 @@ torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
 dfpipe evaluate --checkpoint "$WORK/checkpoints/$RUN/best.pt" --manifest-dir "$M" --split test \
     --out "$WORK/report" --no-frame-level --batch-size 64
 
-# 5. the inference-only release (float16, model card, crop recipe of the training crops)
+# 5. the inference-only release (float16, model card, crop recipe of the training crops: tight
+#    MTCNN box, 224 px, JPEG quality 75 = the IJG quality-75 quantization table every crop uses)
 if [ "${EXPORT:-0}" = 1 ]; then
     dfpipe export --checkpoint "$WORK/checkpoints/$RUN/best.pt" \
         --card pipeline/release/dfdc_frame_lite0.md --out pipeline/release/dfdc_frame_lite0.pt \
-        --margin 0.0 --size 224 --square
+        --margin 0.0 --size 224 --square --jpeg-quality 75
 fi
