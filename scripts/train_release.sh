@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Recipe: reproduce the shipped release model (pipeline/release/dfdc_frame_lite0.pt) from the
 # dfdc_faces crops. dfpipe commands only; every step is documented in README.md ("A real
-# detector"). About 60 minutes on 2 CPU cores; run it with the project's venv on PATH.
+# detector"). About 50-60 minutes on 2 (shared) CPU cores; run it with the project's venv on PATH.
 #
 #   scripts/train_release.sh [DATA_DIR] [WORK_DIR]
 #     DATA_DIR  the dfdc_faces folder (faces_224/ + metadata.csv); default ../shared/data/dfdc_faces
@@ -31,6 +31,12 @@ torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
     --out-dir "$WORK/checkpoints" --run-name "$RUN" --image-size 160 --train-blocks 12 \
     --augment flip color jpeg blur crop --epochs 4 --batch-size 16 --lr 3e-4 --threads 1 \
     --patience 2
+
+# 3b. two more epochs, resumed from last.pt with --epochs 6: the stored optimizer and schedule
+#     continue, so epoch 5 trains at the 4-epoch cosine's final learning rate (1.5e-5) and epoch 6
+#     at cosine(5 of 6) (3.4e-5); best.pt is the epoch with the lowest validation loss of all six
+torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train --model frame \
+    --resume "$WORK/checkpoints/$RUN/last.pt" --epochs 6 --patience 2 --threads 1
 
 # 4. grouped test split: metrics with 95 % bootstrap intervals; the threshold comes from val
 dfpipe evaluate --checkpoint "$WORK/checkpoints/$RUN/best.pt" --manifest-dir "$M" --split test \
