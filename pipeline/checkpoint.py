@@ -13,6 +13,8 @@ A checkpoint holds only plain types and tensors, so it loads with
   normalization, frame index), ``versions`` (dfpipe, torch, torchvision, python, numpy)
 - ``history`` (one dict per epoch: ``train_loss``, ``val_loss``, ``val_roc_auc``, ...)
 - resume state, in ``last.pt`` only: ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``stopper``
+- release files only (``export_release``): float16 weights, no resume state, plus ``card`` (model
+  card Markdown), ``crop`` (the crop recipe dict) and ``release`` (source digest, weight dtype)
 - ``sha256``: digest of everything above (``payload_digest``), checked on load: the zip
   container does not check tensor bytes, so without it a flipped byte in the weights loads
   silently. Checkpoints without the key (written before it existed) load unchecked.
@@ -164,8 +166,10 @@ def build_model(ckpt: dict[str, Any], as_model: str | None = None) -> nn.Module:
 
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"]["kwargs"])
     model = create_model(name, **kwargs)
+    # a release stores float16 weights: back to float32 for computing
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint state dict does not fit model '{name}': "
                               f"{str(e).splitlines()[0]}") from e
@@ -201,3 +205,85 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+# --------------------------------------------------------------------------------------------
+# release export: a small inference-only file
+# --------------------------------------------------------------------------------------------
+
+RELEASE_DROP = ("optimizer", "scheduler", "scaler", "rng", "stopper")
+"""Resume state that an inference-only release leaves out."""
+
+
+def check_crop_recipe(crop: dict[str, Any]) -> dict[str, Any]:
+    """The crop recipe of a release (how faces are cut before the model sees them), validated.
+
+    Keys: ``margin`` (share of the box's larger side added around it on each side; negative
+    cuts inside the box, down to -0.4), ``size`` (crop side in pixels), ``square`` (square box
+    before the margin), ``jpeg_quality`` (1-100, or None when crops are not JPEG-encoded), and
+    optionally ``source`` (how the recipe was chosen, in words).
+    """
+    keys = {"margin", "size", "square", "jpeg_quality"}
+    if not keys <= set(crop) <= keys | {"source"}:
+        raise CheckpointError(f"crop recipe needs the keys {sorted(keys)} (and optionally "
+                              f"'source'), got {sorted(crop)}")
+    margin, size, square, quality = crop["margin"], crop["size"], crop["square"], crop["jpeg_quality"]
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not -0.4 <= margin <= 2:
+        raise CheckpointError(f"crop margin must be a number in [-0.4, 2], got {margin!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise CheckpointError(f"crop size must be an integer >= 16, got {size!r}")
+    if not isinstance(square, bool):
+        raise CheckpointError(f"crop square must be true or false, got {square!r}")
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int)
+                                or not 1 <= quality <= 100):
+        raise CheckpointError(f"crop jpeg_quality must be 1-100 or None, got {quality!r}")
+    out = {"margin": float(margin), "size": size, "square": square, "jpeg_quality": quality}
+    if crop.get("source"):
+        out["source"] = str(crop["source"])
+    return out
+
+
+def export_release(src: str | os.PathLike, dst: str | os.PathLike, *, card_md: str,
+                   crop: dict[str, Any], data_description: str = "") -> Path:
+    """Write an inference-only copy of checkpoint ``src`` to ``dst`` (atomic); returns ``dst``.
+
+    Floating-point weights are stored as float16 (``build_model`` casts them back to float32);
+    optimizer and other resume state are dropped; everything ``load_checkpoint``/``build_model``
+    and the scorer read is kept. Added keys: ``card`` (the model card, Markdown), ``crop`` (the
+    crop recipe, see ``check_crop_recipe``) and ``release`` (source file digest, weight dtype).
+    """
+    from pipeline.fsutil import sha256_file
+
+    if not card_md.strip():
+        raise CheckpointError("export: the model card is empty")
+    recipe = check_crop_recipe(crop)
+    ckpt = load_checkpoint(src)
+    out = {k: v for k, v in ckpt.items() if k not in RELEASE_DROP and k not in (DIGEST_KEY, "kind",
+                                                                                 "format_version")}
+    out["state_dict"] = collections.OrderedDict(
+        (k, v.detach().to(torch.float16) if v.is_floating_point() else v)
+        for k, v in ckpt["state_dict"].items())
+    out["card"] = card_md
+    out["crop"] = recipe
+    if data_description:  # words for the training data, repeated by every verdict
+        out["train_data"] = {**out.get("train_data", {}), "description": data_description}
+    out["release"] = {"source_sha256": sha256_file(src), "weights_dtype": "float16",
+                      "source_epoch": int(ckpt["epoch"])}
+    path = save_checkpoint(dst, out)
+    logger.info("release %s: %.1f MB from %s (epoch %d)", path, path.stat().st_size / 1e6, src,
+                ckpt["epoch"])
+    return path
+
+
+def run_export(cfg: Any) -> int:
+    """CLI entry of ``dfpipe export`` (``pipeline.config.ExportConfig``)."""
+    card = Path(cfg.card)
+    if not card.is_file():
+        raise CheckpointError(f"{card}: model card not found")
+    crop = {"margin": cfg.margin, "size": cfg.size, "square": cfg.square,
+            "jpeg_quality": cfg.jpeg_quality or None}
+    if cfg.crop_source:
+        crop["source"] = cfg.crop_source
+    export_release(cfg.checkpoint, cfg.out, card_md=card.read_text(encoding="utf-8"), crop=crop,
+                   data_description=cfg.data_description)
+    return 0

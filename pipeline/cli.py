@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
               "train cnn_lstm or the single-frame baseline -> checkpoints/<run>/"),
     "evaluate": (config.EvaluateConfig, "pipeline.evaluation:run",
                  "compare checkpoints on one split -> report (metrics, plots)"),
+    "export": (config.ExportConfig, "pipeline.checkpoint:run_export",
+               "a trained checkpoint -> a small inference-only release file (fp16, card, crop recipe)"),
     "score": (config.ScoreConfig, "pipeline.scoring:run",
               "score whole videos -> verdicts (+ evidence sheets with --explain)"),
     "serve": (config.ServeConfig, "pipeline.service.app:run",

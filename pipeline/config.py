@@ -274,9 +274,15 @@ class TrainConfig:
     patience: int = opt(3, "early stopping: epochs without validation-loss improvement")
     balance: str = opt("weighted_loss", "class imbalance handling",
                        choices=["none", "weighted_loss", "balanced_sampler"])
-    augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, jpeg")
+    augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, "
+                                   "jpeg, blur, crop (a jittered 80-100 %% window)")
     freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first (>= --epochs: "
                                       "the encoder stays frozen throughout)")
+    train_blocks: int = opt(0, "fine-tune only the last N encoder stages (EfficientNet-Lite: stem, "
+                            "16 blocks, head conv = 18 stages); the others stay fixed. 0: all")
+    feature_cache: str | None = opt(None, "frame model, head only: encode each crop once with the "
+                                    "frozen encoder, keep the features in this folder, train the "
+                                    "head on them (augment: flip or nothing)")
     init_encoder: str | None = opt(None, "start the encoder from this trained checkpoint's encoder "
                                    "(a frame or cnn_lstm best.pt with the same --backbone)")
     data_description: str = opt("", "what the training data is, in words, e.g. 'DFDC face crops "
@@ -293,6 +299,22 @@ class TrainConfig:
     threshold_rule: str = opt("balanced_accuracy", "validation threshold stored in the checkpoint",
                               choices=["balanced_accuracy", "fpr"])
     target_fpr: float = opt(0.1, "false-positive rate for --threshold-rule fpr")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``dfpipe export``: a trained checkpoint -> a small inference-only release file."""
+
+    checkpoint: str = opt("", "checkpoint to export (best.pt of a run)")
+    out: str = opt("", "release file to write (.pt)")
+    card: str = opt("", "model card (Markdown file) stored in the release")
+    margin: float = opt(0.0, "crop recipe: margin around the face box as a share of its larger side")
+    size: int = opt(224, "crop recipe: crop side in pixels")
+    square: bool = opt(True, "crop recipe: square box before the margin")
+    jpeg_quality: int = opt(0, "crop recipe: JPEG quality of the training crops (0: not JPEG)")
+    crop_source: str = opt("", "crop recipe: how it was chosen, in words (stored with it)")
+    data_description: str = opt("", "what the training data is, in words (stored in train_data; "
+                                "every verdict repeats it)")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,14 @@ from pipeline.errors import ManifestError, PipelineError
 
 logger = logging.getLogger(__name__)
 
-# ImageNet statistics: torchvision backbones were trained with them; the tiny CNN and
-# InceptionResnetV1 are fine-tuned with them too (one normalization for every model).
+# ImageNet statistics: the default normalization. torchvision backbones were trained with them;
+# the tiny CNN and InceptionResnetV1 are fine-tuned with them too. A backbone trained with other
+# statistics declares ``input_mean``/``input_std`` (EfficientNet-Lite: [-1, 1]); training records
+# the pair in the checkpoint's ``preprocess`` and evaluation/scoring read it from there.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-AUGMENTATIONS = ("flip", "color", "jpeg")
+AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop")
 
 
 class CropReadError(PipelineError):
@@ -57,10 +59,12 @@ def load_crop(path: str | os.PathLike) -> np.ndarray:
         raise CropReadError(f"{path}: cannot read face crop: {e}") from e
 
 
-def crops_to_tensor(crops: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
+def crops_to_tensor(crops: Sequence[np.ndarray], image_size: int,
+                    mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
     """RGB uint8 crops (H, W, 3) -> normalized float tensor (T, C, image_size, image_size).
 
-    Crops of another size are resized (area interpolation when shrinking, linear otherwise).
+    Crops of another size are resized (area interpolation when shrinking, linear otherwise);
+    ``(x / 255 - mean) / std`` per channel (the model's own pair: ``normalization_of``).
     """
     frames = []
     for c in crops:
@@ -72,9 +76,19 @@ def crops_to_tensor(crops: Sequence[np.ndarray], image_size: int) -> torch.Tenso
         frames.append(c)
     x = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
     x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (T, C, H, W) in [0, 1]
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std  # (T, C, H, W)
+    m = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s  # (T, C, H, W)
+
+
+def normalization_of(preprocess: Mapping[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) recorded in a checkpoint's ``preprocess``; ImageNet's when absent (old files)."""
+    pre = preprocess or {}
+    mean = tuple(float(v) for v in pre.get("mean") or MEAN)
+    std = tuple(float(v) for v in pre.get("std") or STD)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"preprocess mean/std must be 3 values (std > 0), got {mean} / {std}")
+    return mean, std
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +105,8 @@ class ClipAugment:
     contrast: float = 1.0
     saturation: float = 1.0
     jpeg_quality: int = 0  # 0: no re-compression
+    blur_sigma: float = 0.0  # Gaussian blur sigma in pixels of the crop; 0: none
+    crop: tuple[float, float, float] = (1.0, 0.0, 0.0)  # (side share, x0 share, y0 share) kept
 
     @classmethod
     def identity(cls) -> ClipAugment:
@@ -111,11 +127,25 @@ class ClipAugment:
                 float(x) for x in rng.uniform(0.8, 1.2, size=3))
         if "jpeg" in ops and rng.random() < 0.5:
             kw["jpeg_quality"] = int(rng.integers(40, 96))
+        if "blur" in ops and rng.random() < 0.3:
+            kw["blur_sigma"] = float(rng.uniform(0.3, 1.5))
+        if "crop" in ops:  # a square window of 80-100 % of the side, anywhere inside the crop
+            side = float(rng.uniform(0.8, 1.0))
+            x0, y0 = (float(v) for v in rng.uniform(0.0, 1.0 - side, size=2))
+            kw["crop"] = (side, x0, y0)
         return cls(**kw)
 
     def __call__(self, crop: np.ndarray) -> np.ndarray:
-        """Apply to one RGB uint8 crop."""
+        """Apply to one RGB uint8 crop: window, flip, colour, blur, JPEG (the order of a camera
+        pipeline: re-compression last); the output has the input's size."""
         x = crop
+        side, x0, y0 = self.crop
+        if side < 1.0:
+            h, w = x.shape[:2]
+            ch, cw = max(1, round(side * h)), max(1, round(side * w))
+            top, left = min(round(y0 * h), h - ch), min(round(x0 * w), w - cw)
+            x = cv2.resize(np.ascontiguousarray(x[top:top + ch, left:left + cw]), (w, h),
+                           interpolation=cv2.INTER_LINEAR)
         if self.flip:
             x = x[:, ::-1]
         if (self.brightness, self.contrast, self.saturation) != (1.0, 1.0, 1.0):
@@ -125,6 +155,8 @@ class ClipAugment:
             gray = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
             f = gray[..., None] + self.saturation * (f - gray[..., None])
             x = np.clip(f, 0, 255).astype(np.uint8)
+        if self.blur_sigma > 0:
+            x = cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), self.blur_sigma)
         if self.jpeg_quality:
             ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(x[..., ::-1]),
                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
@@ -200,7 +232,8 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[VideoRecord], mode: str = "clip", image_size: int = 160,
-                 frame_index: int = 15, augment: Sequence[str] = (), seed: int = 0) -> None:
+                 frame_index: int = 15, augment: Sequence[str] = (), seed: int = 0,
+                 mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> None:
         if mode not in ("clip", "image"):
             raise ValueError(f"mode must be 'clip' or 'image', not {mode!r}")
         unknown = sorted(set(augment) - set(AUGMENTATIONS))
@@ -212,6 +245,7 @@ class ClipDataset(Dataset):
         self.frame_index = frame_index
         self.augment = tuple(augment)
         self.seed = seed
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -234,13 +268,14 @@ class ClipDataset(Dataset):
         label = torch.tensor(float(rec.label))
         if self.mode == "image":
             slot = nearest_valid_slot(rec.mask, self.frame_index)
-            image = crops_to_tensor([aug(load_crop(rec.paths[slot]))], self.image_size)[0]
+            image = crops_to_tensor([aug(load_crop(rec.paths[slot]))], self.image_size,
+                                    self.mean, self.std)[0]
             return {"image": image, "label": label, "video_id": rec.video_id}
         valid = [i for i, m in enumerate(rec.mask) if m]
         clip = torch.zeros(len(rec.mask), 3, self.image_size, self.image_size)  # (T, C, H, W)
         if valid:
             clip[valid] = crops_to_tensor([aug(load_crop(rec.paths[i])) for i in valid],
-                                          self.image_size)
+                                          self.image_size, self.mean, self.std)
         mask = torch.tensor(rec.mask, dtype=torch.float32)  # (T,)
         return {"clip": clip, "mask": mask, "label": label, "video_id": rec.video_id}
 

@@ -708,7 +708,7 @@ def model_names(archs: list[str], paths: list[Path]) -> list[str]:
 def run(cfg: EvaluateConfig) -> int:
     """Score every checkpoint on ``cfg.split`` (thresholds from ``val``) and write the report."""
     from pipeline.checkpoint import build_model, load_checkpoint
-    from pipeline.data import ClipDataset, build_records, read_clips_and_split
+    from pipeline.data import ClipDataset, build_records, normalization_of, read_clips_and_split
     from pipeline.engine import make_loader, predict, resolve_device
     from pipeline.manifest import manifest_path
     from pipeline.splits import check_checkpoint_split
@@ -730,8 +730,10 @@ def run(cfg: EvaluateConfig) -> int:
         raise PipelineError(f"{cfg.manifest_dir}: split '{cfg.split}' has no videos")
     records = {s: build_records(clips, split, s) for s, rows in splits.items() if len(rows)}
 
-    def loader(which: str, mode: str, image_size: int, frame_index: int) -> Any:
-        ds = ClipDataset(records[which], mode=mode, image_size=image_size, frame_index=frame_index)
+    def loader(which: str, mode: str, image_size: int, frame_index: int,
+               norm: tuple[tuple[float, ...], tuple[float, ...]]) -> Any:
+        ds = ClipDataset(records[which], mode=mode, image_size=image_size, frame_index=frame_index,
+                         mean=norm[0], std=norm[1])
         return make_loader(ds, cfg.batch_size, workers=cfg.workers)
 
     infos: dict[str, ModelInfo] = {}
@@ -761,6 +763,7 @@ def run(cfg: EvaluateConfig) -> int:
             if cfg.split == "all" else ""
         model = build_model(ckpt).to(device).eval()
         image_size, frame_index = _preprocess(ckpt)
+        norm = normalization_of(ckpt.get("preprocess"))  # the statistics it was trained with
         mode = getattr(model, "input_key", "clip")
         name = names[i]
         thr = ckpt.get("threshold")
@@ -781,7 +784,7 @@ def run(cfg: EvaluateConfig) -> int:
         infos[name] = info
         for which in records:
             logger.info("%s: predicting %d %s videos", name, len(records[which]), which)
-            df = predict(model, loader(which, mode, image_size, frame_index), device,
+            df = predict(model, loader(which, mode, image_size, frame_index, norm), device,
                          progress=True, desc=f"{name} {which}")
             tables[which].append(_attach_split(df, splits[which], name, f"{path} on {which}"))
         if derive[i]:
@@ -796,7 +799,7 @@ def run(cfg: EvaluateConfig) -> int:
                          (ckpt.get("thresholds") or {}) else "0.5: the checkpoint stores none for it)")
                         if cfg.split == "all" else "chosen on val like the others)"))
             for which in records:
-                vids, frames = _frame_pass(model, loader(which, "clip", image_size, frame_index),
+                vids, frames = _frame_pass(model, loader(which, "clip", image_size, frame_index, norm),
                                            device)
                 tables[which].append(_attach_split(vids, splits[which], mean_name,
                                                    f"{path} (frame_mean) on {which}"))

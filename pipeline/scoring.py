@@ -53,7 +53,7 @@ import torch
 from pipeline import __version__, engine
 from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig, to_dict
-from pipeline.data import crops_to_tensor
+from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.release import resolve_checkpoint
@@ -132,6 +132,7 @@ class VideoScorer:
         self.model.to(self.device).eval()
         pre = ckpt.get("preprocess", {})
         self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
+        self.mean, self.std = normalization_of(pre)  # the statistics the model was trained with
         prep = dict(ckpt.get("train_data", {}).get("prepare") or {})
         defaults = PrepareConfig()
         self.sampler = prep.get("sampler", defaults.sampler)
@@ -325,7 +326,8 @@ class VideoScorer:
         mask = torch.zeros(b, t)
         for i, tr in enumerate(tracks):
             slots = [c.slot for c in tr["used"]]
-            x = crops_to_tensor([crops[int(c.crop_path)] for c in tr["used"]], s)  # (n, C, H, W)
+            x = crops_to_tensor([crops[int(c.crop_path)] for c in tr["used"]], s,
+                                self.mean, self.std)  # (n, C, H, W)
             clip[i, slots] = x
             mask[i, slots] = 1.0
         return clip.to(self.device), mask.to(self.device)

