@@ -321,7 +321,8 @@ class ExportConfig:
 class EvaluateConfig:
     """``dfpipe evaluate``: checkpoints + clips/split manifests -> a comparison report."""
 
-    checkpoint: tuple[str, ...] = opt((), "checkpoint files to compare (repeatable)")
+    checkpoint: tuple[str, ...] = opt((), "checkpoint files to compare (repeatable; 'default': the "
+                                      "shipped model)")
     manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder with clips/split manifests")
     split: str = opt("test", "split to evaluate ('all': every labelled video of the manifests, "
                      "thresholds from the checkpoints)", choices=["train", "val", "test", "all"])

@@ -714,7 +714,12 @@ def run(cfg: EvaluateConfig) -> int:
     from pipeline.splits import check_checkpoint_split
 
     if not cfg.checkpoint:
-        raise ConfigError("evaluate: give at least one --checkpoint")
+        raise ConfigError("evaluate: give at least one --checkpoint (or --checkpoint default: "
+                          "the shipped model)")
+    from pipeline.release import DEFAULT_ALIAS, resolve_checkpoint
+
+    cfg = dataclasses.replace(cfg, checkpoint=tuple(
+        resolve_checkpoint(c) if c == DEFAULT_ALIAS else c for c in cfg.checkpoint))
     if cfg.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {cfg.bootstrap}")
     device = resolve_device(cfg.device)

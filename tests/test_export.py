@@ -47,7 +47,7 @@ def test_release_of_a_lite0_frame_model_is_small(tmp_path):
 
 
 @pytest.mark.parametrize("crop, match", [
-    ({**CROP, "margin": -0.1}, "margin"),
+    ({**CROP, "margin": -0.5}, "margin"),
     ({**CROP, "size": 8}, "size"),
     ({**CROP, "square": "yes"}, "square"),
     ({**CROP, "jpeg_quality": 0}, "jpeg_quality"),
