@@ -9,7 +9,10 @@
   and without the evidence sheet, as a ratio to the decode-only floor;
 - ``bench_scaling``: ``dfpipe extract`` over N copies of the video with 1 and 2 pool workers and
   with Ray;
-- ``bench_train``: training clips/s and peak RSS per backbone (``pipeline.models.bench``).
+- ``bench_train``: training clips/s and peak RSS per backbone (``pipeline.bench_train``);
+- ``crop-margin`` (not a speed measurement; run only when asked): which crop recipe reproduces
+  the ``dfdc_faces`` crops (``pipeline.cropcheck``) and, with ``--checkpoint``, p_fake of the
+  labelled real sample clips at each margin.
 
 Times are wall-clock seconds on whatever machine runs them (its description is recorded);
 medians over ``repeats``. Without ``--video`` a 10 s 1920x1080 synthetic clip is generated.
@@ -284,6 +287,8 @@ def _markdown(results: dict[str, Any]) -> str:
         lines += _table(["engine x workers", "s total", "s/video", "speed-up vs 1 worker"],
                         [[k, v.get("s_total", v.get("error")), v.get("s_per_video", ""),
                           v.get("speedup_vs_1_worker", "")] for k, v in r["runs"].items()])
+    if "crop_margin" in results:
+        lines += _crop_margin_markdown(results["crop_margin"])
     if "train" in results:
         lines += ["## training (cnn_lstm, 30 frames x 160 px, batch 2, 1 thread)", ""]
         lines += _table(["backbone", "clips/s", "s/step", "peak RSS MiB", "params M"],
@@ -310,11 +315,12 @@ def run(cfg: BenchConfig) -> int:
                                                cfg=ExtractConfig(device=cfg.device))),
              ("score", lambda: bench_score(video, cfg.repeats, device=cfg.device)),
              ("scaling", lambda: bench_scaling(video, cfg.scaling_videos, cfg.device)),
-             ("train", lambda: _bench_train(cfg))]
+             ("train", lambda: _bench_train(cfg)),
+             ("crop-margin", lambda: bench_crop_margin(cfg))]
     for name, fn in steps:
         if name in cfg.what:
             logger.info("bench: %s ...", name)
-            results[name] = fn()
+            results[name.replace("-", "_")] = fn()
             atomic_write_json(out / "bench.json", results)  # partial results survive a crash
     atomic_write_text(out / "bench.md", _markdown(results))
     logger.info("bench: results in %s", out)
@@ -323,6 +329,86 @@ def run(cfg: BenchConfig) -> int:
 
 
 def _bench_train(cfg: BenchConfig) -> dict[str, Any]:
-    from pipeline.models.bench import bench_train
+    from pipeline.bench_train import bench_train
 
     return bench_train(list(cfg.backbones))
+
+
+def bench_crop_margin(cfg: BenchConfig) -> dict[str, Any]:
+    """Crop geometry + JPEG quality of ``cfg.faces_dataset`` vs our crops; scores by margin."""
+    from pipeline import cropcheck
+    from pipeline.release import resolve_checkpoint
+
+    for p in (cfg.samples, cfg.faces_dataset):
+        if not Path(p).is_dir():
+            raise ConfigError(f"bench crop-margin: {p}: folder not found")
+    out = cropcheck.measure(cfg.samples, cfg.faces_dataset, cfg.margins)
+    if cfg.checkpoint is not None:
+        videos = cropcheck.labelled_samples(cfg.samples)
+        out["scores"] = cropcheck.scores_by_margin(resolve_checkpoint(cfg.checkpoint),
+                                                   [v["path"] for v in videos], cfg.margins,
+                                                   cfg.device)
+        out["scores"]["labels"] = {Path(v["path"]).stem: v["label"] for v in videos}
+        out["scores"]["summary"] = cropcheck.margin_summary(out["scores"]["rows"], videos)
+    return out
+
+
+def _crop_margin_markdown(r: dict[str, Any]) -> list[str]:
+    lines = ["## crop margin: our MTCNN crops vs the dfdc_faces crops", "",
+             "Best normalized cross-correlation (grey, both at 224 px) over every 3rd frame of "
+             "the first 300; side = our crop's side in source pixels / the data set crop's "
+             "(metadata.csv original_width/height).", ""]
+    clips = r.get("clips", {})
+    if clips:
+        names = list(clips)
+        header = ["margin", "square"] + [f"{n} NCC (MAE, side ratio)" for n in names] + ["mean NCC"]
+        keys = [(row["margin"], row["square"]) for row in clips[names[0]]["rows"]]
+        rows = []
+        for m, sq in keys:
+            cells = []
+            nccs = []
+            for n in names:
+                row = next(x for x in clips[n]["rows"] if (x["margin"], x["square"]) == (m, sq))
+                cells.append(f"{row['ncc']:.3f} ({row['mae']:.1f}, {row['side_vs_original']:.2f})")
+                nccs.append(row["ncc"])
+            rows.append([f"{m:+.3f}", "yes" if sq else "no", *cells, f"{sum(nccs) / len(nccs):.3f}"])
+        lines += _table(header, rows)
+        lines += [f"- {n} ({c['label']}): best frame {c.get('best_frame')}, our box side "
+                  f"{c.get('box_side')} px vs the crop's {c['original_side']:.0f} px: implied "
+                  f"margin {c.get('implied_margin')}; its JPEG quality {c['reference_jpeg_quality']}"
+                  for n, c in clips.items()]
+        lines.append("")
+    j = r.get("jpeg")
+    if j:
+        lines += [f"JPEG quality of {j['files']} of {j['of']} crops (IJG tables): "
+                  + ", ".join(f"q{q}: {n}" for q, n in j["qualities"].items()), ""]
+    sc = r.get("scores")
+    if sc:
+        margins = sorted({row["margin"] for row in sc["rows"]})
+        vids = list(dict.fromkeys(row["video"] for row in sc["rows"]))
+        lines += [f"### p_fake by margin: `{sc['checkpoint']}` (recipe otherwise {sc['recipe']})", "",
+                  "Cells: the video's p_fake (max over tracks) / the deciding track's mean "
+                  "per-frame p_fake; '-' = no score (status).", ""]
+        rows = []
+        for v in vids:
+            cells = []
+            for m in margins:
+                row = next(x for x in sc["rows"] if x["video"] == v and x["margin"] == m)
+                cells.append("-" if row["p_fake"] is None else
+                             f"{row['p_fake']:.3f} / {row['frame_mean']:.3f}")
+            rows.append([v, sc["labels"].get(v, ""), *cells])
+        lines += _table(["video", "label", *[f"m {m:+.3f}" for m in margins]], rows)
+        summary = sc.get("summary") or []
+        if summary:
+            left_out = ", ".join(summary[0]["excluded"]) or "none"
+            lines += [f"Per margin, leaving out the clips whose crop is in dfdc_faces ({left_out}: "
+                      "seen in training): ROC AUC [95% grouped-bootstrap interval over originals] "
+                      "and mean p_fake per class.", ""]
+            lines += _table(["margin", "REAL / FAKE clips", "ROC AUC", "mean p_fake REAL",
+                             "mean p_fake FAKE"],
+                            [[f"{s['margin']:+.3f}", f"{s['n_real']} / {s['n_fake']}",
+                              f"{s['roc_auc']:.3f} [{s['roc_auc_lo']:.3f}, {s['roc_auc_hi']:.3f}]",
+                              "-" if s["mean_p_real"] is None else f"{s['mean_p_real']:.3f}",
+                              "-" if s["mean_p_fake"] is None else f"{s['mean_p_fake']:.3f}"]
+                             for s in summary])
+    return lines

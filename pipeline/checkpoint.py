@@ -223,8 +223,9 @@ def check_crop_recipe(crop: dict[str, Any]) -> dict[str, Any]:
     crops are not JPEG-encoded).
     """
     keys = {"margin", "size", "square", "jpeg_quality"}
-    if set(crop) != keys:
-        raise CheckpointError(f"crop recipe needs exactly the keys {sorted(keys)}, got {sorted(crop)}")
+    if not keys <= set(crop) <= keys | {"source"}:
+        raise CheckpointError(f"crop recipe needs the keys {sorted(keys)} (and optionally 'source'), "
+                              f"got {sorted(crop)}")
     margin, size, square, quality = crop["margin"], crop["size"], crop["square"], crop["jpeg_quality"]
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 2:
         raise CheckpointError(f"crop margin must be a number in [0, 2], got {margin!r}")
@@ -235,17 +236,22 @@ def check_crop_recipe(crop: dict[str, Any]) -> dict[str, Any]:
     if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int)
                                 or not 1 <= quality <= 100):
         raise CheckpointError(f"crop jpeg_quality must be 1-100 or None, got {quality!r}")
-    return {"margin": float(margin), "size": size, "square": square, "jpeg_quality": quality}
+    out = {"margin": float(margin), "size": size, "square": square, "jpeg_quality": quality}
+    if "source" in crop:
+        out["source"] = str(crop["source"])
+    return out
 
 
 def export_release(src: str | os.PathLike, dst: str | os.PathLike, *, card_md: str,
-                   crop: dict[str, Any]) -> Path:
+                   crop: dict[str, Any], data_description: str | None = None) -> Path:
     """Write an inference-only copy of checkpoint ``src`` to ``dst`` (atomic); returns ``dst``.
 
     Floating-point weights are stored as float16 (``build_model`` casts them back to float32);
     optimizer and other resume state are dropped; everything ``load_checkpoint``/``build_model``
     and the scorer read is kept. Added keys: ``card`` (the model card, Markdown), ``crop`` (the
     crop recipe, see ``check_crop_recipe``) and ``release`` (source file digest, weight dtype).
+    ``data_description`` (words on the training data, shown in every verdict) replaces
+    ``train_data.description`` when given.
     """
     from pipeline.fsutil import sha256_file
 
@@ -258,6 +264,8 @@ def export_release(src: str | os.PathLike, dst: str | os.PathLike, *, card_md: s
     out["state_dict"] = collections.OrderedDict(
         (k, v.detach().to(torch.float16) if v.is_floating_point() else v)
         for k, v in ckpt["state_dict"].items())
+    if data_description:
+        out["train_data"] = {**dict(out.get("train_data") or {}), "description": data_description}
     out["card"] = card_md
     out["crop"] = recipe
     out["release"] = {"source_sha256": sha256_file(src), "weights_dtype": "float16",
@@ -274,6 +282,8 @@ def run_export(cfg: Any) -> int:
     if not card.is_file():
         raise CheckpointError(f"{card}: model card not found")
     crop = {"margin": cfg.margin, "size": cfg.size, "square": cfg.square,
-            "jpeg_quality": cfg.jpeg_quality or None}
-    export_release(cfg.checkpoint, cfg.out, card_md=card.read_text(encoding="utf-8"), crop=crop)
+            "jpeg_quality": cfg.jpeg_quality or None,
+            "source": cfg.crop_source or "dfpipe export (given with the release)"}
+    export_release(cfg.checkpoint, cfg.out, card_md=card.read_text(encoding="utf-8"), crop=crop,
+                   data_description=cfg.data_description or None)
     return 0

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "synth": (config.SynthConfig, "pipeline.synth:run", "write a synthetic DFDC-like dataset"),
     "extract": (config.ExtractConfig, "pipeline.extract:run",
                 "detect faces (MTCNN) in raw videos -> crops + videos/faces manifests"),
+    "merge": (config.MergeConfig, "pipeline.shards:run",
+              "merge the manifests of extract shards (--shard I/N) into one manifest folder"),
     "prepare": (config.PrepareConfig, "pipeline.prepare:run",
                 "filter 200-400 face frames, subsample 30 frames, grouped train/val/test split"),
     "train": (config.TrainConfig, "pipeline.training:run",

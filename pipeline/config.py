@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
+from pipeline.release import checkpoint_help
 
 T = TypeVar("T")
 
@@ -196,8 +197,11 @@ class ExtractConfig:
     batch_size: int = opt(32, "frames per decode/MTCNN batch")
     min_face_prob: float = opt(0.9, "minimum MTCNN probability for a face")
     min_face_size: int = opt(20, "MTCNN minimum face size in detection pixels")
-    margin: float = opt(0.3, "crop margin around the box as a share of its larger side")
+    margin: float = opt(0.3, "crop margin around the box as a share of its larger side "
+                        "(negative: tighter than the box)")
     crop_size: int = opt(160, "crop size in pixels (square JPEG)")
+    square: bool = opt(True, "square crop around the box's larger side (--no-square: the box "
+                       "widened by the margin on each side, stretched to crop_size)")
     jpeg_quality: int = opt(95, "JPEG quality of the crops")
     iou_threshold: float = opt(0.3, "IoU that links a face to an existing track")
     from_faces: bool = opt(False, "the inputs are folders of pre-extracted faces to import, no "
@@ -206,6 +210,20 @@ class ExtractConfig:
     metadata: str | None = opt(None, "metadata CSV for --from-faces (filename or videoname, "
                                "label, original)")
     overwrite: bool = opt(False, "redo videos that are already done")
+    shard: str = opt("", "I/N: process only the videos of shard I of N (stable by video id; "
+                     "array jobs: shards share --out, each writes its own --manifest-dir; "
+                     "then dfpipe merge)")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """``dfpipe merge``: the outputs of N shards -> one (extract manifests or score results)."""
+
+    inputs: tuple[str, ...] = opt((), "manifest folders written by dfpipe extract --shard I/N, or "
+                                  "results files written by dfpipe score --shard I/N",
+                                  positional=True)
+    manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder for the merged videos/faces manifests")
+    out: str = opt("results.jsonl", "merged results file (.jsonl or .csv) for score shards")
 
 
 @dataclass(frozen=True)
@@ -258,12 +276,17 @@ class TrainConfig:
                        choices=["none", "weighted_loss", "balanced_sampler"])
     augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, "
                                    "jpeg, blur, crop (a jittered 80-100 %% window)")
-    freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first")
+    freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first (>= --epochs: "
+                                      "the encoder stays frozen throughout)")
     train_blocks: int = opt(0, "fine-tune only the last N encoder stages (EfficientNet-Lite: stem, "
                             "16 blocks, head conv = 18 stages); the others stay fixed. 0: all")
     feature_cache: str | None = opt(None, "frame model, head only: encode each crop once with the "
                                     "frozen encoder, keep the features in this folder, train the "
                                     "head on them (augment: flip or nothing)")
+    init_encoder: str | None = opt(None, "start the encoder from this trained checkpoint's encoder "
+                                   "(a frame or cnn_lstm best.pt with the same --backbone)")
+    data_description: str = opt("", "what the training data is, in words, e.g. 'DFDC face crops "
+                                "(dfdc_faces)': recorded in the checkpoint, shown in every verdict")
     workers: int = opt(0, "DataLoader workers")
     device: str = opt("auto", "training device", choices=["auto", "cpu", "cuda"])
     amp: bool = opt(True, "mixed precision on CUDA")
@@ -289,6 +312,9 @@ class ExportConfig:
     size: int = opt(224, "crop recipe: crop side in pixels")
     square: bool = opt(True, "crop recipe: square box before the margin")
     jpeg_quality: int = opt(0, "crop recipe: JPEG quality of the training crops (0: not JPEG)")
+    crop_source: str = opt("", "crop recipe: where these values come from, in words")
+    data_description: str = opt("", "words on the training data shown in every verdict "
+                                "(replaces the checkpoint's; empty: keep it)")
 
 
 @dataclass(frozen=True)
@@ -297,7 +323,8 @@ class EvaluateConfig:
 
     checkpoint: tuple[str, ...] = opt((), "checkpoint files to compare (repeatable)")
     manifest_dir: str = opt(DEFAULT_MANIFEST_DIR, "folder with clips/split manifests")
-    split: str = opt("test", "split to evaluate", choices=["train", "val", "test"])
+    split: str = opt("test", "split to evaluate ('all': every labelled video of the manifests, "
+                     "thresholds from the checkpoints)", choices=["train", "val", "test", "all"])
     out: str = opt("reports/latest", "report folder")
     threshold_rule: str = opt("balanced_accuracy", "how the validation threshold is chosen",
                               choices=["balanced_accuracy", "fpr"])
@@ -317,7 +344,7 @@ class ScoreConfig:
     """``dfpipe score``: videos -> per-video verdicts (+ evidence sheets)."""
 
     inputs: tuple[str, ...] = opt((), "video files or folders", positional=True)
-    checkpoint: str = opt("", "checkpoint file")
+    checkpoint: str = opt("", checkpoint_help())
     out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
     explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
     engine: str = opt("inline", "where per-video work runs", choices=["inline", "pool", "ray"])
@@ -335,13 +362,15 @@ class ScoreConfig:
                                  "longest track; shorter tracks are reported as 'brief'")
     decoder: str = opt("decord", "video decoder backend", choices=["decord", "pyav", "cv2"])
     overwrite: bool = opt(False, "rescore videos already in the results file")
+    shard: str = opt("", "I/N: score only the videos of shard I of N (stable by path as given; "
+                     "each shard writes its own --out; then dfpipe merge)")
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """``dfpipe serve``: the analysts' web page and JSON API."""
 
-    checkpoint: str = opt("", "checkpoint file")
+    checkpoint: str = opt("", checkpoint_help())
     host: str = opt("127.0.0.1", "bind address (loopback by default)")
     port: int = opt(8000, "port")
     max_upload_mb: int = opt(200, "largest accepted upload in MiB (413 beyond)")
@@ -357,13 +386,21 @@ class BenchConfig:
     video: str | None = opt(None, "10 s 1080p clip to measure (default: a generated one)")
     out: str = opt("benchmarks/results", "folder for the results JSON/Markdown")
     what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
-                                "which benchmarks to run")
+                                "which benchmarks to run (also: crop-margin, the crop recipe of "
+                                "dfdc_faces vs ours; not a speed measurement)")
     repeats: int = opt(3, "repetitions per measurement")
     scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
     backbones: tuple[str, ...] = opt(("tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0",
                                       "inception_resnet_v1"), "backbones for the training benchmark")
     device: str = opt("cpu", "device for extract/score/train measurements",
                       choices=["auto", "cpu", "cuda"])
+    checkpoint: str | None = opt(None, "crop-margin: also score the labelled real sample clips at "
+                                 "each margin with this checkpoint ('default': the shipped model)")
+    margins: tuple[float, ...] = opt((-0.15, -0.1, -0.075, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3),
+                                     "crop-margin: margins to compare (negative: tighter than the box)")
+    samples: str = opt("../shared/data/real_samples", "crop-margin: the real sample clips folder")
+    faces_dataset: str = opt("../shared/data/dfdc_faces", "crop-margin: the face-crop data set "
+                             "(faces_224/ + metadata.csv) whose crops are matched")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ A ``frame`` checkpoint also yields ``frame_mean`` (the same model on every valid
 probabilities averaged; no training of its own) and the per-frame view (frame label = video
 label), both from one pass over the clips.
 
+``--split all`` evaluates every labelled video of the manifest folder (an external test set
+imported with ``extract`` + ``prepare``): no validation split is used, so each model's decision
+threshold is the one stored in its checkpoint (0.5 where it stores none) and the report says so.
+
 The pure core is ``build_report`` (prediction tables in, report folder out); ``run`` loads the
 checkpoints, predicts, and calls it. The whole folder is replaced atomically.
 """
@@ -156,8 +160,8 @@ def _metrics_with_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold
 
 
 def _val_threshold(model: str, val: pd.DataFrame | None, info: ModelInfo, rule: str,
-                   target_fpr: float) -> tuple[float, str]:
-    """(threshold, where it came from) for one model."""
+                   target_fpr: float, no_val: bool = False) -> tuple[float, str]:
+    """(threshold, where it came from) for one model (``no_val``: ``--split all``, none asked)."""
     rows = val[val["model"] == model] if val is not None and len(val) else None
     if rows is not None and len(rows):
         y = labels_to_y(rows["label"], "val predictions")
@@ -167,9 +171,10 @@ def _val_threshold(model: str, val: pd.DataFrame | None, info: ModelInfo, rule: 
             what = "max balanced accuracy" if rule == "balanced_accuracy" else \
                 f"FPR <= {target_fpr:g}"
             return t, f"val split ({n_real} REAL / {n_fake} FAKE), {what}"
+    why = "no val split used" if no_val else "no usable val predictions"
     if info.checkpoint_threshold is not None and math.isfinite(info.checkpoint_threshold):
-        return float(info.checkpoint_threshold), "checkpoint (no usable val predictions)"
-    return 0.5, "0.5 (no usable val predictions)"
+        return float(info.checkpoint_threshold), f"checkpoint (stored at training; {why})"
+    return 0.5, f"0.5 (the checkpoint stores none for this model; {why})"
 
 
 PAIRED_METRICS: dict[str, Any] = {"roc_auc": M.roc_auc, "log_loss": M.log_loss}
@@ -270,6 +275,10 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         f"{summary['dfpipe_version']}.",
         f"Intervals: 95% percentile bootstrap over groups ({summary['bootstrap']} resamples, "
         f"seed {summary['seed']}), so related fakes do not inflate confidence.",
+        *([("Split `all`: every labelled video of the manifest folder; no validation split is "
+            "used, so the `val` threshold of each model is the one stored in its checkpoint "
+            "(see the thresholds column for where each came from).")]
+          if summary["split"] == "all" else []),
         "",
         "## Models",
         "",
@@ -310,8 +319,9 @@ def _markdown(summary: dict[str, Any], infos: Mapping[str, ModelInfo], figures: 
         "## Comparison (video level)",
         "",
         "Each cell: value [95% interval]. The threshold column says which decision threshold a "
-        "number uses: `-` none (ranking/probability metrics), `0.5`, or `val` (chosen per model "
-        "on the validation split, value in the first row).",
+        "number uses: `-` none (ranking/probability metrics), `0.5`, or `val` ("
+        + ("here, with split `all`: the threshold stored in each checkpoint" if summary["split"] == "all"
+           else "chosen per model on the validation split") + ", value in the first row).",
         "",
         "| metric | threshold | videos REAL / FAKE | " + " | ".join(models) + " |",
         "|---|---|---|" + "---|" * len(models),
@@ -492,7 +502,8 @@ def build_report(
         y = labels_to_y(rows["label"])
         p = rows["p_fake"].to_numpy(float)
         g = rows["group"].astype(str).to_numpy()
-        thr, source = _val_threshold(m, vals, model_infos[m], threshold_rule, target_fpr)
+        thr, source = _val_threshold(m, vals, model_infos[m], threshold_rule, target_fpr,
+                                     no_val=split == "all")
         logger.info("%s: %d videos, validation threshold %.4f (%s)", m, len(rows), thr, source)
         at_05 = _metrics_with_ci(y, p, g, 0.5, n_bootstrap, seed)
         at_val = _metrics_with_ci(y, p, g, thr, n_bootstrap, seed)
@@ -659,6 +670,27 @@ def _preprocess(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     return int(size), int(index)
 
 
+def _trained_here(path: Path, ckpt: Mapping[str, Any], split: pd.DataFrame,
+                  manifest_dir: Path) -> str:
+    """``--split all`` on the very manifests a model was trained on scores its training videos:
+    a warning (logged) for the report's model note, "" otherwise."""
+    from pipeline.fsutil import sha256_file
+    from pipeline.manifest import manifest_path
+    from pipeline.splits import split_fingerprint
+
+    data = ckpt.get("train_data") or {}
+    split_file = manifest_path(manifest_dir, "split")
+    same = (data.get("split_fingerprint") == split_fingerprint(split)
+            if data.get("split_fingerprint") is not None
+            else bool(data.get("split_sha256")) and data.get("split_sha256") == sha256_file(split_file))
+    if not same:
+        return ""
+    logger.warning("%s was trained on %s: --split all includes its training and validation videos, "
+                   "so these numbers are not held-out evidence", path, split_file)
+    return (f". **WARNING: trained on these manifests ({split_file}): the evaluated videos include "
+            "its training and validation videos; not held-out evidence.**")
+
+
 def model_names(archs: list[str], paths: list[Path]) -> list[str]:
     """Report names: the architecture, or ``arch@run-folder`` for every model of an
     architecture that appears more than once (``#2``, ``#3`` appended if still ambiguous)."""
@@ -688,7 +720,12 @@ def run(cfg: EvaluateConfig) -> int:
     device = resolve_device(cfg.device)
     check_out_dir(cfg.out)  # before the slow part
     clips, split = read_clips_and_split(cfg.manifest_dir)
-    splits = {s: split[split["split"] == s] for s in dict.fromkeys([cfg.split, "val"])}
+    labelled = split  # as prepared (train/val/test), for the checkpoints' split checks
+    if cfg.split == "all":  # every labelled video; thresholds from the checkpoints
+        split = split.assign(split="all")
+        splits = {"all": split}
+    else:
+        splits = {s: split[split["split"] == s] for s in dict.fromkeys([cfg.split, "val"])}
     if splits[cfg.split].empty:
         raise PipelineError(f"{cfg.manifest_dir}: split '{cfg.split}' has no videos")
     records = {s: build_records(clips, split, s) for s, rows in splits.items() if len(rows)}
@@ -707,8 +744,11 @@ def run(cfg: EvaluateConfig) -> int:
     for p in paths:  # all readable, and trained on this split, before the slow part
         ck = load_checkpoint(p)
         archs.append(str(ck["model"]["name"]))
+        if cfg.split == "all":  # another data set, not another split of the training one
+            other_split.append("")
+            continue
         other_split.append(check_checkpoint_split(
-            dict(ck.get("train_data") or {}), split, checkpoint=str(p),
+            dict(ck.get("train_data") or {}), labelled, checkpoint=str(p),
             manifest=str(manifest_path(cfg.manifest_dir, "split")), use="evaluated on",
             allow=cfg.allow_other_split))
     derive = [a == "frame" and cfg.frame_level for a in archs]  # also frame_mean + frame view
@@ -719,6 +759,8 @@ def run(cfg: EvaluateConfig) -> int:
     mean_names = dict(zip(mean_idx, all_names[len(paths):], strict=True))
     for i, (path, arch) in enumerate(zip(paths, archs, strict=True)):
         ckpt = load_checkpoint(path, map_location="cpu")
+        trained_here = _trained_here(path, ckpt, labelled, Path(cfg.manifest_dir)) \
+            if cfg.split == "all" else ""
         model = build_model(ckpt).to(device).eval()
         image_size, frame_index = _preprocess(ckpt)
         norm = normalization_of(ckpt.get("preprocess"))  # the statistics it was trained with
@@ -735,8 +777,10 @@ def run(cfg: EvaluateConfig) -> int:
                          note=f"{ckpt.get('epoch', '?')} epoch(s) trained, best epoch "
                               f"{best.get('epoch', '?')}; checkpoint threshold "
                               f"{_fmt(float(thr)) if thr is not None else 'n/a'} "
-                              f"({ckpt.get('threshold_rule', '?')}, informational: the report "
-                              "re-chooses it on this manifest's val split)")
+                              f"({ckpt.get('threshold_rule', '?')}, "
+                              + ("used as is: --split all has no val split)" if cfg.split == "all"
+                                 else "informational: the report re-chooses it on this "
+                                      "manifest's val split)") + trained_here)
         infos[name] = info
         for which in records:
             logger.info("%s: predicting %d %s videos", name, len(records[which]), which)
@@ -750,7 +794,10 @@ def run(cfg: EvaluateConfig) -> int:
                 train_data=info.train_data, derived_from=name, other_split=info.other_split,
                 checkpoint_threshold=(ckpt.get("thresholds") or {}).get("frame_mean"),
                 note=f"`{name}` applied to every valid frame, probabilities averaged "
-                     "(no training of its own; threshold chosen on val like the others)")
+                     "(no training of its own; threshold "
+                     + (("the checkpoint's frame_mean threshold)" if "frame_mean" in
+                         (ckpt.get("thresholds") or {}) else "0.5: the checkpoint stores none for it)")
+                        if cfg.split == "all" else "chosen on val like the others)"))
             for which in records:
                 vids, frames = _frame_pass(model, loader(which, "clip", image_size, frame_index, norm),
                                            device)

@@ -11,7 +11,8 @@ that made it and the input file's identity: path, size, mtime_ns and a hash of i
 the same input file (a file replaced under the same name is redone), and rebuilds both manifests from all per-video records (sorted by video_id, frame,
 track), so a run killed at any moment and rerun gives the manifests an uninterrupted run gives.
 Failed videos are recorded in ``FACES_DIR/_failed/<video_id>.json`` and retried on every rerun.
-One run at a time per FACES_DIR: a starting run deletes the ``.tmp-*`` leftovers it finds there.
+One run at a time per FACES_DIR (or per shard of it: ``--shard I/N`` processes only its own
+videos, see ``pipeline.shards``): a starting run deletes the ``.tmp-*`` leftovers of its videos.
 
 Statuses: ``ok``; ``no_face`` (a readable video where MTCNN found no face: a valid outcome, not a
 failure); failures: ``missing_file`` (listed in metadata.json but absent), ``empty_file``,
@@ -34,7 +35,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,14 @@ import pandas as pd
 
 from pipeline import config as config_mod
 from pipeline.config import ExtractConfig
-from pipeline.errors import ConfigError, MetadataError, VideoReadError
+from pipeline.discovery import _row, discover_inputs  # noqa: F401
+from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_path, atomic_write_json, remove_stale_temps
-from pipeline.manifest import LABELS, SCHEMAS, manifest_path, write_manifest
+from pipeline.manifest import SCHEMAS, manifest_path, write_manifest
 from pipeline.video_io import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MIN_FRAMES = 2
 OK_STATUSES = ("ok", "no_face")
 FAILED_DIR = "_failed"
@@ -59,7 +60,7 @@ FACES_RECORD = "_faces.csv"
 FACE_FIELDS = ["frame", "track", "x1", "y1", "x2", "y2", "prob", "crop"]
 # parameters that change a video's outputs: a recorded video made with others is redone
 RESULT_PARAMS = ("detector_mode", "track_every", "search_every", "detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
-                 "crop_size", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
+                 "crop_size", "square", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
 IDENTITY_BYTES = 64 * 1024
 """Bytes hashed at each end of an input: the MP4 header/index sits at one end or the other."""
 # environment for pool/Ray workers (glibc reads it at process start). Measured here: one worker
@@ -70,118 +71,6 @@ WORKER_ENV: dict[str, str] = {
     "MALLOC_MMAP_THRESHOLD_": "1073741824",
     "MALLOC_TRIM_THRESHOLD_": "2147483648",
 }
-
-
-# ---------------------------------------------------------------------------- discovery
-
-
-def _row(**kw: Any) -> dict[str, Any]:
-    """A videos-row with every column (missing numbers NaN, strings "")."""
-    row: dict[str, Any] = {}
-    for col, dtype in SCHEMAS["videos"].columns.items():
-        row[col] = kw.get(col, "" if dtype == "string" else math.nan)
-    return row
-
-
-def _read_metadata(path: Path) -> dict[str, dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MetadataError(f"{path}: cannot read: {e.strerror or e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MetadataError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from e
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise MetadataError(f"{path}: expected an object mapping 'x.mp4' to {{label, original}}")
-    for name, entry in sorted(data.items()):
-        label, original = entry.get("label"), entry.get("original")
-        if "label" in entry and (not isinstance(label, str) or label.upper() not in LABELS):
-            raise MetadataError(f"{path}: {name}: label is {label!r}, expected 'REAL' or 'FAKE'")
-        if original is not None and not isinstance(original, str):
-            raise MetadataError(f"{path}: {name}: original is {original!r}, expected a file name or null")
-        if not isinstance(entry.get("split", ""), str):
-            raise MetadataError(f"{path}: {name}: split is {entry['split']!r}, expected a string")
-    return data
-
-
-def _label(entry: dict) -> str:
-    label = str(entry.get("label") or "").upper()
-    return label if label in LABELS else ""
-
-
-def _stem(name: Any) -> str:
-    return Path(str(name)).stem if name else ""
-
-
-def discover_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]:
-    """Find the videos to process and the rows that fail before any decoding.
-
-    Args:
-        paths: DFDC part folders (``metadata.json`` + videos), folders of those, plain folders
-            of videos, or video files. Folders are searched recursively.
-
-    Returns:
-        ``(items, failed_rows)``: items are plain dicts (``id``, ``video_id``, ``part``, ``path``,
-        ``label``, ``original``) sorted by video_id; failed_rows are videos-rows for metadata
-        entries whose file is missing (``missing_file``), unreadable metadata (``bad_metadata``)
-        and second files with an id already seen (``duplicate_id``).
-
-    Raises:
-        ConfigError: a given path does not exist.
-    """
-    items: list[dict] = []
-    failed: list[dict] = []
-    folders: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise ConfigError(f"{p}: input not found")
-        if p.is_dir():
-            folders.extend(sorted({p, *[d for d in p.rglob("*") if d.is_dir()]}))
-        else:
-            items.append(dict(video_id=p.stem, part="", path=str(p.resolve()), label="", original=""))
-    for folder in folders:
-        part = folder.name
-        meta_file = folder / "metadata.json"
-        try:
-            videos = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
-            has_meta = meta_file.is_file()
-        except OSError as e:  # e.g. a folder without read permission: a row, not a crash
-            logger.warning("%s: cannot list folder: %s", folder, e.strerror or e)
-            failed.append(_row(video_id=f"{part}/", part=part, path=str(folder.resolve()),
-                               status="read_error",
-                               reason=f"{folder}: cannot list folder: {e.strerror or e}"))
-            continue
-        meta: dict[str, dict] = {}
-        if has_meta:
-            try:
-                meta = _read_metadata(meta_file)
-            except MetadataError as e:
-                logger.warning("%s", e)
-                failed.append(_row(video_id=f"{part}/metadata.json", part=part,
-                                   path=str(meta_file.resolve()), status="bad_metadata",
-                                   reason=f"{e}; videos in this folder get label ''"))
-        present = {f.name for f in videos}
-        for name, entry in sorted(meta.items()):
-            if name not in present:
-                failed.append(_row(video_id=_stem(name), part=part, path=str((folder / name).resolve()),
-                                   label=_label(entry), original=_stem(entry.get("original")),
-                                   status="missing_file",
-                                   reason=f"{folder / name}: listed in {meta_file} but not present"))
-        for f in videos:
-            entry = meta.get(f.name, {})
-            items.append(dict(video_id=f.stem, part=part, path=str(f.resolve()),
-                              label=_label(entry), original=_stem(entry.get("original"))))
-    seen: dict[str, str] = {}
-    unique = []
-    for it in sorted(items, key=lambda x: (x["video_id"], x["path"])):
-        if it["video_id"] in seen:
-            if seen[it["video_id"]] == it["path"]:
-                continue  # the same file given twice
-            failed.append(_row(**it, status="duplicate_id",
-                               reason=f"{it['path']}: id {it['video_id']} already used by {seen[it['video_id']]}"))
-            continue
-        seen[it["video_id"]] = it["path"]
-        unique.append({"id": it["video_id"], **it})
-    return unique, failed
 
 
 # ---------------------------------------------------------------------------- per-video work
@@ -394,17 +283,30 @@ def run(cfg: ExtractConfig) -> int:
         0 when every video is ok or no_face, 1 when any failed.
     """
     if cfg.from_faces:
+        from pipeline.import_faces import import_faces
+
         return import_faces(cfg)
     if not cfg.inputs:
         raise ConfigError("extract: give at least one input folder or video (or --from-faces DIR)")
     if cfg.detect_every < 1 or cfg.batch_size < 1 or cfg.crop_size < 1:
         raise ConfigError("extract: --detect-every, --batch-size and --crop-size must be >= 1")
+    from pipeline.shards import in_shard, parse_shard
+
+    shard = parse_shard(cfg.shard)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_stale = remove_stale_temps(out) + remove_stale_temps(out / FAILED_DIR)
+    # a sharded run removes only its own shard's leftovers: the other shards may be writing
+    n_stale = (remove_stale_temps(out, lambda name: in_shard(name, shard))
+               + remove_stale_temps(out / FAILED_DIR,
+                                    lambda name: in_shard(name.removesuffix(".json"), shard)))
     if n_stale:
         logger.info("removed %d leftover temporary file(s) of an interrupted run", n_stale)
     items, rows = discover_inputs(cfg.inputs)
+    if shard is not None:
+        n_all = len(items)
+        items = [it for it in items if in_shard(it["video_id"], shard)]
+        rows = [r for r in rows if in_shard(r["video_id"], shard)]
+        logger.info("shard %d/%d: %d of %d videos", shard[0], shard[1], len(items), n_all)
     if not items and not rows:
         logger.warning("extract: no videos (%s) found in %s", " ".join(VIDEO_EXTENSIONS),
                        " ".join(cfg.inputs))
@@ -449,141 +351,4 @@ def run(cfg: ExtractConfig) -> int:
     return 1 if counts["failed"] else 0
 
 
-# ---------------------------------------------------------------------------- import
-
-
-def _frame_number(name: str, fallback: int) -> int:
-    digits = "".join(ch if ch.isdigit() else " " for ch in Path(name).stem).split()
-    return int(digits[-1]) if digits else fallback
-
-
-def _read_faces_metadata(mpath: Path) -> dict[str, dict]:
-    """Rows of a Kaggle faces metadata CSV by video id (``filename`` or ``videoname`` column)."""
-    if not mpath.is_file():
-        raise ConfigError(f"--metadata {mpath}: file not found")
-    try:
-        table = pd.read_csv(mpath, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise MetadataError(f"{mpath}: unreadable CSV: {' '.join(str(e).split())}") from e
-    key = next((c for c in ("filename", "videoname") if c in table.columns), None)
-    if key is None or "label" not in table.columns:
-        raise MetadataError(f"{mpath}: needs columns filename|videoname,label[,original]; "
-                            f"has {list(table.columns)}")
-    meta: dict[str, dict] = {}
-    for line, r in enumerate(table.to_dict("records"), start=2):
-        label = str(r.get("label", "")).strip().upper()
-        if label not in LABELS:  # the video is still imported, with label "" (prepare: no_label)
-            logger.warning("%s: line %d: label %r is not REAL/FAKE; imported with label ''",
-                           mpath, line, r.get("label"))
-        meta[_stem(r[key])] = r
-    return meta
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header; ``VideoReadError`` when it is not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise VideoReadError(f"{path}: not a readable image: {' '.join(str(e).split())}") from e
-
-
-def import_faces(cfg: ExtractConfig) -> int:
-    """``--from-faces DIR... --metadata CSV``: pre-extracted faces -> the same two manifests.
-
-    Two layouts, recognised per input folder (both may be mixed):
-
-    - one folder per video (Kaggle "deepfake-detection-faces"): ``DIR/<video_id>/<frame>.jpg``;
-      frame numbers come from the last number in each image name; a folder without images is
-      ``no_face``;
-    - one image per video (Kaggle "deepfake_faces"): ``DIR/<video_id>.jpg`` directly in the
-      folder. Each image is a *single-image video*: a videos-row with ``n_frames = 1`` and one
-      face at frame 0 (width/height are the image's); ``prepare`` skips the frame-count filter and
-      the 30-frame sampler for such videos. An unreadable image is ``read_error``.
-
-    The CSV has ``filename`` or ``videoname``, ``label`` and optionally ``original`` (extra columns
-    ignored). Images are referenced where they are (not copied); track 0, boxes and probabilities
-    NaN. Metadata rows without images are ``missing_file``; images without a row get label "".
-    """
-    if not cfg.inputs:
-        raise ConfigError("extract --from-faces: give the face folder(s) as inputs")
-    srcs = [Path(p) for p in cfg.inputs]
-    for src in srcs:
-        if not src.is_dir():
-            raise ConfigError(f"--from-faces {src}: folder not found")
-    meta = _read_faces_metadata(Path(cfg.metadata)) if cfg.metadata else {}
-    found: dict[str, tuple[str, Path]] = {}  # video id -> ("folder" | "image", path)
-    rows: list[dict] = []
-    for src in srcs:
-        try:
-            entries = sorted(src.iterdir())
-        except OSError as e:
-            raise ConfigError(f"--from-faces {src}: cannot list folder: {e.strerror or e}") from e
-        for d in entries:
-            if d.name.startswith((".", "_")):
-                continue
-            if d.is_dir():
-                kind = "folder"
-            elif d.is_file() and d.suffix.lower() in IMAGE_EXTENSIONS:
-                kind = "image"
-            else:
-                continue
-            vid = d.stem if kind == "image" else d.name
-            if vid in found:
-                rows.append(_row(video_id=vid, part=src.name, path=str(d.resolve()),
-                                 status="duplicate_id",
-                                 reason=f"{d}: id {vid} already used by {found[vid][1]}"))
-                continue
-            found[vid] = (kind, d)
-    n_single = 0
-    for vid in sorted(set(found) | set(meta)):
-        entry = meta.get(vid, {})
-        base = dict(video_id=vid, label=_label(entry), original=_stem(entry.get("original", "")))
-        if vid not in found:
-            rows.append(_row(**base, part="", path="", status="missing_file",
-                             reason=f"{vid}: listed in {cfg.metadata} but no face image or folder "
-                                    f"in {' '.join(map(str, srcs))}"))
-            continue
-        kind, where = found[vid]
-        where = where.resolve()
-        if kind == "image":
-            try:
-                width, height = _image_size(where)
-            except VideoReadError as e:
-                rows.append(_row(**base, part=where.parent.name, path=str(where),
-                                 status=e.status, reason=str(e)))
-                continue
-            row = _row(**base, part=where.parent.name, path=str(where), n_frames=1,
-                       width=width, height=height, n_face_frames=1, n_faces=1,
-                       n_multi_face_frames=0, n_tracks=1, status="ok", reason="")
-            row["_faces_from"] = [[vid, 0, 0, math.nan, math.nan, math.nan, math.nan, math.nan,
-                                   str(where)]]
-            rows.append(row)
-            n_single += 1
-            continue
-        images = sorted(f for f in where.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
-        faces = []
-        seen: set[int] = set()
-        for i, img in enumerate(images):
-            frame = _frame_number(img.name, i)
-            if frame in seen:
-                frame = max(seen) + 1
-            seen.add(frame)
-            faces.append([vid, frame, 0, math.nan, math.nan, math.nan, math.nan, math.nan, str(img)])
-        row = _row(**base, part=where.parent.name, path=str(where), n_face_frames=len(faces),
-                   n_faces=len(faces), n_multi_face_frames=0, n_tracks=1 if faces else 0,
-                   status="ok" if faces else "no_face",
-                   reason="" if faces else f"{where}: no images")
-        row["_faces_from"] = faces
-        rows.append(row)
-    counts = write_manifests(cfg, rows, kind_counts={"imported_from": [str(s) for s in srcs],
-                                                     "single_image_videos": n_single})
-    logger.info("import: %d videos (%s; %d single-image), %d faces; manifests in %s",
-                counts["videos"], ", ".join(f"{k} {v}" for k, v in counts["status"].items()),
-                n_single, counts["faces"], cfg.manifest_dir)
-    return 1 if counts["failed"] else 0
-
-
-__all__ = ["ExtractWorker", "discover_inputs", "import_faces", "load_record", "run", "write_manifests"]
+__all__ = ["ExtractWorker", "discover_inputs", "load_record", "run", "write_manifests"]

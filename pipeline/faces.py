@@ -4,7 +4,9 @@ The per-video core ``extract_faces(reader, detector, cfg) -> VideoFaces`` is pur
 writes) so the scoring stage reuses it; ``write_video_faces`` writes crops as
 ``<frame:04d>_<track>.jpg``. Detection goes through the ``FaceDetector`` protocol; the MTCNN
 adapter runs facenet-pytorch's ``detect()`` (never the keep_all=False path, which crashes on
-batches where some frames have no face) on downscaled frames and rescales the boxes.
+batches where some frames have no face) on downscaled frames and rescales the boxes, and offers
+``verify`` (R-Net + O-Net on given boxes) for ``--detector-mode track`` (``pipeline.track_verify``).
+Tracks are linked by ``pipeline.tracks``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from pipeline.tracks import Box, Tracker, assign_tracks, iou  # noqa: F401
 from pipeline.video_io import VideoReader, open_video, prefetch
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in full-resolution pixels
 MAX_BATCH_BYTES = 128 * 2**20
 """Decoded frames per batch (20 frames of 1080p); with the decode thread one batch is in use,
 one waits and one is being decoded, so a video holds at most ~3x this."""
@@ -223,125 +225,55 @@ def autocontrast(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-# ---------------------------------------------------------------------------- tracks
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-class Tracker:
-    """Online greedy IoU tracker: a face joins the track whose last box overlaps it most;
-    a face that overlaps none joins the nearest free track of similar size within
-    ``max_jump`` box sizes (sparse detection lets faces move more between updates).
-
-    Tracks never expire (a face that reappears at the same place after a gap keeps its id);
-    ids are 0, 1, ... in order of first appearance (left to right within a frame).
-    """
-
-    def __init__(self, iou_threshold: float = 0.3, max_jump: float = 1.5) -> None:
-        self.iou_threshold = iou_threshold
-        self.max_jump = max_jump
-        self.last: dict[int, Box] = {}  # track id -> last box
-        self.age: dict[int, int] = {}  # track id -> updates since it was last seen (0 = last one)
-
-    def update(self, boxes: Sequence[Box]) -> list[int]:
-        """Track ids for the boxes of the next frame."""
-        pairs = sorted(
-            ((iou(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()),
-            key=lambda x: (-x[0], x[1], x[2]),
-        )
-        ids: list[int | None] = [None] * len(boxes)
-        used: set[int] = set()
-        for score, i, t in pairs:
-            if score < self.iou_threshold:
-                break
-            if ids[i] is None and t not in used:
-                ids[i] = t
-                used.add(t)
-        # Second pass for sparse detection (every K-th frame, or scoring's slot starts): a face
-        # that moved further than IoU can follow joins the nearest free track of similar size
-        # whose last box is within ``max_jump`` box sizes, if that track was seen in the previous
-        # update (after a gap, a nearby face is as likely someone else: a shot cut).
-        near = sorted(
-            (_jump(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()
-            if ids[i] is None and t not in used and self.age.get(t, 0) == 0
-            and _similar_size(b, tb)
-        )
-        for dist, i, t in near:
-            if dist > self.max_jump:
-                break
-            if ids[i] is None and t not in used:
-                ids[i] = t
-                used.add(t)
-        for i in sorted((i for i in range(len(boxes)) if ids[i] is None), key=lambda i: boxes[i][0]):
-            ids[i] = len(self.last)
-            used.add(ids[i])
-            self.last[ids[i]] = boxes[i]
-        for t in self.age:
-            self.age[t] += 1
-        for i, t in enumerate(ids):
-            self.last[t] = boxes[i]
-            self.age[t] = 0
-        return [int(t) for t in ids]  # type: ignore[arg-type]
-
-    def observe(self, seen: dict[int, Box]) -> None:
-        """Record the next frame's boxes of known tracks (verified, so no matching needed)."""
-        for t in self.age:
-            self.age[t] += 1
-        for t, box in seen.items():
-            self.last[t] = box
-            self.age[t] = 0
-
-
-def _jump(a: Box, b: Box) -> float:
-    """Distance between box centres in units of ``b``'s larger side."""
-    ca = ((a[0] + a[2]) / 2, (a[1] + a[3]) / 2)
-    cb = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
-    side = max(b[2] - b[0], b[3] - b[1], 1e-6)
-    return float(np.hypot(ca[0] - cb[0], ca[1] - cb[1]) / side)
-
-
-def _similar_size(a: Box, b: Box, ratio: float = 2.0) -> bool:
-    sa = max(a[2] - a[0], a[3] - a[1])
-    sb = max(b[2] - b[0], b[3] - b[1])
-    return sa > 0 and sb > 0 and 1 / ratio <= sa / sb <= ratio
-
-
-def assign_tracks(detections_per_frame: Sequence[Sequence[Box]], iou_threshold: float = 0.3,
-                  max_jump: float = 1.5) -> list[list[int]]:
-    """Track ids per frame for per-frame box lists (see ``Tracker``)."""
-    tracker = Tracker(iou_threshold, max_jump)
-    return [tracker.update(list(boxes)) for boxes in detections_per_frame]
-
-
 # ---------------------------------------------------------------------------- crops
 
 
-def crop_face(frame: np.ndarray, box: Box, margin: float = 0.3, size: int = 160) -> np.ndarray:
-    """Square ``(size, size, 3)`` crop around ``box`` from a full-resolution frame.
+def crop_face(frame: np.ndarray, box: Box, margin: float = 0.3, size: int = 160,
+              square: bool = True) -> np.ndarray:
+    """``(size, size, 3)`` crop around ``box`` from a full-resolution frame.
 
-    The square's side is the box's larger side plus ``margin`` of it on each side, centred on the
-    box; parts outside the frame are zero-padded (so faces at the border stay centred).
+    Square (default): the square's side is the box's larger side plus ``margin`` of it on each
+    side, centred on the box. Not square: the box itself widened by ``margin`` of its width on
+    the left and right and ``margin`` of its height at the top and bottom, then resized to
+    ``size x size`` (the aspect ratio is not kept). Parts outside the frame are zero-padded (so
+    faces at the border stay centred).
     """
     x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
-    side = max(side, 2.0)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left, top = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
-    n = int(math.ceil(side))
+    if square:
+        side = max(max(x2 - x1, y2 - y1) * (1 + 2 * margin), 2.0)
+        bw = bh = side
+    else:
+        bw, bh = max((x2 - x1) * (1 + 2 * margin), 2.0), max((y2 - y1) * (1 + 2 * margin), 2.0)
+    left, top = int(math.floor(cx - bw / 2)), int(math.floor(cy - bh / 2))
+    nw, nh = int(math.ceil(bw)), int(math.ceil(bh))
     h, w = frame.shape[:2]
-    out = np.zeros((n, n, 3), dtype=frame.dtype)
-    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
+    out = np.zeros((nh, nw, 3), dtype=frame.dtype)
+    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + nw, w), min(top + nh, h)
     if sx2 > sx1 and sy2 > sy1:
         out[sy1 - top : sy2 - top, sx1 - left : sx2 - left] = frame[sy1:sy2, sx1:sx2]
-    interp = cv2.INTER_AREA if n > size else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if max(nw, nh) > size else cv2.INTER_LINEAR
     return cv2.resize(out, (size, size), interpolation=interp)  # (size, size, 3)
+
+
+def encode_jpeg(crop: np.ndarray, quality: int = 95) -> bytes:
+    """An RGB uint8 crop as JPEG bytes, encoded the way the extract stage writes its crops."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise OSError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def jpeg_round_trip(crop: np.ndarray, quality: int) -> np.ndarray:
+    """``crop`` after the JPEG round trip a training crop went through: encoded as
+    ``write_video_faces`` writes it, decoded as ``data.load_crop`` reads it (PIL)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encode_jpeg(crop, quality))) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------- per video
@@ -403,7 +335,7 @@ def extract_faces(
         reader_or_path: an open ``VideoReader`` or a path (opened with ``cfg.decoder``).
         detector: e.g. ``MTCNNDetector``.
         cfg: an ``ExtractConfig`` (uses batch_size, detect_every, iou_threshold, margin,
-            crop_size, decoder).
+            crop_size, square, decoder).
         frames: frame indices to process (default: all).
 
     With ``detect_every = K > 1`` the detector runs on every K-th processed frame; the frames in
@@ -443,7 +375,8 @@ def extract_faces(
                 faces = [(t, b, float("nan")) for t, b in carried]
             for t, b, p in sorted(faces, key=lambda x: x[0]):
                 result.records.append(FaceRecord(int(frame_idx), int(t), b, p))
-                result.crops.append(crop_face(batch[j], b, cfg.margin, cfg.crop_size))
+                result.crops.append(crop_face(batch[j], b, cfg.margin, cfg.crop_size,
+                                              getattr(cfg, "square", True)))
         k += len(idx)
     return result
 
@@ -453,12 +386,12 @@ def write_video_faces(video_faces: VideoFaces, out_dir: str | os.PathLike, jpeg_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     for rec, crop in zip(video_faces.records, video_faces.crops, strict=True):
         p = out_dir / rec.name
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
-        if not ok:
-            raise OSError(f"{p}: JPEG encoding failed")
-        p.write_bytes(buf.tobytes())
+        try:
+            data = encode_jpeg(crop, jpeg_quality)
+        except OSError as e:
+            raise OSError(f"{p}: {e}") from e
+        p.write_bytes(data)
         paths.append(p)
     return paths

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete leftovers of interrupted atomic writes in ``folder``; return how many."""
+def remove_stale_temps(folder: str | os.PathLike,
+                       owned: Callable[[str], bool] | None = None) -> int:
+    """Delete leftovers of interrupted atomic writes in ``folder``; return how many.
+
+    Args:
+        folder: where the atomic writes happened.
+        owned: if given, only leftovers of final names ``owned(name)`` accepts are deleted (a
+            sharded run must not delete another shard's writes in progress).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     n = 0
     for p in folder.glob(TMP_PREFIX + "*"):
+        if owned is not None and not owned(temp_target(p.name)):
+            continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -127,6 +136,11 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
                 p.unlink()
         n += 1
     return n
+
+
+def temp_target(temp_name: str) -> str:
+    """The final name a temporary of ``atomic_path`` stands for (``.tmp-<name>.<random>``)."""
+    return temp_name.removeprefix(TMP_PREFIX).rsplit(".", 1)[0]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -2,7 +2,10 @@
 
 DFDC-style folders (or, when none are given, a synthetic DFDC-like set generated on the spot)
 -> extract -> prepare -> train ``cnn_lstm`` and ``frame`` -> evaluate both (+ ``frame_mean``)
--> score a few test videos with evidence sheets. Every stage writes into ``work_dir``:
+-> score a few test videos with evidence sheets; when the shipped real model
+(``pipeline/release``) is installed, score the same videos with it too, so a newcomer sees both
+(each verdict names its model; on synthetic clips the real model's verdicts mean little).
+Every stage writes into ``work_dir``:
 
     work_dir/synthetic/      generated data (only without inputs)
     work_dir/faces/          face crops, one folder per video
@@ -10,6 +13,7 @@ DFDC-style folders (or, when none are given, a synthetic DFDC-like set generated
     work_dir/checkpoints/    one run folder per model
     work_dir/report/         the comparison report (report.md, plots, predictions)
     work_dir/scores/         results.jsonl + evidence sheets for a few test videos
+    work_dir/scores_shipped/ the same videos scored by the shipped real model (when installed)
 
 Each stage resumes: rerunning skips finished work. The last line printed is the report path.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline import config, evaluation, extract, prepare, scoring, synth, training
+from pipeline import config, evaluation, extract, prepare, release, scoring, synth, training
 from pipeline.errors import PipelineError
 from pipeline.manifest import manifest_path, read_manifest
 
@@ -46,6 +50,25 @@ def _stage(name: str, rc: int, *, fatal: bool) -> None:
         raise PipelineError(f"stage '{name}' could not run (exit {rc}); see the messages above")
     else:
         log.warning("[%s] finished with failed items (exit %d); continuing with the rest", name, rc)
+
+
+def score_with_shipped(paths: tuple[str, ...], out_dir: Path, *, synthetic: bool) -> int | None:
+    """Score ``paths`` with the shipped real model, if installed (None when it is not)."""
+    shipped = release.default_checkpoint_path()
+    if not shipped.is_file():
+        log.info("the shipped real model (%s) is not installed: demo verdicts come from the "
+                 "synthetic-trained models only", shipped)
+        return None
+    print(f"== verdicts of the shipped real model {shipped.name}: {release.card_title()} ==")
+    if synthetic:
+        print("NOTE: these are synthetic clips (a rendered face with a flicker artefact); the "
+              "real model never saw anything like them, so its verdicts on them mean little")
+    rc = scoring.run(config.ScoreConfig(inputs=paths, checkpoint=str(shipped),
+                                        out=str(out_dir / "results.jsonl"),
+                                        explain=str(out_dir / "evidence"), overwrite=True))
+    _stage("score (shipped model)", rc, fatal=False)
+    log.info("evidence sheets of the shipped model: %s", out_dir / "evidence")
+    return rc
 
 
 def run(cfg: config.RunConfig) -> int:
@@ -95,6 +118,9 @@ def run(cfg: config.RunConfig) -> int:
     paths = tuple(videos.loc[v, "path"] for v in picks)
     if paths:
         scores = work / "scores"
+        data = "SYNTHETIC" if not cfg.inputs else "your"
+        print(f"== verdicts of {Path(ckpts[0]).parent.name} (trained by this run on its {data} "
+              "train split) ==")
         # overwrite: a rerun may have trained the checkpoint further, and scoring a few videos
         # again is cheap (score refuses to resume another checkpoint's results)
         rc = scoring.run(config.ScoreConfig(inputs=paths, checkpoint=ckpts[0],
@@ -103,6 +129,8 @@ def run(cfg: config.RunConfig) -> int:
         _stage("score", rc, fatal=False)
         worst = max(worst, rc)
         log.info("evidence sheets: %s", scores / "evidence")
+        rc = score_with_shipped(paths, work / "scores_shipped", synthetic=not cfg.inputs)
+        worst = max(worst, rc or 0)
 
     log.info("comparison report: %s", report / "report.md")
     print(report / "report.md")

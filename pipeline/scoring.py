@@ -15,6 +15,10 @@ path, scored once under that path, named in ``duplicate_of``); ``read_error`` / 
 ``missing_file`` / ``too_short`` (the video cannot be used); ``error`` (anything unexpected, with
 its message, also a worker process that died). Only the last two groups make the exit status 1.
 
+Crops are made the way the model's training crops were (no train/serve skew): the checkpoint's
+``crop`` recipe (margin, size, square or not, JPEG quality; ``crop_recipe``) drives
+``faces.crop_face`` and the JPEG round trip (``faces.jpeg_round_trip``) before the model sees them.
+
 Per-frame timeline: for ``frame`` checkpoints, each sampled frame's own p_fake (the video score is
 their mean, ``frame_mean``); for ``cnn_lstm``, the running verdict: p_fake after the LSTM has seen
 the slots up to that frame.
@@ -38,6 +42,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,7 @@ from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig, to_dict
 from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from pipeline.release import resolve_checkpoint
 from pipeline.sampling import sample_video
 from pipeline.video_io import VIDEO_EXTENSIONS
 
@@ -59,6 +65,30 @@ log = logging.getLogger(__name__)
 OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames", "duplicate")
 """Statuses that are an answer about the video; anything else counts as a failure."""
 N_EVIDENCE = 3
+CROP_KEYS = ("margin", "size", "square", "jpeg_quality")
+
+
+def crop_recipe(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """How the model's training crops were made: ``{margin, size, square, jpeg_quality, source}``.
+
+    From the checkpoint's ``crop`` key (written by ``dfpipe train`` from the extract manifests'
+    config, or by the release export); a checkpoint without one gets the extract stage's
+    defaults, and ``source`` says so. ``jpeg_quality`` 0 means no JPEG round trip.
+    """
+    stored = ckpt.get("crop")
+    d = ExtractConfig()
+    out = {"margin": d.margin, "size": d.crop_size, "square": d.square,
+           "jpeg_quality": d.jpeg_quality}
+    if isinstance(stored, dict):
+        missing = [k for k in CROP_KEYS if stored.get(k) is None]
+        out.update({k: stored[k] for k in CROP_KEYS if k not in missing})
+        source = str(stored.get("source") or "checkpoint")
+        if missing:
+            source += f" ({', '.join(missing)}: extract defaults)"
+    else:
+        source = "extract defaults (the checkpoint records no crop recipe)"
+    return {"margin": float(out["margin"]), "size": int(out["size"]), "square": bool(out["square"]),
+            "jpeg_quality": int(out["jpeg_quality"] or 0), "source": source}
 
 
 def checkpoint_threshold(ckpt: dict[str, Any], scored_as: str, path: str = "") -> float:
@@ -91,7 +121,7 @@ class VideoScorer:
     def __init__(self, ckpt: dict[str, Any], ckpt_path: str, *, device: str = "auto",
                  detect: str = "slots", min_frames: int = 10, decoder: str = "decord",
                  threshold: float | None = None, extract: ExtractConfig | None = None,
-                 min_track_share: float = 0.3) -> None:
+                 min_track_share: float = 0.3, crop: dict[str, Any] | None = None) -> None:
         from pipeline.faces import MTCNNDetector
 
         self.device = engine.resolve_device(device)
@@ -116,7 +146,16 @@ class VideoScorer:
         if not 0.0 <= min_track_share <= 1.0:
             raise ConfigError(f"min_track_share must be in [0, 1], got {min_track_share}")
         self.min_track_share = float(min_track_share)
-        self.extract_cfg = extract or ExtractConfig(decoder=decoder, device=device)
+        # crops as the training crops were made (``crop`` overrides, e.g. for the margin bench)
+        self.crop = crop_recipe(
+            {"crop": {**crop_recipe(ckpt), "source": "set by the caller", **crop}} if crop else ckpt)
+        if "extract defaults" in self.crop["source"]:
+            log.warning("%s: %s; cropping with margin %.2f, %d px, JPEG q%d", ckpt_path,
+                        self.crop["source"], self.crop["margin"], self.crop["size"],
+                        self.crop["jpeg_quality"])
+        self.extract_cfg = replace(extract or ExtractConfig(decoder=decoder, device=device),
+                                   margin=self.crop["margin"], crop_size=self.crop["size"],
+                                   square=self.crop["square"])
         self.detector = MTCNNDetector(
             device=self.extract_cfg.device, min_face_size=self.extract_cfg.min_face_size,
             scale=self.extract_cfg.scale, retry_scale=self.extract_cfg.retry_scale,
@@ -132,11 +171,16 @@ class VideoScorer:
             "threshold": self.threshold,
             "trained_on": _trained_on(data),
             "synthetic_training_data": data.get("synthetic"),
+            "card_title": _card_title(ckpt.get("card")),
+            "crop": dict(self.crop),
         }
+        self.model_card = str(ckpt.get("card") or "")
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> VideoScorer:
-        """Load ``path`` (weights_only) and build the scorer; ``kwargs`` as ``__init__``."""
+    def from_checkpoint(cls, path: str | os.PathLike | None, **kwargs: Any) -> VideoScorer:
+        """Load ``path`` (weights_only; empty or ``default``: the shipped model) and build the
+        scorer; ``kwargs`` as ``__init__``."""
+        path = resolve_checkpoint(None if path is None else str(path))
         ckpt = load_checkpoint(path, map_location="cpu")
         return cls(ckpt, str(path), **kwargs)
 
@@ -147,8 +191,13 @@ class VideoScorer:
     # ------------------------------------------------------------------------------ one video
 
     def score(self, path: str | os.PathLike, *, explain_dir: str | os.PathLike | None = None,
-              display_name: str | None = None) -> dict[str, Any]:
-        """Score one video. Never raises for a bad video: the result has a status and a reason."""
+              display_name: str | None = None, faces: Any = None) -> dict[str, Any]:
+        """Score one video. Never raises for a bad video: the result has a status and a reason.
+
+        ``faces``: the video's faces already found (a ``faces.VideoFaces`` as ``find_faces``
+        returns, e.g. re-cropped at another margin by the crop-margin bench): no decoding or
+        detection then.
+        """
         t0 = time.perf_counter()
         path = Path(path)
         result: dict[str, Any] = {
@@ -157,7 +206,7 @@ class VideoScorer:
             "frames_used": 0, "faces_found": 0, "seconds": 0.0, "checkpoint": self._ck_summary(),
         }
         try:
-            self._score(path, result, explain_dir, display_name or path.name)
+            self._score(path, result, explain_dir, display_name or path.name, faces)
         except VideoReadError as e:
             result.update(status=e.status, reason=str(e).splitlines()[0])
         except Exception as e:  # noqa: BLE001 - one bad video must not stop a batch
@@ -169,12 +218,28 @@ class VideoScorer:
 
     def _ck_summary(self) -> dict[str, Any]:
         return {"id": self.card["checkpoint_id"], "model": self.card["scored_as"],
-                "path": self.ckpt_path, "trained_on": self.card["trained_on"]}
+                "backbone": self.card["backbone"], "path": self.ckpt_path,
+                "trained_on": self.card["trained_on"], "card_title": self.card["card_title"]}
 
-    def _score(self, path: Path, result: dict, explain_dir, display_name: str) -> None:
-        from pipeline.faces import extract_faces
+    def slot_frames(self, n_frames: int) -> list[int] | None:
+        """Frames MTCNN runs on: the sampler's slot starts (``detect='slots'``), None = all."""
+        if self.detect == "slots" and self.sampler == "stride":
+            return [f for f in range(0, self.n_slots * self.stride, self.stride) if f < n_frames]
+        return None
+
+    def find_faces(self, path: str | os.PathLike) -> Any:
+        """Decode, detect, track and crop (the recipe's crops, JPEG round trip done).
+
+        Returns a ``faces.VideoFaces``.
+
+        Raises:
+            VideoReadError: the video cannot be read, or has under 2 frames (status
+                ``too_short``).
+        """
+        from pipeline.faces import extract_faces, jpeg_round_trip
         from pipeline.video_io import open_video
 
+        path = Path(path)
         if path.is_dir():
             try:
                 os.listdir(path)
@@ -184,18 +249,20 @@ class VideoScorer:
             raise VideoReadError(f"{path}: {why}")
         reader = open_video(path, self.extract_cfg.decoder)
         try:
-            info = reader.info
-            if info.n_frames < 2:
-                result.update(status="too_short",
-                              reason=f"{path}: {info.n_frames} frame(s), need at least 2")
-                return
-            frames = None
-            if self.detect == "slots" and self.sampler == "stride":
-                frames = [f for f in range(0, self.n_slots * self.stride, self.stride)
-                          if f < info.n_frames]
-            faces = extract_faces(reader, self.detector, self.extract_cfg, frames=frames)
+            n = reader.info.n_frames
+            if n < 2:
+                raise VideoReadError(f"{path}: {n} frame(s), need at least 2", status="too_short")
+            faces = extract_faces(reader, self.detector, self.extract_cfg,
+                                  frames=self.slot_frames(reader.info.n_frames))
         finally:
             reader.close()
+        if self.crop["jpeg_quality"]:  # the training crops were JPEG files
+            faces.crops = [jpeg_round_trip(c, self.crop["jpeg_quality"]) for c in faces.crops]
+        return faces
+
+    def _score(self, path: Path, result: dict, explain_dir, display_name: str, faces: Any) -> None:
+        faces = faces if faces is not None else self.find_faces(path)
+        info = faces.info
         result["faces_found"] = len(faces.records)
         result["n_frames"] = info.n_frames
         if not faces.records:
@@ -306,7 +373,7 @@ class VideoScorer:
         png = render_sheet(
             out_dir / f"{stem}.png",
             title=f"{display_name}  ·  model {self.card['scored_as']} ({self.card['backbone']}), "
-                  f"checkpoint {self.card['checkpoint_id']}",
+                  f"checkpoint {self.card['checkpoint_id']}\ntrained on {self.card['trained_on']}",
             verdict=f"{result['label']}  p_fake = {result['p_fake']:.3f}  "
                     f"(threshold {self.threshold:.3f}; track {track['track']} of "
                     f"{len(result['tracks'])})",
@@ -358,12 +425,28 @@ def _file_id(path: str) -> str:
     return sha256_file(path)[:12]
 
 
+def _count(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else "?"
+
+
 def _trained_on(data: dict[str, Any]) -> str:
+    """E.g. ``real data: DFDC face crops (dfdc_faces), 4,820 REAL / 8,945 FAKE training videos``."""
     if not data:
         return "unknown"
     counts = data.get("counts", {}).get("train", {})
     kind = {True: "SYNTHETIC data", False: "real data"}.get(data.get("synthetic"), "data of unknown origin")
-    return f"{kind}: {counts.get('REAL', '?')} REAL / {counts.get('FAKE', '?')} FAKE training videos"
+    what = data.get("description") or data.get("source") or ""
+    what = f" {what}," if what else ""
+    return (f"{kind}:{what} {_count(counts.get('REAL'))} REAL / {_count(counts.get('FAKE'))} FAKE "
+            "training videos")
+
+
+def _card_title(card: Any) -> str:
+    """First non-empty line of a model card (markdown ``#`` stripped); "" without a card."""
+    for line in str(card or "").splitlines():
+        if line.strip():
+            return line.strip().lstrip("#").strip()
+    return ""
 
 
 # ------------------------------------------------------------------------------------ batch
@@ -437,7 +520,9 @@ def crashed_row(path: str, row: dict) -> dict[str, Any]:
 
 def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a result depends on: the checkpoint's content id and the scoring settings."""
-    threshold = cfg.threshold if cfg.threshold is not None else ckpt.get("threshold", 0.5)
+    scored_as = "frame_mean" if ckpt["model"]["name"] == "frame" else ckpt["model"]["name"]
+    threshold = (cfg.threshold if cfg.threshold is not None
+                 else checkpoint_threshold(ckpt, scored_as, cfg.checkpoint))
     return {"checkpoint_id": _file_id(cfg.checkpoint), "threshold": float(threshold),
             "detect": cfg.detect, "min_frames": cfg.min_frames,
             "min_track_share": cfg.min_track_share, "decoder": cfg.decoder,
@@ -507,7 +592,7 @@ def _json_default(o: Any) -> Any:
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
                "frames_used", "faces_found", "n_tracks", "track_scores", "seconds", "checkpoint_id",
-               "model", "evidence_png"]
+               "model", "card_title", "trained_on", "evidence_png", "duplicate_of"]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -525,7 +610,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
                                      if t.get("p_fake") is not None),
             "checkpoint_id": r.get("checkpoint", {}).get("id", ""),
             "model": r.get("checkpoint", {}).get("model", ""),
+            "card_title": r.get("checkpoint", {}).get("card_title", ""),
+            "trained_on": r.get("checkpoint", {}).get("trained_on", ""),
             "evidence_png": r.get("evidence_png", ""),
+            "duplicate_of": r.get("duplicate_of", ""),
         })
     atomic_write_text(path, buf.getvalue())
 
@@ -555,10 +643,12 @@ def run(cfg: ScoreConfig) -> int:
     """Score every input video; resumable; exit 1 when any video failed (not for no_face)."""
     from pipeline.executors import run_items
 
-    if not cfg.checkpoint:
-        raise ConfigError("dfpipe score needs --checkpoint PATH (a best.pt from dfpipe train)")
     if not cfg.inputs:
         raise ConfigError("dfpipe score needs at least one video file or folder")
+    from pipeline.shards import in_shard, parse_shard
+
+    parse_shard(cfg.shard)  # a malformed --shard fails before the slow part
+    cfg = replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))  # "" / default: shipped model
     # fail fast, in the parent, with the checkpoint's own error
     settings = score_settings(cfg, load_checkpoint(cfg.checkpoint))
     key = score_key(settings)
@@ -574,7 +664,8 @@ def run(cfg: ScoreConfig) -> int:
     atomic_write_json(config_path(out), {"config": to_dict(cfg), "settings": settings,
                                          "score_key": key, "dfpipe": __version__})
     done = {r["path"]: r for r in previous}
-    videos = discover_videos(cfg.inputs)
+    shard = parse_shard(cfg.shard)
+    videos = [p for p in discover_videos(cfg.inputs) if in_shard(str(p), shard)]
     dups = find_duplicates(videos)
     for p, primary in dups.items():
         if str(p) not in done:

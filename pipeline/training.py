@@ -7,7 +7,12 @@ epoch), ``training_curve.png``, ``config.json`` (resolved config), all written a
 Recipe: AdamW, cosine learning-rate decay per epoch, early stopping on validation loss (the
 class-balanced log loss, see ``engine.evaluate``), class imbalance by a weighted loss or a
 balanced sampler, augmentation identical on every frame, optional backbone freeze for the first
-epochs (encoder gradients dropped, its BatchNorm statistics kept), AMP on CUDA.
+epochs (encoder gradients dropped, its BatchNorm statistics kept), AMP on CUDA. ``--init-encoder``
+starts the encoder from another checkpoint's trained encoder (e.g. a ``cnn_lstm`` whose encoder is
+a fine-tuned ``frame`` model's); the checkpoint records which (``init_encoder``).
+
+Every checkpoint records the crop recipe of its training crops (``crop``: margin, size, square,
+JPEG quality; from the extract manifests' config) so scoring can crop videos the same way.
 
 Distributed: launched by ``torchrun`` (``RANK``/``WORLD_SIZE`` set) the same code runs under DDP
 (gloo on CPU, nccl on CUDA). ``engine.EpochSampler`` strides one order over the ranks and every
@@ -170,9 +175,75 @@ def data_summary(manifest_dir: Path, clips: pd.DataFrame, split: pd.DataFrame) -
             "split_fingerprint": split_fingerprint(split),
             "prepare_id": read_meta(manifest_path(manifest_dir, "split")).get("prepare_id"),
             "counts": counts, "n_slots": int(clips.groupby("video_id").size().max()),
+            "source": data_source(manifest_dir),
             "synthetic": synthetic, "synthetic_source": source,
             # the sampling rules the clips were made with: scoring must use the same ones
             "prepare": read_meta(manifest_path(manifest_dir, "clips")).get("config", {})}
+
+
+def data_source(manifest_dir: Path) -> str:
+    """Short names of the folders the training videos came from (the extract config's inputs)."""
+    conf = read_meta(manifest_path(manifest_dir, "videos")).get("config") or {}
+    names = [f"{Path(p).parent.name}/{Path(p).name}" if Path(p).parent.name else Path(p).name
+             for p in conf.get("inputs") or []]
+    if len(names) > 3:
+        names = [*names[:3], f"... ({len(names)} inputs)"]
+    return ", ".join(names)
+
+
+def train_crop(manifest_dir: Path) -> dict[str, Any] | None:
+    """The crop recipe of the training crops, from the videos manifest's extract config.
+
+    ``{"margin", "size", "square", "jpeg_quality", "source"}``; None when unknown (no videos
+    manifest, or faces imported with ``--from-faces``: their crops were made elsewhere).
+    """
+    videos = manifest_path(manifest_dir, "videos")
+    conf = read_meta(videos).get("config") or {}
+    if conf.get("from_faces"):
+        logger.warning("%s: faces imported with --from-faces were cropped elsewhere: the "
+                       "checkpoint records no crop recipe (set one when exporting it for release)",
+                       videos)
+        return None
+    if "margin" not in conf:
+        return None
+    return {"margin": float(conf["margin"]), "size": int(conf["crop_size"]),
+            "square": bool(conf.get("square", True)), "jpeg_quality": int(conf["jpeg_quality"]),
+            "source": f"extract config of {videos}"}
+
+
+def init_encoder(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    """Load the encoder weights of checkpoint ``cfg.init_encoder`` into ``model``'s encoder.
+
+    Returns what the new checkpoint records: ``{path, checkpoint_id, model, backbone}``.
+
+    Raises:
+        ConfigError: the checkpoint's backbone is not ``cfg.backbone``.
+        CheckpointError: the file is missing or not a dfpipe checkpoint.
+    """
+    path = Path(cfg.init_encoder)
+    src = ckpt_io.load_checkpoint(path)
+    name = src["model"]["name"]
+    backbone = src["model"]["kwargs"].get("backbone")
+    if backbone != cfg.backbone:
+        raise ConfigError(f"{path}: --init-encoder needs the same backbone: that checkpoint's "
+                          f"encoder is '{backbone}', this run trains '{cfg.backbone}' "
+                          f"(pass --backbone {backbone})")
+    size = (src.get("preprocess") or {}).get("image_size")
+    if size is not None and int(size) != cfg.image_size:
+        logger.warning("%s: its encoder was trained at %s px, this run uses %d px", path, size,
+                       cfg.image_size)
+    source = ckpt_io.build_model(src)
+    _backbone(model).load_state_dict(_backbone(source).state_dict())
+    logger.info("encoder initialized from %s (%s/%s, epoch %s)", path, name, backbone,
+                src.get("epoch"))
+    return {"path": str(path), "checkpoint_id": sha256_file(path)[:12], "model": name,
+            "backbone": str(backbone)}
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The backbone inside a model: ``frame``'s encoder, or the one ``cnn_lstm``'s wraps."""
+    enc = model.encoder
+    return enc.encoder if hasattr(enc, "encoder") else enc
 
 
 def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -330,7 +401,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     seed_everything(cfg.seed)
     kwargs = model_kwargs(cfg)
     model = create_model(cfg.model, pretrained=cfg.pretrained, weights=cfg.weights, **kwargs)
-    if not (cfg.pretrained or cfg.weights):
+    init = init_encoder(model, cfg) if cfg.init_encoder and resume_state is None else None
+    if not (cfg.pretrained or cfg.weights or cfg.init_encoder):
         logger.info("backbone %s: random init (no --pretrained/--weights)", cfg.backbone)
     model = model.to(d.device, memory_format=torch.channels_last)
     seed_everything(cfg.seed + d.rank)  # dropout differs per rank; the order is in the sampler
@@ -389,11 +461,14 @@ def main(cfg: TrainConfig, d: Dist) -> int:
 
     common = {"model": {"name": cfg.model, "kwargs": kwargs}, "config": to_dict(cfg),
               "train_data": {**data_summary(manifest_dir, clips, split),
+                             "description": cfg.data_description,
                              **({"other_split_on_resume": split_notes} if split_notes else {})},
               "preprocess": {"image_size": cfg.image_size, "mean": list(mean),
                              "std": list(std), "frame_index": cfg.frame_index,
                              "input_key": mode},
-              "versions": ckpt_io.library_versions(), "threshold_rule": cfg.threshold_rule}
+              "versions": ckpt_io.library_versions(), "threshold_rule": cfg.threshold_rule,
+              "crop": train_crop(manifest_dir),
+              "init_encoder": init if resume_state is None else resume_state.get("init_encoder")}
     if d.main:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "config.json", to_dict(cfg))

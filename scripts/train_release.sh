@@ -30,7 +30,7 @@ torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
     --model frame --backbone efficientnet_lite0 --pretrained --manifest-dir "$M" \
     --out-dir "$WORK/checkpoints" --run-name "$RUN" --image-size 160 --train-blocks 12 \
     --augment flip color jpeg blur crop --epochs 4 --batch-size 16 --lr 3e-4 --threads 1 \
-    --patience 2
+    --patience 2 --data-description "DFDC face crops (dfdc_faces)"
 
 # 3b. two more epochs, resumed from last.pt with --epochs 6: the stored optimizer and schedule
 #     continue, so epoch 5 trains at the 4-epoch cosine's final learning rate (1.5e-5) and epoch 6
@@ -47,5 +47,7 @@ dfpipe evaluate --checkpoint "$WORK/checkpoints/$RUN/best.pt" --manifest-dir "$M
 if [ "${EXPORT:-0}" = 1 ]; then
     dfpipe export --checkpoint "$WORK/checkpoints/$RUN/best.pt" \
         --card pipeline/release/dfdc_frame_lite0.md --out pipeline/release/dfdc_frame_lite0.pt \
-        --margin 0.0 --size 224 --square --jpeg-quality 75
+        --margin 0.0 --size 224 --square --jpeg-quality 75 \
+        --crop-source "dfdc_faces README (tight MTCNN box, 224 px) + its JPEG quantization tables (q75)" \
+        --data-description "DFDC face crops (dfdc_faces)"
 fi

@@ -412,3 +412,46 @@ def test_checkpoint_without_a_recorded_split_is_refused_or_named(tmp_path, e2e):
         check_checkpoint_split({"split_sha256": "0" * 64}, split, allow=False, **kw)
     assert check_checkpoint_split({"split_fingerprint": split_fingerprint(split)}, split,
                                   allow=False, **kw) == ""
+
+
+def test_cli_evaluate_split_all_uses_every_video_and_the_checkpoint_threshold(tmp_path, e2e):
+    """--split all: every labelled video of the manifests, thresholds from the checkpoint."""
+    from pipeline.cli import main
+
+    _, _, mdir, b = e2e
+    out = tmp_path / "all"
+    rc = main(["evaluate", "--checkpoint", str(b), "--manifest-dir", str(mdir), "--split", "all",
+               "--out", str(out), "--bootstrap", "20", "--device", "cpu", "--batch-size", "4"])
+    assert rc == 0
+    preds = read_manifest(out / "predictions.csv", "predictions")
+    split = read_manifest(mdir / "split.csv", "split")
+    for _, rows in preds.groupby("model"):
+        assert sorted(rows["video_id"]) == sorted(split["video_id"])  # train, val and test
+    assert not (out / "val_predictions.csv").exists()
+    s = json.loads((out / "metrics.json").read_text())
+    assert s["split"] == "all"
+    frame = s["models"]["frame"]
+    assert frame["val_threshold"] == pytest.approx(0.42)
+    assert frame["val_threshold_source"] == "checkpoint (stored at training; no val split used)"
+    assert frame["at_val"]["threshold"] == pytest.approx(0.42)
+    fm = s["models"]["frame_mean"]  # the checkpoint's own frame_mean threshold
+    assert fm["val_threshold"] == pytest.approx(0.37)
+    assert fm["val_threshold_source"] == "checkpoint (stored at training; no val split used)"
+    md = (out / "report.md").read_text()
+    assert "# dfpipe evaluation: `all` split" in md
+    assert "no validation split is used" in md
+    # b was trained on these very manifests: scored anyway, and the report says so
+    assert "WARNING: trained on these manifests" in md
+
+    # a model trained on another split of other data: no such warning
+    from pipeline.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(b)
+    ck.pop("sha256", None)
+    ck["train_data"] = {**ck["train_data"], "split_fingerprint": "0" * 64}
+    other = save_checkpoint(tmp_path / "other" / "best.pt", ck)
+    rc = main(["evaluate", "--checkpoint", str(other), "--manifest-dir", str(mdir), "--split", "all",
+               "--out", str(tmp_path / "other_r"), "--bootstrap", "0", "--device", "cpu",
+               "--no-frame-level"])
+    assert rc == 0  # no --allow-other-split needed: --split all is another data set
+    assert "trained on these manifests" not in (tmp_path / "other_r" / "report.md").read_text()

@@ -325,7 +325,9 @@ def test_temporal_strength_keeps_single_frames_and_scales_flicker():
 
     def z(spec: synth.ClipSpec, w: float | None = None) -> np.ndarray:
         spec = spec if w is None else dataclasses.replace(spec, temporal_strength=w)
-        return synth._face_z(spec, synth.make_scene(spec))  # (T, 4)
+        from pipeline.synth_render import _face_z
+
+        return _face_z(spec, synth.make_scene(spec))  # (T, 4)
 
     real, fake = pairs[0]
     assert np.array_equal(z(fake, 0.0), z(real))  # no flicker: the fake keeps its original's gain

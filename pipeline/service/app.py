@@ -230,6 +230,12 @@ def run(cfg: ServeConfig) -> int:
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable from other machines", cfg.host)
-    app = create_app(lambda: VideoScorer.from_checkpoint(cfg.checkpoint, device=cfg.device), cfg)
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.release import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.checkpoint)  # "" / default: the shipped model
+    load_checkpoint(path)  # a missing or bad checkpoint stops here with one line, not at start-up
+    log.info("model: %s", path)
+    app = create_app(lambda: VideoScorer.from_checkpoint(path, device=cfg.device), cfg)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
     return 0

@@ -1,0 +1,198 @@
+"""Sharding without Ray: ``--shard I/N`` assignment, and ``dfpipe merge``: N shard outputs -> one.
+
+``dfpipe score --shard I/N`` scores the videos whose path (as discovered from the inputs) falls in
+shard I; each shard writes its own results file, and ``dfpipe merge r0.jsonl ... --out R``
+joins them after checking they are one complete set scored with the same settings.
+
+Array jobs (SLURM ``--array``, Kubernetes indexed jobs) run the same command N times with
+``--shard 0/N`` ... ``--shard N-1/N``. A video belongs to shard ``int(sha256(video_id)[:16], 16)
+% N``: stable across machines, Python versions and input order, so a rerun of one shard redoes
+exactly its own videos. Each extract shard writes its faces into the shared ``--out`` folder
+(per-video folders, so shards never write the same file) and its own ``videos.csv`` /
+``faces.csv`` into its own ``--manifest-dir``; ``dfpipe merge SHARD_DIR... --manifest-dir M``
+checks that the shards are one complete set (same N, every index once, the same extraction
+parameters, no video twice) and writes the merged manifests, identical to one unsharded run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import ConfigError, ManifestError
+
+logger = logging.getLogger(__name__)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)``; empty -> None (no sharding). ``ConfigError`` when malformed."""
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def shard_of(video_id: str, n: int) -> int:
+    """The shard (0..n-1) a video id belongs to."""
+    return int(hashlib.sha256(str(video_id).encode("utf-8")).hexdigest()[:16], 16) % n
+
+
+def in_shard(video_id: str, shard: tuple[int, int] | None) -> bool:
+    """True when ``shard`` is None or the video belongs to it."""
+    return shard is None or shard_of(video_id, shard[1]) == shard[0]
+
+
+def _extract_params(meta: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.extract import RESULT_PARAMS
+
+    conf = meta.get("config") or {}
+    return {k: conf.get(k) for k in RESULT_PARAMS}
+
+
+def merge_extract(shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Merge the ``videos``/``faces`` manifests of extract shards into ``out_dir``.
+
+    Raises:
+        ManifestError: not one complete, consistent set of shards.
+    """
+    from pipeline import manifest
+
+    seen: dict[int, Path] = {}
+    total: int | None = None
+    params: dict[str, Any] | None = None
+    videos, faces = [], []
+    for d in shard_dirs:
+        vpath, fpath = manifest.manifest_path(d, "videos"), manifest.manifest_path(d, "faces")
+        meta = manifest.read_meta(vpath)
+        shard = parse_shard((meta.get("config") or {}).get("shard"))
+        if shard is None:
+            raise ManifestError(f"{vpath}: not written by a sharded extract (--shard I/N)")
+        i, n = shard
+        if total is not None and n != total:
+            raise ManifestError(f"{vpath}: shard {i}/{n}, but the others are of {total}")
+        if i in seen:
+            raise ManifestError(f"{vpath}: shard {i}/{n} given twice (also {seen[i]})")
+        p = _extract_params(meta)
+        if params is not None and p != params:
+            diff = sorted(k for k in p if p[k] != params.get(k))
+            raise ManifestError(f"{vpath}: extracted with other parameters than the first shard "
+                                f"({', '.join(diff)})")
+        total, params, seen[i] = n, p, d
+        videos.append(manifest.read_manifest(vpath, "videos"))
+        faces.append(manifest.read_manifest(fpath, "faces"))
+    if total is None:
+        raise ConfigError("merge: give the manifest folders of the shards")
+    missing = sorted(set(range(total)) - set(seen))
+    if missing:
+        raise ManifestError(f"merge: shard(s) {', '.join(f'{i}/{total}' for i in missing)} "
+                            "missing; run them first")
+    v = pd.concat(videos, ignore_index=True)
+    dup = v["video_id"][v["video_id"].duplicated()].unique().tolist()
+    if dup:
+        raise ManifestError(f"merge: video id(s) {dup[:5]} in more than one shard")
+    v = v.sort_values(["video_id", "path"], kind="stable").reset_index(drop=True)
+    f = pd.concat(faces, ignore_index=True)
+    f = f.sort_values(["video_id", "frame", "track"], kind="stable").reset_index(drop=True)
+    statuses = v["status"].value_counts().to_dict()
+    counts = {"videos": len(v), "faces": len(f), "status": dict(sorted(statuses.items())),
+              "merged_from": [str(d) for d in shard_dirs], "shards": total}
+    conf = dict(manifest.read_meta(manifest.manifest_path(seen[0], "videos")).get("config") or {})
+    conf["shard"] = ""
+    inputs = [manifest.manifest_path(d, k) for d in shard_dirs for k in ("videos", "faces")]
+    manifest.write_manifest(v, manifest.manifest_path(out_dir, "videos"), "videos", config=conf,
+                            counts=counts, inputs=inputs)
+    manifest.write_manifest(f, manifest.manifest_path(out_dir, "faces"), "faces", config=conf,
+                            counts=counts, inputs=inputs)
+    return counts
+
+
+def merge_scores(files: list[Path], out: Path) -> dict[str, Any]:
+    """Merge the results files of score shards into ``out`` (.jsonl or .csv).
+
+    Raises:
+        ManifestError: not one complete set of shards scored with the same settings.
+    """
+    import json
+
+    from pipeline.fsutil import atomic_write_text
+    from pipeline.scoring import config_path, journal_path, read_journal, write_csv
+
+    seen: dict[int, Path] = {}
+    total: int | None = None
+    key: str | None = None
+    rows: list[dict] = []
+    for f in files:
+        side = config_path(f)
+        if not side.is_file():
+            raise ManifestError(f"{f}: no {side.name} beside it (not written by dfpipe score)")
+        meta = json.loads(side.read_text())
+        shard = parse_shard((meta.get("config") or {}).get("shard"))
+        if shard is None:
+            raise ManifestError(f"{f}: not written by a sharded score (--shard I/N)")
+        i, n = shard
+        if total is not None and n != total:
+            raise ManifestError(f"{f}: shard {i}/{n}, but the others are of {total}")
+        if i in seen:
+            raise ManifestError(f"{f}: shard {i}/{n} given twice (also {seen[i]})")
+        if key is not None and meta.get("score_key") != key:
+            raise ManifestError(f"{f}: scored with other settings (checkpoint, threshold, ...) "
+                                f"than {seen[min(seen)]}")
+        total, key, seen[i] = n, meta.get("score_key"), f
+        rows += read_journal(journal_path(f))
+    if total is None:
+        raise ConfigError("merge: give the results files of the shards")
+    missing = sorted(set(range(total)) - set(seen))
+    if missing:
+        raise ManifestError(f"merge: shard(s) {', '.join(f'{i}/{total}' for i in missing)} "
+                            "missing; run them first")
+    paths = [r["path"] for r in rows]
+    dup = sorted({p for p in paths if paths.count(p) > 1})
+    if dup:
+        raise ManifestError(f"merge: {dup[:3]} scored in more than one shard")
+    rows.sort(key=lambda r: r["path"])
+    if out.suffix == ".csv":
+        write_csv(out, rows)
+    elif out.suffix == ".jsonl":
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        raise ConfigError(f"{out}: results file must end in .jsonl or .csv")
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return {"videos": len(rows), "status": dict(sorted(statuses.items())), "shards": total}
+
+
+def run(cfg: Any) -> int:
+    """``dfpipe merge``: shard outputs -> one (results files: score; folders: extract)."""
+    from pipeline.scoring import OUTCOME_STATUSES
+
+    files = [Path(p) for p in cfg.inputs]
+    if files and all(f.suffix in (".jsonl", ".csv") for f in files):
+        from pipeline.scoring import config_path
+
+        for f in files:  # a shard that got no video has its config sidecar and no rows
+            if not f.is_file() and not config_path(f).is_file():
+                raise ConfigError(f"merge: {f}: results file not found")
+        counts = merge_scores(files, Path(cfg.out))
+        logger.info("merged %d score shards: %d videos (%s) -> %s", counts["shards"],
+                    counts["videos"], counts["status"], cfg.out)
+        return 1 if any(s not in OUTCOME_STATUSES for s in counts["status"]) else 0
+    dirs = files
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(f"merge: {d}: folder not found")
+    counts = merge_extract(dirs, Path(cfg.manifest_dir))
+    logger.info("merged %d shards: %d videos (%s), %d faces -> %s", counts["shards"],
+                counts["videos"], ", ".join(f"{k} {v}" for k, v in counts["status"].items()),
+                counts["faces"], cfg.manifest_dir)
+    failed = sum(n for s, n in counts["status"].items() if s not in ("ok", "no_face"))
+    return 1 if failed else 0
