@@ -30,7 +30,7 @@ torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
     --model frame --backbone efficientnet_lite0 --pretrained --manifest-dir "$M" \
     --out-dir "$WORK/checkpoints" --run-name "$RUN" --image-size 160 --train-blocks 12 \
     --augment flip color jpeg blur crop --epochs 4 --batch-size 16 --lr 3e-4 --threads 1 \
-    --patience 2
+    --patience 2 --data-description "DFDC face crops (dfdc_faces)"
 
 # 3b. two more epochs, resumed from last.pt with --epochs 6: the stored optimizer and schedule
 #     continue, so epoch 5 trains at the 4-epoch cosine's final learning rate (1.5e-5) and epoch 6

@@ -52,6 +52,7 @@ def test_release_of_a_lite0_frame_model_is_small(tmp_path):
     ({**CROP, "square": "yes"}, "square"),
     ({**CROP, "jpeg_quality": 0}, "jpeg_quality"),
     ({"margin": 0.0}, "keys"),
+    ({**CROP, "colour": "rgb"}, "keys"),
 ])
 def test_bad_crop_recipe_is_refused(tiny_frame_checkpoint, tmp_path, crop, match):
     with pytest.raises(CheckpointError, match=match):
@@ -64,10 +65,16 @@ def test_cli_export_writes_card_and_crop(tiny_frame_checkpoint, tmp_path):
     card.write_text("# tiny\nnot a detector\n", encoding="utf-8")
     out = tmp_path / "rel.pt"
     rc = cli.main(["-q", "export", "--checkpoint", str(tiny_frame_checkpoint), "--out", str(out),
-                   "--card", str(card), "--margin", "0.1", "--jpeg-quality", "90", "--no-square"])
+                   "--card", str(card), "--margin", "0.1", "--jpeg-quality", "90", "--no-square",
+                   "--crop-source", "measured", "--data-description", "tiny synthetic blobs"])
     assert rc == 0
     rel = C.load_checkpoint(out)
     assert rel["card"] == card.read_text(encoding="utf-8")
-    assert rel["crop"] == {"margin": 0.1, "size": 224, "square": False, "jpeg_quality": 90}
+    assert rel["crop"] == {"margin": 0.1, "size": 224, "square": False, "jpeg_quality": 90,
+                           "source": "measured"}
+    assert rel["train_data"]["description"] == "tiny synthetic blobs"
+    src = C.load_checkpoint(tiny_frame_checkpoint)["train_data"]
+    assert {k: v for k, v in rel["train_data"].items() if k != "description"} == {
+        k: v for k, v in src.items() if k != "description"}
     assert cli.main(["-q", "export", "--checkpoint", str(tiny_frame_checkpoint), "--out",
                      str(tmp_path / "x.pt"), "--card", str(tmp_path / "none.md")]) == 2
