@@ -51,6 +51,42 @@ def in_shard(video_id: str, shard: tuple[int, int] | None) -> bool:
     return shard is None or shard_of(video_id, shard[1]) == shard[0]
 
 
+def check_shard_set(entries: list[tuple[Any, dict[str, Any], Any]], what: str) -> int:
+    """Check that ``(source, recorded config, settings)`` entries are one complete set of shards.
+
+    The shard of each entry comes from its recorded config (``shard: "I/N"``); every entry must
+    have the same N and the same settings, each index 0..N-1 exactly once. Returns N.
+
+    Raises:
+        ConfigError: no entries. ManifestError: not one complete, consistent set.
+    """
+    if not entries:
+        raise ConfigError(f"merge: give the {what} of the shards")
+    seen: dict[int, Any] = {}
+    total, first = None, None
+    for source, conf, settings in entries:
+        shard = parse_shard((conf or {}).get("shard"))
+        if shard is None:
+            raise ManifestError(f"{source}: not written by a sharded run (--shard I/N)")
+        i, n = shard
+        if total is not None and n != total:
+            raise ManifestError(f"{source}: shard {i}/{n}, but the others are of {total}")
+        if i in seen:
+            raise ManifestError(f"{source}: shard {i}/{n} given twice (also {seen[i]})")
+        if first is not None and settings != first[1]:
+            diff = (sorted(k for k in settings if settings[k] != first[1].get(k))
+                    if isinstance(settings, dict) else ["settings"])
+            raise ManifestError(f"{source}: made with other settings than {first[0]} "
+                                f"({', '.join(diff)})")
+        total, seen[i] = n, source
+        first = first or (source, settings)
+    missing = sorted(set(range(total)) - set(seen))
+    if missing:
+        raise ManifestError(f"merge: shard(s) {', '.join(f'{i}/{total}' for i in missing)} "
+                            "missing; run them first")
+    return total
+
+
 def _extract_params(meta: dict[str, Any]) -> dict[str, Any]:
     from pipeline.extract import RESULT_PARAMS
 
@@ -66,35 +102,15 @@ def merge_extract(shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     """
     from pipeline import manifest
 
-    seen: dict[int, Path] = {}
-    total: int | None = None
-    params: dict[str, Any] | None = None
-    videos, faces = [], []
+    entries, videos, faces = [], [], []
     for d in shard_dirs:
-        vpath, fpath = manifest.manifest_path(d, "videos"), manifest.manifest_path(d, "faces")
+        vpath = manifest.manifest_path(d, "videos")
         meta = manifest.read_meta(vpath)
-        shard = parse_shard((meta.get("config") or {}).get("shard"))
-        if shard is None:
-            raise ManifestError(f"{vpath}: not written by a sharded extract (--shard I/N)")
-        i, n = shard
-        if total is not None and n != total:
-            raise ManifestError(f"{vpath}: shard {i}/{n}, but the others are of {total}")
-        if i in seen:
-            raise ManifestError(f"{vpath}: shard {i}/{n} given twice (also {seen[i]})")
-        p = _extract_params(meta)
-        if params is not None and p != params:
-            diff = sorted(k for k in p if p[k] != params.get(k))
-            raise ManifestError(f"{vpath}: extracted with other parameters than the first shard "
-                                f"({', '.join(diff)})")
-        total, params, seen[i] = n, p, d
-        videos.append(manifest.read_manifest(vpath, "videos"))
-        faces.append(manifest.read_manifest(fpath, "faces"))
-    if total is None:
-        raise ConfigError("merge: give the manifest folders of the shards")
-    missing = sorted(set(range(total)) - set(seen))
-    if missing:
-        raise ManifestError(f"merge: shard(s) {', '.join(f'{i}/{total}' for i in missing)} "
-                            "missing; run them first")
+        entries.append((vpath, meta.get("config"), _extract_params(meta)))
+    total = check_shard_set(entries, "manifest folders")
+    for d in shard_dirs:
+        videos.append(manifest.read_manifest(manifest.manifest_path(d, "videos"), "videos"))
+        faces.append(manifest.read_manifest(manifest.manifest_path(d, "faces"), "faces"))
     v = pd.concat(videos, ignore_index=True)
     dup = v["video_id"][v["video_id"].duplicated()].unique().tolist()
     if dup:
@@ -105,7 +121,8 @@ def merge_extract(shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     statuses = v["status"].value_counts().to_dict()
     counts = {"videos": len(v), "faces": len(f), "status": dict(sorted(statuses.items())),
               "merged_from": [str(d) for d in shard_dirs], "shards": total}
-    conf = dict(manifest.read_meta(manifest.manifest_path(seen[0], "videos")).get("config") or {})
+    conf = dict(manifest.read_meta(manifest.manifest_path(shard_dirs[0], "videos")).get("config")
+                or {})
     conf["shard"] = ""
     inputs = [manifest.manifest_path(d, k) for d in shard_dirs for k in ("videos", "faces")]
     manifest.write_manifest(v, manifest.manifest_path(out_dir, "videos"), "videos", config=conf,
@@ -126,34 +143,15 @@ def merge_scores(files: list[Path], out: Path) -> dict[str, Any]:
     from pipeline.fsutil import atomic_write_text
     from pipeline.scoring import config_path, journal_path, read_journal, write_csv
 
-    seen: dict[int, Path] = {}
-    total: int | None = None
-    key: str | None = None
-    rows: list[dict] = []
+    entries = []
     for f in files:
         side = config_path(f)
         if not side.is_file():
             raise ManifestError(f"{f}: no {side.name} beside it (not written by dfpipe score)")
         meta = json.loads(side.read_text())
-        shard = parse_shard((meta.get("config") or {}).get("shard"))
-        if shard is None:
-            raise ManifestError(f"{f}: not written by a sharded score (--shard I/N)")
-        i, n = shard
-        if total is not None and n != total:
-            raise ManifestError(f"{f}: shard {i}/{n}, but the others are of {total}")
-        if i in seen:
-            raise ManifestError(f"{f}: shard {i}/{n} given twice (also {seen[i]})")
-        if key is not None and meta.get("score_key") != key:
-            raise ManifestError(f"{f}: scored with other settings (checkpoint, threshold, ...) "
-                                f"than {seen[min(seen)]}")
-        total, key, seen[i] = n, meta.get("score_key"), f
-        rows += read_journal(journal_path(f))
-    if total is None:
-        raise ConfigError("merge: give the results files of the shards")
-    missing = sorted(set(range(total)) - set(seen))
-    if missing:
-        raise ManifestError(f"merge: shard(s) {', '.join(f'{i}/{total}' for i in missing)} "
-                            "missing; run them first")
+        entries.append((f, meta.get("config"), {"score_key": meta.get("score_key")}))
+    total = check_shard_set(entries, "results files")
+    rows: list[dict] = [r for f in files for r in read_journal(journal_path(f))]
     paths = [r["path"] for r in rows]
     dup = sorted({p for p in paths if paths.count(p) > 1})
     if dup:
