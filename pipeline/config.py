@@ -182,15 +182,18 @@ class ExtractConfig:
     workers: int = opt(0, "worker processes (0: as many as the usable CPU cores and memory allow)")
     address: str | None = opt(None, "Ray cluster address HOST:PORT (none: embedded local Ray)")
     max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
-    detector_mode: str = opt("full", "full: MTCNN detection on every frame (with --detect-every K, "
-                             "every K-th and boxes carried between); track: full detection every "
-                             "--track-every frames and on lost tracks or shot changes, each "
-                             "track's predicted box verified by R-Net+O-Net between",
+    detector_mode: str = opt("track", "track: full detection every --track-every frames and on "
+                             "lost tracks or shot changes, each track's predicted box verified by "
+                             "R-Net+O-Net between (faces verified on every frame, several times "
+                             "faster); full: MTCNN detection on every frame (with --detect-every "
+                             "K, every K-th and boxes carried between)",
                              choices=["full", "track"])
-    track_every: int = opt(10, "track mode: full detection on every K-th frame")
+    track_every: int = opt(5, "track mode: full detection on every K-th frame (a face that "
+                           "enters is found at most K-1 frames late)")
     search_every: int = opt(2, "track mode while no face is tracked: full detection on every "
                             "K-th frame")
-    detect_every: int = opt(1, "run MTCNN on every K-th frame; boxes carried along tracks between")
+    detect_every: int = opt(1, "K > 1: run MTCNN on every K-th frame and carry boxes along "
+                            "tracks between, unverified (in either --detector-mode)")
     scale: float = opt(0.0, "detection downscale factor (0: by resolution, see faces.auto_scale)")
     retry_scale: float = opt(2.0, "frames without a face are detected again at this many times "
                              "the scale, up to full resolution (1: no retry)")

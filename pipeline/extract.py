@@ -111,16 +111,13 @@ class ExtractWorker:
     def __init__(self, cfg: ExtractConfig, threads: int = 1) -> None:
         import torch
 
-        from pipeline.faces import MTCNNDetector
+        from pipeline.faces import detector_from_config
 
         torch.set_num_threads(max(1, threads))
         self.cfg = cfg
         self.threads = threads
         self.out = Path(cfg.out)
-        self.detector = MTCNNDetector(
-            device=cfg.device, min_face_size=cfg.min_face_size, scale=cfg.scale,
-            retry_scale=cfg.retry_scale, min_prob=cfg.min_face_prob,
-        )
+        self.detector = detector_from_config(cfg)
 
     def __call__(self, item: dict) -> dict:
         t0 = time.perf_counter()
@@ -144,7 +141,7 @@ class ExtractWorker:
         return row
 
     def _process(self, item: dict, base: dict, t0: float) -> dict:
-        from pipeline.faces import extract_faces, write_video_faces
+        from pipeline.faces import crop_writer, extract_faces
         from pipeline.video_io import open_video
 
         cfg = self.cfg
@@ -158,26 +155,14 @@ class ExtractWorker:
         if info.n_frames < MIN_FRAMES:
             return _row(**base, **meta, status="too_short",
                         reason=f"{item['path']}: {info.n_frames} frame(s), need at least {MIN_FRAMES}")
-        faces = extract_faces(reader, self.detector, cfg)
-        reader.close()
-        status = "ok" if faces.records else "no_face"
-        meta["n_frames_lost"] = int(reader.frames_lost)
-        if reader.frames_lost:
-            logger.warning("%s: %d of %d frames could not be decoded (skipped)", item["path"],
-                           reader.frames_lost, info.n_frames)
-        row = _row(**base, **meta, n_face_frames=faces.n_face_frames, n_faces=len(faces.records),
-                   n_multi_face_frames=faces.n_multi_face_frames, n_tracks=faces.n_tracks,
-                   status=status, reason="" if faces.records else f"{item['path']}: no face found")
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(FACE_FIELDS)
-        for r in faces.records:
-            w.writerow([r.frame, r.track, *(f"{v:.2f}" for v in r.box),
-                        "" if math.isnan(r.prob) else f"{r.prob:.6f}", r.name])
         final = self.out / item["video_id"]
         with atomic_path(final, is_dir=True) as tmp:
-            write_video_faces(faces, tmp, cfg.jpeg_quality)
-            (tmp / FACES_RECORD).write_text(buf.getvalue())
+            # crops are written as they are made (memory stays bounded on long videos)
+            faces = extract_faces(reader, self.detector, cfg,
+                                  sink=crop_writer(tmp, cfg.jpeg_quality))
+            reader.close()
+            row, faces_csv = _rows(item, base, meta, faces, reader)
+            (tmp / FACES_RECORD).write_text(faces_csv)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             # the record goes last: a folder is complete exactly when it has one
             record = {"row": _plain(row), "params": result_params(cfg), "input": identity}
@@ -186,6 +171,26 @@ class ExtractWorker:
         if failed.exists():
             failed.unlink()
         return row
+
+
+
+def _rows(item: dict, base: dict, meta: dict, faces: Any, reader: Any) -> tuple[dict, str]:
+    """A finished video's videos-row and its ``_faces.csv`` text."""
+    status = "ok" if faces.records else "no_face"
+    meta["n_frames_lost"] = int(reader.frames_lost)
+    if reader.frames_lost:
+        logger.warning("%s: %d of %d frames could not be decoded (skipped)", item["path"],
+                       reader.frames_lost, meta["n_frames"])
+    row = _row(**base, **meta, n_face_frames=faces.n_face_frames, n_faces=len(faces.records),
+               n_multi_face_frames=faces.n_multi_face_frames, n_tracks=faces.n_tracks,
+               status=status, reason="" if faces.records else f"{item['path']}: no face found")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FACE_FIELDS)
+    for r in faces.records:
+        w.writerow([r.frame, r.track, *(f"{v:.2f}" for v in r.box),
+                    "" if math.isnan(r.prob) else f"{r.prob:.6f}", r.name])
+    return row, buf.getvalue()
 
 
 def _plain(row: dict) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -197,14 +197,17 @@ class MTCNNDetector:
         crops = []
         for x1, y1, x2, y2 in boxes[:, :4].round().int().tolist():
             w, h = max(x2 - x1, 1), max(y2 - y1, 1)
-            out = np.zeros((h, w, 3), dtype=np.uint8)
-            sx1, sy1 = max(x1, 0), max(y1, 0)
-            sx2, sy2 = min(x2, img.shape[1]), min(y2, img.shape[0])
-            if sx2 > sx1 and sy2 > sy1:
-                out[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = img[sy1:sy2, sx1:sx2]
-            crops.append(cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA))
+            crops.append(cv2.resize(_padded(img, x1, y1, w, h), (size, size),
+                                    interpolation=cv2.INTER_AREA))
         x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()  # (N, 3, size, size)
         return ((x - 127.5) * 0.0078125).to(self.device)
+
+
+def detector_from_config(cfg: Any) -> MTCNNDetector:
+    """The MTCNN detector an ``ExtractConfig`` describes (device, minimum face size, scale,
+    retry scale, minimum probability): the one construction extract and score share."""
+    return MTCNNDetector(device=cfg.device, min_face_size=cfg.min_face_size, scale=cfg.scale,
+                         retry_scale=cfg.retry_scale, min_prob=cfg.min_face_prob)
 
 
 def _needs_stretch(frame: np.ndarray) -> bool:
@@ -247,13 +250,22 @@ def crop_face(frame: np.ndarray, box: Box, margin: float = 0.3, size: int = 160,
         bw, bh = max((x2 - x1) * (1 + 2 * margin), 2.0), max((y2 - y1) * (1 + 2 * margin), 2.0)
     left, top = int(math.floor(cx - bw / 2)), int(math.floor(cy - bh / 2))
     nw, nh = int(math.ceil(bw)), int(math.ceil(bh))
-    h, w = frame.shape[:2]
-    out = np.zeros((nh, nw, 3), dtype=frame.dtype)
-    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + nw, w), min(top + nh, h)
-    if sx2 > sx1 and sy2 > sy1:
-        out[sy1 - top : sy2 - top, sx1 - left : sx2 - left] = frame[sy1:sy2, sx1:sx2]
     interp = cv2.INTER_AREA if max(nw, nh) > size else cv2.INTER_LINEAR
-    return cv2.resize(out, (size, size), interpolation=interp)  # (size, size, 3)
+    return cv2.resize(_padded(frame, left, top, nw, nh), (size, size),
+                      interpolation=interp)  # (size, size, 3)
+
+
+def _padded(frame: np.ndarray, left: int, top: int, w: int, h: int) -> np.ndarray:
+    """The ``(h, w, 3)`` window of ``frame`` at ``left, top``: a view when it lies inside the
+    frame, else a copy zero-padded where it sticks out."""
+    fh, fw = frame.shape[:2]
+    if left >= 0 and top >= 0 and left + w <= fw and top + h <= fh:
+        return frame[top:top + h, left:left + w]
+    out = np.zeros((h, w, 3), dtype=frame.dtype)
+    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + w, fw), min(top + h, fh)
+    if sx2 > sx1 and sy2 > sy1:
+        out[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frame[sy1:sy2, sx1:sx2]
+    return out
 
 
 def encode_jpeg(crop: np.ndarray, quality: int = 95) -> bytes:
@@ -296,12 +308,25 @@ class FaceRecord:
 
 @dataclass
 class VideoFaces:
-    """All faces of one video: records and their crops (same order)."""
+    """All faces of one video: records and their crops (same order).
+
+    With a ``sink``, each crop goes to ``sink(record, crop)`` as it is made and ``crops`` stays
+    empty (memory bounded for long videos: the extract stage writes crops as they come).
+    """
 
     info: Any  # VideoInfo
     records: list[FaceRecord] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)  # detector work, for measurements
+    sink: Callable[[FaceRecord, np.ndarray], None] | None = None
+
+    def add(self, record: FaceRecord, crop: np.ndarray) -> None:
+        """Record one face; its crop is kept, or handed to ``sink``."""
+        self.records.append(record)
+        if self.sink is None:
+            self.crops.append(crop)
+        else:
+            self.sink(record, crop)
 
     @property
     def n_face_frames(self) -> int:
@@ -328,6 +353,7 @@ def extract_faces(
     cfg: Any,
     *,
     frames: Sequence[int] | None = None,
+    sink: Callable[[FaceRecord, np.ndarray], None] | None = None,
 ) -> VideoFaces:
     """Detect, track and crop every face of one video (nothing written to disk).
 
@@ -337,8 +363,15 @@ def extract_faces(
         cfg: an ``ExtractConfig`` (uses batch_size, detect_every, iou_threshold, margin,
             crop_size, square, decoder).
         frames: frame indices to process (default: all).
+        sink: called with each face's record and crop as it is made, instead of keeping the
+            crops (``VideoFaces.sink``).
 
-    With ``detect_every = K > 1`` the detector runs on every K-th processed frame; the frames in
+    ``detector_mode="track"`` (the default) runs ``pipeline.track_verify`` on consecutive
+    frames; on a sparse ``frames`` list (scoring's slot starts) faces move too far between frames
+    for a predicted box, so every given frame is fully detected, as with ``"full"`` (and so
+    with a detector that has only ``detect``, no ``verify``).
+
+    With ``detect_every = K > 1`` (in either mode) the detector runs on every K-th processed frame; the frames in
     between get the boxes of the tracks seen at the last detection (prob NaN).
 
     Raises:
@@ -349,16 +382,17 @@ def extract_faces(
         if isinstance(reader_or_path, (str, os.PathLike))
         else reader_or_path
     )
-    if getattr(cfg, "detector_mode", "full") == "track":
+    if (getattr(cfg, "detector_mode", "full") == "track" and int(cfg.detect_every) == 1
+            and _consecutive(frames) and hasattr(detector, "verify")):
         from pipeline.track_verify import extract_faces_tracked
 
-        return extract_faces_tracked(reader, detector, cfg, frames=frames)
+        return extract_faces_tracked(reader, detector, cfg, frames=frames, sink=sink)
     every = max(1, int(cfg.detect_every))
     info = reader.info
     # frames per batch, capped so a batch stays under MAX_BATCH_BYTES (4K clips stay bounded)
     batch_size = max(1, min(int(cfg.batch_size), MAX_BATCH_BYTES // (info.width * info.height * 3)))
     tracker = Tracker(cfg.iou_threshold)
-    result = VideoFaces(info=reader.info)
+    result = VideoFaces(info=reader.info, sink=sink)
     carried: list[tuple[int, Box]] = []  # (track, box) from the last detection
     k = 0  # position among processed frames
     for idx, batch in prefetch(reader.iter_batches(batch_size, frames)):
@@ -374,24 +408,38 @@ def extract_faces(
             else:
                 faces = [(t, b, float("nan")) for t, b in carried]
             for t, b, p in sorted(faces, key=lambda x: x[0]):
-                result.records.append(FaceRecord(int(frame_idx), int(t), b, p))
-                result.crops.append(crop_face(batch[j], b, cfg.margin, cfg.crop_size,
-                                              getattr(cfg, "square", True)))
+                result.add(FaceRecord(int(frame_idx), int(t), b, p),
+                           crop_face(batch[j], b, cfg.margin, cfg.crop_size,
+                                     getattr(cfg, "square", True)))
         k += len(idx)
     return result
 
 
-def write_video_faces(video_faces: VideoFaces, out_dir: str | os.PathLike, jpeg_quality: int = 95) -> list[Path]:
-    """Write each crop as ``out_dir/<frame:04d>_<track>.jpg``; return the paths."""
+def _consecutive(frames: Sequence[int] | None) -> bool:
+    """True for all frames (None) or a run of consecutive indices."""
+    return frames is None or all(b == a + 1 for a, b in zip(frames, frames[1:], strict=False))
+
+
+def crop_writer(out_dir: str | os.PathLike, jpeg_quality: int = 95
+                ) -> Callable[[FaceRecord, np.ndarray], None]:
+    """A ``sink`` that writes each crop as ``out_dir/<frame:04d>_<track>.jpg`` (JPEG)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for rec, crop in zip(video_faces.records, video_faces.crops, strict=True):
+
+    def write(rec: FaceRecord, crop: np.ndarray) -> None:
         p = out_dir / rec.name
         try:
             data = encode_jpeg(crop, jpeg_quality)
         except OSError as e:
             raise OSError(f"{p}: {e}") from e
         p.write_bytes(data)
-        paths.append(p)
-    return paths
+
+    return write
+
+
+def write_video_faces(video_faces: VideoFaces, out_dir: str | os.PathLike, jpeg_quality: int = 95) -> list[Path]:
+    """Write each kept crop as ``out_dir/<frame:04d>_<track>.jpg``; return the paths."""
+    write = crop_writer(out_dir, jpeg_quality)
+    for rec, crop in zip(video_faces.records, video_faces.crops, strict=True):
+        write(rec, crop)
+    return [Path(out_dir) / rec.name for rec in video_faces.records]

@@ -122,7 +122,7 @@ class VideoScorer:
                  detect: str = "slots", min_frames: int = 10, decoder: str = "decord",
                  threshold: float | None = None, extract: ExtractConfig | None = None,
                  min_track_share: float = 0.3, crop: dict[str, Any] | None = None) -> None:
-        from pipeline.faces import MTCNNDetector
+        from pipeline.faces import detector_from_config
 
         self.device = engine.resolve_device(device)
         self.ckpt_path = str(ckpt_path)
@@ -156,10 +156,7 @@ class VideoScorer:
         self.extract_cfg = replace(extract or ExtractConfig(decoder=decoder, device=device),
                                    margin=self.crop["margin"], crop_size=self.crop["size"],
                                    square=self.crop["square"])
-        self.detector = MTCNNDetector(
-            device=self.extract_cfg.device, min_face_size=self.extract_cfg.min_face_size,
-            scale=self.extract_cfg.scale, retry_scale=self.extract_cfg.retry_scale,
-            min_prob=self.extract_cfg.min_face_prob)
+        self.detector = detector_from_config(self.extract_cfg)
         data = ckpt.get("train_data", {})
         self.card = {
             "model": self.model_name,

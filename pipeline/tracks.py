@@ -38,8 +38,13 @@ class Tracker:
         self.last: dict[int, Box] = {}  # track id -> last box
         self.age: dict[int, int] = {}  # track id -> updates since it was last seen (0 = last one)
 
-    def update(self, boxes: Sequence[Box]) -> list[int]:
-        """Track ids for the boxes of the next frame."""
+    def update(self, boxes: Sequence[Box], max_age: int = 0) -> list[int]:
+        """Track ids for the boxes of the next frame.
+
+        ``max_age``: the nearest-centre pass also links tracks last seen up to this many updates
+        ago (track-and-verify mode, where a face missed by one full detection is looked for again
+        only at the next; shot cuts are detected there, so a gap is not taken for a cut).
+        """
         pairs = sorted(
             ((iou(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()),
             key=lambda x: (-x[0], x[1], x[2]),
@@ -55,10 +60,11 @@ class Tracker:
         # Second pass for sparse detection (every K-th frame, or scoring's slot starts): a face
         # that moved further than IoU can follow joins the nearest free track of similar size
         # whose last box is within ``max_jump`` box sizes, if that track was seen in the previous
-        # update (after a gap, a nearby face is as likely someone else: a shot cut).
+        # update (after a gap, a nearby face is as likely someone else: a shot cut), or within
+        # ``max_age`` updates.
         near = sorted(
             (_jump(b, tb), i, t) for i, b in enumerate(boxes) for t, tb in self.last.items()
-            if ids[i] is None and t not in used and self.age.get(t, 0) == 0
+            if ids[i] is None and t not in used and self.age.get(t, 0) <= max_age
             and _similar_size(b, tb)
         )
         for dist, i, t in near:

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.errors import VideoReadError
+from pipeline.prefetch import prefetch  # noqa: F401 - decoding ahead, re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +72,14 @@ def probe_rotation(path: str) -> int:
 
     try:
         with av.open(path) as c:
-            s = c.streams.video[0]
-            for frame in c.decode(s):
-                return int(round(float(getattr(frame, "rotation", 0) or 0)))
+            return _first_rotation(c, c.streams.video[0])
     except Exception:  # the caller's own open reports unreadable files
         return 0
+
+
+def _first_rotation(container: object, stream: object) -> int:
+    for frame in container.decode(stream):  # type: ignore[attr-defined]
+        return int(round(float(getattr(frame, "rotation", 0) or 0)))
     return 0
 
 
@@ -118,12 +122,6 @@ def _one_line(e: BaseException) -> str:
     return text[:300]
 
 
-def _chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
-    idx = sorted(set(int(i) for i in indices))
-    for start in range(0, len(idx), max(1, size)):
-        yield idx[start : start + size]
-
-
 def _check_indices(indices: Sequence[int], n: int, path: str) -> None:
     bad = [i for i in indices if i < 0 or i >= n]
     if bad:
@@ -137,7 +135,6 @@ class DecordReader:
         import decord
 
         self.path = path
-        self._threads = num_threads
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
             n = len(self._vr)
@@ -151,9 +148,10 @@ class DecordReader:
         except Exception as e:  # decord raises DECORDError/RuntimeError with C++ traces
             raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
         # decord applies the display rotation itself (its frames and shape are as displayed);
-        # the PyAV stream below does not, so it turns its frames by the probed angle
+        # the PyAV stream that streams for it does not, so it turns its frames by the angle
         rotation = probe_rotation(path)
         self.info = VideoInfo(n_frames=n, fps=fps, width=int(w), height=int(h), rotation=rotation)
+        self._stream = PyAVReader(path, num_threads, info=self.info)
         self.frames_lost = 0
 
     def get_batch(self, indices: Sequence[int]) -> np.ndarray:
@@ -163,7 +161,7 @@ class DecordReader:
         except Exception as e:  # e.g. a damaged packet on the way: decode sequentially instead
             logger.debug("%s: decord random access failed (%s); decoding with PyAV", self.path,
                          _one_line(e))
-        return PyAVReader.from_info(self.path, self.info, self._threads).get_batch(indices)
+        return self._stream.get_batch(indices)
 
     def iter_batches(
         self, batch_size: int, indices: Sequence[int] | None = None
@@ -173,81 +171,54 @@ class DecordReader:
         # 3840x2160 clip, batches of 10: decord peak RSS 1373 MiB, i.e. the whole video (48 x 24 MiB).
         _check_indices(range(self.info.n_frames) if indices is None else indices,
                        self.info.n_frames, self.path)
-        stream = PyAVReader.from_info(self.path, self.info, self._threads)
         try:
-            yield from stream.iter_batches(batch_size, indices)
+            yield from self._stream.iter_batches(batch_size, indices)
         finally:
-            self.frames_lost = stream.frames_lost
+            self.frames_lost = self._stream.frames_lost
 
     def close(self) -> None:
         self._vr = None
 
 
-class PyAVReader:
-    """PyAV backend: sequential decoding (fastest full decode; no seeking)."""
+def _probe_pyav(path: str) -> VideoInfo:
+    """The video stream's frame count, fps, displayed size and rotation, in one open."""
+    import av
 
-    def __init__(self, path: str, num_threads: int = 1) -> None:
-        import av
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            s = c.streams.video[0]
+            n = int(s.frames or 0)
+            fps = float(s.average_rate or s.guessed_rate or 0.0)
+            w, h = int(s.codec_context.width), int(s.codec_context.height)
+            if n == 0:  # container without a frame count: count packets with data
+                n = sum(1 for p in c.demux(s) if p.size)
+            try:
+                if n and not s.frames:
+                    c.seek(0)
+                rotation = _first_rotation(c, s)
+            except Exception:  # noqa: BLE001 - the stream's own decoding reports bad frames
+                rotation = 0
+    except VideoReadError:
+        raise
+    except Exception as e:
+        raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
+    if n == 0 or w == 0 or h == 0:
+        raise VideoReadError(f"{path}: no video frames")
+    w, h = _displayed(w, h, rotation_steps(rotation))
+    return VideoInfo(n_frames=n, fps=fps, width=w, height=h, rotation=rotation)
 
-        self.path = path
-        self._threads = num_threads
-        try:
-            with av.open(path) as c:
-                if not c.streams.video:
-                    raise VideoReadError(f"{path}: no video stream")
-                s = c.streams.video[0]
-                n = int(s.frames or 0)
-                fps = float(s.average_rate or s.guessed_rate or 0.0)
-                w, h = int(s.codec_context.width), int(s.codec_context.height)
-                if n == 0:  # container without a frame count: count packets with data
-                    n = sum(1 for p in c.demux(s) if p.size)
-        except VideoReadError:
-            raise
-        except Exception as e:
-            raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
-        if n == 0 or w == 0 or h == 0:
-            raise VideoReadError(f"{path}: no video frames")
-        rotation = probe_rotation(path)
-        w, h = _displayed(w, h, rotation_steps(rotation))
-        self.info = VideoInfo(n_frames=n, fps=fps, width=w, height=h, rotation=rotation)
-        self.frames_lost = 0
 
-    @classmethod
-    def from_info(cls, path: str, info: VideoInfo, num_threads: int = 1) -> PyAVReader:
-        """A stream over ``path`` whose ``info`` is already known (no second probe)."""
-        reader = cls.__new__(cls)
-        reader.path, reader._threads, reader.info, reader.frames_lost = path, num_threads, info, 0
-        return reader
+class _Sequential:
+    """Shared streaming for decoders that read a video front to back (``_frames``)."""
+
+    path: str
+    info: VideoInfo
+    frames_lost: int
 
     def _frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        """``(frame index, frame)`` in display order; a packet that does not decode loses its
-        frame (counted in ``frames_lost``; the index moves on) instead of ending the stream."""
-        import av
-
-        k = rotation_steps(self.info.rotation)
-        i = 0
-        try:
-            with av.open(self.path) as c:
-                s = c.streams.video[0]
-                s.thread_count = self._threads
-                if self._threads > 1:
-                    s.thread_type = "AUTO"  # frame + slice threads (measured: 3.2 s -> 1.7 s, 1080p)
-                for packet in c.demux(s):
-                    try:
-                        decoded = packet.decode()
-                    except av.error.InvalidDataError as e:  # a damaged packet
-                        if packet.size:
-                            logger.debug("%s: packet at frame ~%d lost: %s", self.path, i,
-                                         _one_line(e))
-                            self.frames_lost += 1
-                            i += 1
-                        continue
-                    for frame in decoded:
-                        # (H, W, 3) as displayed
-                        yield i, rotate_frames(frame.to_ndarray(format="rgb24"), k)
-                        i += 1
-        except Exception as e:
-            raise VideoReadError(f"{self.path}: decoding failed: {_one_line(e)}") from e
+        raise NotImplementedError
 
     def iter_batches(
         self, batch_size: int, indices: Sequence[int] | None = None
@@ -302,10 +273,52 @@ class PyAVReader:
         pass
 
 
+class PyAVReader(_Sequential):
+    """PyAV backend: sequential decoding (fastest full decode; no seeking).
+
+    ``info``: the video's, when already known (a ``DecordReader`` streams through one): the file
+    is then not probed again.
+    """
+
+    def __init__(self, path: str, num_threads: int = 1, info: VideoInfo | None = None) -> None:
+        self.path = path
+        self._threads = num_threads
+        self.info = info or _probe_pyav(path)
+        self.frames_lost = 0
+
+    def _frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(frame index, frame)`` in display order; a packet that does not decode loses its
+        frame (counted in ``frames_lost``; the index moves on) instead of ending the stream."""
+        import av
+
+        k = rotation_steps(self.info.rotation)
+        i = 0
+        try:
+            with av.open(self.path) as c:
+                s = c.streams.video[0]
+                s.thread_count = self._threads  # 0: FFmpeg picks
+                s.thread_type = "AUTO"  # frame + slice threads (measured: 3.2 s -> 1.7 s, 1080p)
+                for packet in c.demux(s):
+                    try:
+                        decoded = packet.decode()
+                    except av.error.InvalidDataError as e:  # a damaged packet
+                        if packet.size:
+                            logger.debug("%s: packet at frame ~%d lost: %s", self.path, i,
+                                         _one_line(e))
+                            self.frames_lost += 1
+                            i += 1
+                        continue
+                    for frame in decoded:
+                        # (H, W, 3) as displayed
+                        yield i, rotate_frames(frame.to_ndarray(format="rgb24"), k)
+                        i += 1
+        except Exception as e:
+            raise VideoReadError(f"{self.path}: decoding failed: {_one_line(e)}") from e
+
 _CV2_MAX_MISSES = 32  # consecutive failed reads after which OpenCV's stream counts as ended
 
 
-class CV2Reader(PyAVReader):
+class CV2Reader(_Sequential):
     """OpenCV backend: sequential ``read()`` only (never seeks with POS_FRAMES)."""
 
     def __init__(self, path: str, num_threads: int = 1) -> None:
@@ -348,56 +361,6 @@ class CV2Reader(PyAVReader):
                 i += 1
         finally:
             cap.release()
-
-
-def prefetch(batches: Iterator[tuple[list[int], np.ndarray]], depth: int = 1
-             ) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Decode ahead in a background thread: yields ``batches``' items while the next ones are
-    being decoded (FFmpeg releases the GIL), at most ``depth`` batches held. An exception of the
-    decoder is raised here; closing this generator stops the thread."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for item in batches:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(("end", done))
-        except BaseException as e:  # handed to the consumer
-            q.put(("error", e))
-
-    thread = threading.Thread(target=work, name="dfpipe-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, payload = q.get()
-            if kind == "item":
-                yield payload
-            elif kind == "error":
-                raise payload
-            else:
-                return
-    finally:
-        stop.set()
-        while thread.is_alive():  # let a blocked put() finish
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
 
 
 def open_video(path: str | os.PathLike, backend: str = "decord", num_threads: int = 1) -> VideoReader:

@@ -109,7 +109,9 @@ def two_face_clip(tmp_path_factory):
 
 def test_extract_faces_tracks_and_crops(two_face_clip, detector, tmp_path):
     path, _spec = two_face_clip
-    cfg = ExtractConfig(batch_size=6, crop_size=64)
+    # full detection on every frame: the second face is found on the frame it enters (track
+    # mode finds it at the next full detection: tests/test_track_verify.py)
+    cfg = ExtractConfig(batch_size=6, crop_size=64, detector_mode="full")
     vf = extract_faces(path, detector, cfg)
     frames = {}
     for r in vf.records:
