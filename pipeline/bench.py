@@ -2,9 +2,10 @@
 
 - ``bench_decode``: a full decode per backend (decord's own ``get_batch``, our default streaming
   path, PyAV, OpenCV);
-- ``bench_extract``: face extraction (detection + tracking + crops in memory, no disk writes) for
-  naive per-frame full-resolution MTCNN, the default settings and ``detect_every=5``, next to the
-  decode-only time of the same video;
+- ``bench_extract`` (``pipeline.bench_extract``): on one clip, the decode floor, the default
+  (track), ``--detector-mode full``, ``--detect-every 5`` and the naive loop, each as s/video, x
+  floor and agreement with full detection; then ``dfpipe extract --workers 2`` from the command
+  line over 4 copies, against 4 floors, with peak RSS per worker;
 - ``bench_score``: ``VideoScorer.score`` end to end (decode, slot detection, model, verdict) with
   and without the evidence sheet, as a ratio to the decode-only floor;
 - ``bench_scaling``: ``dfpipe extract`` over N copies of the video with 1 and 2 pool workers and
@@ -25,7 +26,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,49 +76,17 @@ def bench_decode(video: str | os.PathLike, backends: Sequence[str] = ("decord", 
     return out
 
 
-def bench_extract(video: str | os.PathLike, repeats: int = 1, naive_frames: int = 30,
-                  cfg: ExtractConfig | None = None) -> dict[str, Any]:
-    """Extraction time of ``video``: naive full-res per-frame MTCNN, default, detect_every=5.
+def bench_extract(video: str | os.PathLike, repeats: int = 1, cfg: ExtractConfig | None = None,
+                  cli_videos: int = 4, cli_workers: int = 2) -> dict[str, Any]:
+    """``pipeline.bench_extract``: the modes on one clip, then ``dfpipe extract --workers``
+    from the command line on ``cli_videos`` copies (skipped with ``cli_videos=0``)."""
+    from pipeline import bench_extract as be
 
-    The naive mode is measured on the first ``naive_frames`` frames (it runs ~0.5 s/frame on a
-    CPU core at 1080p) and extrapolated to the whole video (decode time added); the others run on
-    the whole video. Face-frame counts are reported so speed can be read next to recall.
-    """
-    import torch
-
-    from pipeline.faces import MTCNNDetector, extract_faces
-    from pipeline.video_io import open_video
-
-    torch.set_num_threads(1)
     cfg = cfg or ExtractConfig()
-    path = str(video)
-    info = open_video(path, cfg.decoder).info
-    n = info.n_frames
-    dec, _ = _median_time(lambda: _decode_all(path, cfg.decoder), repeats)
-    res: dict[str, Any] = {"video": path, "frames": n, "size": [info.width, info.height],
-                           "decoder": cfg.decoder, "repeats": repeats,
-                           "torch_threads": torch.get_num_threads(), "modes": {}}
-    res["modes"]["decode_only"] = {"s_per_video": round(dec, 2), "ms_per_frame": round(1000 * dec / n, 1)}
-
-    naive_det = MTCNNDetector(cfg.device, scale=1.0, retry_scale=1.0, min_prob=cfg.min_face_prob)
-    naive_cfg = replace(cfg, batch_size=1, detect_every=1)
-    sub = list(range(min(naive_frames, n)))
-    sec, vf = _median_time(lambda: extract_faces(open_video(path, cfg.decoder), naive_det, naive_cfg,
-                                                 frames=sub), repeats)
-    per_frame = sec / len(sub)
-    res["modes"]["naive_fullres_per_frame"] = {
-        "s_per_video": round(dec + per_frame * n, 1), "ms_per_frame": round(1000 * per_frame, 1),
-        "face_frames": f"{vf.n_face_frames}/{len(sub)}", "note": f"measured on {len(sub)} frames, extrapolated"}
-    for name, mode_cfg in [("default", cfg), ("detect_every_5", replace(cfg, detect_every=5))]:
-        det = MTCNNDetector(cfg.device, min_face_size=cfg.min_face_size, scale=mode_cfg.scale,
-                            retry_scale=mode_cfg.retry_scale, min_prob=cfg.min_face_prob)
-        sec, vf = _median_time(lambda c=mode_cfg, d=det: extract_faces(path, d, c), repeats)
-        res["modes"][name] = {"s_per_video": round(sec, 2), "ms_per_frame": round(1000 * sec / n, 1),
-                              "face_frames": f"{vf.n_face_frames}/{n}", "faces": len(vf.records),
-                              "retried_frames": det.n_retried}
-    base = res["modes"]["default"]["s_per_video"]
-    for v in res["modes"].values():
-        v["ratio_to_default"] = round(v["s_per_video"] / base, 2)
+    res = be.bench_extract(video, repeats, cfg=cfg)
+    if cli_videos:
+        res["cli"] = be.bench_extract_cli(video, cli_videos, cli_workers, res["decode"]["floor_s"],
+                                          cfg.device)
     return res
 
 
@@ -270,11 +238,9 @@ def _markdown(results: dict[str, Any]) -> str:
                         [[b, v["s_per_video"], v["ms_per_frame"], v["ratio_to_fastest"]]
                          for b, v in r["backends"].items()])
     if "extract" in results:
-        r = results["extract"]
-        lines += [f"## extract: {r['video']} ({r['frames']} frames, {r['size'][0]}x{r['size'][1]})", ""]
-        lines += _table(["mode", "s/video", "ms/frame", "x default", "face frames"],
-                        [[k, v["s_per_video"], v["ms_per_frame"], v["ratio_to_default"],
-                          v.get("face_frames", "")] for k, v in r["modes"].items()])
+        from pipeline.bench_extract import markdown as extract_markdown
+
+        lines += extract_markdown(results["extract"])
     if "score" in results:
         r = results["score"]
         lines += [f"## score (end to end): decode-only {r['decode_only_s']} s", ""]
@@ -312,7 +278,8 @@ def run(cfg: BenchConfig) -> int:
     steps = [("decode", lambda: bench_decode(video, ("decord_get_batch", "decord", "pyav", "cv2"),
                                              cfg.repeats)),
              ("extract", lambda: bench_extract(video, cfg.repeats,
-                                               cfg=ExtractConfig(device=cfg.device))),
+                                               cfg=ExtractConfig(device=cfg.device),
+                                               cli_videos=cfg.scaling_videos)),
              ("score", lambda: bench_score(video, cfg.repeats, device=cfg.device)),
              ("scaling", lambda: bench_scaling(video, cfg.scaling_videos, cfg.device)),
              ("train", lambda: _bench_train(cfg)),

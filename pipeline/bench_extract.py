@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -121,3 +121,193 @@ def confirm_tracks(path: str | os.PathLike, tracks: dict[int, dict[int, Any]], d
                    for f, ds in zip(fs, dets, strict=True))
         out[t] = hits * 2 > len(fs)
     return out
+
+
+def decode_floor(path: str, repeats: int = 1) -> dict[str, Any]:
+    """Seconds to decode every frame of ``path`` to numpy arrays, per backend; the floor is the
+    fastest (decord's batched random access, our streaming PyAV path single-threaded, and PyAV
+    with FFmpeg's own threads)."""
+    from pipeline.video_io import PyAVReader, open_video
+
+    def decord_batch() -> int:
+        reader = open_video(path, "decord")
+        n = reader.info.n_frames
+        got = sum(len(reader.get_batch(list(range(s, min(n, s + 32))))) for s in range(0, n, 32))
+        reader.close()
+        return got
+
+    def pyav(threads: int) -> int:
+        return sum(len(i) for i, _ in PyAVReader(path, threads).iter_batches(32))
+
+    runs = {"decord_get_batch": decord_batch, "pyav_1_thread": lambda: pyav(1),
+            "pyav_auto_threads": lambda: pyav(0)}
+    out: dict[str, Any] = {}
+    for name, fn in runs.items():
+        try:
+            out[name] = round(_median_time(fn, repeats)[0], 3)
+        except Exception as e:  # noqa: BLE001 - a backend that cannot read the clip is reported
+            out[name] = f"failed: {type(e).__name__}: {e}"
+    timed = {k: v for k, v in out.items() if isinstance(v, float)}
+    best = min(timed, key=timed.get)  # type: ignore[arg-type]
+    return {"backends": out, "floor_s": timed[best], "floor_backend": best}
+
+
+def _row(name: str, sec: float, floor: float, vf: Any, ref: Any, n: int, note: str = ""
+         ) -> dict[str, Any]:
+    a = agreement(ref, vf, n) if ref is not None else None
+    row: dict[str, Any] = {"mode": name, "s_per_video": round(sec, 2), "x_floor": round(sec / floor, 2),
+                           "face_frames": vf.n_face_frames if vf is not None else None,
+                           "faces": len(vf.records) if vf is not None else None, "note": note}
+    if a is not None:
+        row.update(presence=round(a["presence"], 4), count=round(a["count"], 4),
+                   real_tracks=a["real_tracks"], real_tracks_full=a["real_tracks_ref"],
+                   full_tracks_found=a["ref_tracks_found"], extra_tracks=len(a["extra_tracks"]))
+    return row
+
+
+def bench_extract(video: str | os.PathLike, repeats: int = 1, naive_frames: int = 30,
+                  cfg: ExtractConfig | None = None) -> dict[str, Any]:
+    """One clip, one run: decode floor, default (track), full, detect_every=5 and naive
+    extraction (detection + tracking + crops in memory, no disk writes), each in s/video,
+    x floor and agreement with ``--detector-mode full``.
+
+    The naive loop (full-resolution MTCNN on every frame, one frame at a time, no retry) is
+    measured on the first ``naive_frames`` frames and scaled to the clip (the decode floor
+    added); its agreement is over those frames.
+    """
+    import torch
+
+    from pipeline.faces import MTCNNDetector, detector_from_config, extract_faces
+    from pipeline.video_io import open_video
+
+    torch.set_num_threads(1)
+    cfg = cfg or ExtractConfig()
+    path = str(video)
+    info = open_video(path, cfg.decoder).info
+    n = info.n_frames
+    floor = decode_floor(path, repeats)
+    fl = floor["floor_s"]
+    det = detector_from_config(cfg)
+    extract_faces(path, det, cfg, frames=list(range(min(5, n))))  # warm-up (first-call costs)
+    modes = [("default (track)", cfg), ("--detector-mode full", replace(cfg, detector_mode="full")),
+             ("--detect-every 5", replace(cfg, detector_mode="full", detect_every=5))]
+    timed: dict[str, tuple[float, Any]] = {}
+    for name, c in modes:
+        timed[name] = _median_time(lambda c=c: extract_faces(path, det, c), repeats)
+    ref = timed["--detector-mode full"][1]
+    rows = [{"mode": "decode floor", "s_per_video": fl, "x_floor": 1.0,
+             "note": f"fastest of {floor['backends']}: {floor['floor_backend']}"}]
+    rows += [_row(name, sec, fl, vf, ref, n) for name, (sec, vf) in timed.items()]
+    naive_det = MTCNNDetector(cfg.device, scale=1.0, retry_scale=1.0, min_prob=cfg.min_face_prob)
+    naive_cfg = replace(cfg, detector_mode="full", batch_size=1, detect_every=1)
+    sub = list(range(min(naive_frames, n)))
+    sec, vf = _median_time(lambda: extract_faces(path, naive_det, naive_cfg, frames=sub), repeats)
+    ref_sub = type(ref)(info=ref.info, records=[r for r in ref.records if r.frame < len(sub)])
+    naive = _row("naive (full-res MTCNN per frame)", fl + sec / len(sub) * n, fl, vf, ref_sub,
+                 len(sub), note=f"measured on frames 0-{len(sub) - 1}, scaled to {n}")
+    rows.append(naive)
+    default = rows[1]["s_per_video"]
+    return {"video": path, "frames": n, "size": [info.width, info.height], "repeats": repeats,
+            "torch_threads": torch.get_num_threads(), "device": str(det.device),
+            "decode": floor, "rows": rows,
+            "naive_over_default": round(naive["s_per_video"] / default, 1)}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from /proc: Linux only)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _peak_rss(pid: int) -> int | None:
+    """Peak resident memory (VmHWM) of a live process, bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def bench_extract_cli(video: str | os.PathLike, n_videos: int = 4, workers: int = 2,
+                      floor_s: float | None = None, device: str = "cpu") -> dict[str, Any]:
+    """``dfpipe extract --workers W`` from the command line over ``n_videos`` copies of
+    ``video`` (fresh output): wall seconds against ``n_videos`` x the decode floor, and the
+    peak RSS of each worker process (polled from /proc while it runs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "videos"
+        src.mkdir()
+        for k in range(n_videos):
+            os.symlink(Path(video).resolve(), src / f"copy{k:02d}{Path(video).suffix}")
+        cmd = [sys.executable, "-m", "pipeline", "extract", str(src), "--out", f"{tmp}/faces",
+               "--manifest-dir", f"{tmp}/m", "--workers", str(workers), "--device", device]
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peaks: dict[int, int] = {}
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                for p in _descendants(proc.pid):
+                    rss = _peak_rss(p)
+                    if rss is not None:
+                        peaks[p] = max(peaks.get(p, 0), rss)
+                stop.wait(0.2)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        _, err = proc.communicate()
+        sec = time.perf_counter() - t
+        stop.set()
+        poller.join()
+    # the W largest processes below the driver are its workers (the others: a resource tracker)
+    workers_rss = sorted(peaks.values(), reverse=True)[:workers]
+    out: dict[str, Any] = {"command": " ".join(["dfpipe", *cmd[3:]]), "videos": n_videos,
+                           "workers": workers, "s_total": round(sec, 1), "rc": proc.returncode,
+                           "peak_rss_per_worker_mib": [round(b / 2**20) for b in workers_rss]}
+    if floor_s:
+        out["x_floors"] = round(sec / (n_videos * floor_s), 2)
+    if proc.returncode:
+        out["stderr_tail"] = (err or "").strip().splitlines()[-3:]
+    return out
+
+
+def markdown(r: dict[str, Any]) -> list[str]:
+    """The extract benchmark as ready-to-paste Markdown lines."""
+    lines = [f"## extract: {Path(r['video']).name} ({r['frames']} frames, "
+             f"{r['size'][0]}x{r['size'][1]}, MTCNN on {r['device']}, "
+             f"{r['torch_threads']} torch thread(s), median of {r['repeats']})", "",
+             "| mode | s/video | x floor | face frames | faces | presence vs full | faces/frame "
+             "vs full | real tracks (full) | full's tracks found | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        pres = f"{100 * row['presence']:.1f} %" if "presence" in row else ""
+        cnt = f"{100 * row['count']:.1f} %" if "count" in row else ""
+        tracks = (f"{row['real_tracks']} ({row['real_tracks_full']})"
+                  if "real_tracks" in row else "")
+        found = (f"{row['full_tracks_found']}/{row['real_tracks_full']}"
+                 if "full_tracks_found" in row else "")
+        lines.append(f"| {row['mode']} | {row['s_per_video']} | {row['x_floor']} | "
+                     f"{row.get('face_frames', '') or ''} | {row.get('faces', '') or ''} | {pres} | "
+                     f"{cnt} | {tracks} | {found} | {row.get('note', '')} |")
+    lines += ["", f"Naive / default: {r['naive_over_default']}x.", ""]
+    cli = r.get("cli")
+    if cli:
+        lines += [f"`{cli['command']}`: {cli['s_total']} s for {cli['videos']} videos "
+                  f"({cli.get('x_floors', '?')}x {cli['videos']} floors), exit {cli['rc']}, "
+                  f"peak RSS per worker {', '.join(f'{m} MiB' for m in cli['peak_rss_per_worker_mib'])}.",
+                  ""]
+    return lines

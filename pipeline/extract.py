@@ -244,10 +244,13 @@ def read_face_records(out: Path, video_id: str) -> Iterator[list[Any]]:
 
 def _results(cfg: ExtractConfig, todo: list[dict]) -> Iterator[dict]:
     from pipeline.executors import run_items
+    from pipeline.resources import resolve_extract_workers
 
     # workers (Ray actors included) may run in another folder: give them absolute paths
     worker_cfg = replace(cfg, out=str(Path(cfg.out).resolve()))
-    return run_items(ExtractWorker, (worker_cfg,), todo, engine=cfg.engine, workers=cfg.workers,
+    workers = cfg.workers if cfg.engine == "ray" else resolve_extract_workers(cfg.workers,
+                                                                             cfg.device)
+    return run_items(ExtractWorker, (worker_cfg,), todo, engine=cfg.engine, workers=workers,
                      address=cfg.address, max_in_flight=cfg.max_in_flight, desc="videos",
                      threads_per_worker=1, env=WORKER_ENV, progress=False)
 

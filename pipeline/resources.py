@@ -130,3 +130,43 @@ def usable_memory(root: str | os.PathLike = "/") -> int | None:
                 continue
             avail = max(0, left) if avail is None else min(avail, max(0, left))
     return avail
+
+
+#: extraction workers per GPU: one decodes and crops on the CPU while another's MTCNN batch runs
+#: on the device; more only queue on the same device (MTCNN needs well under 1 GiB of it)
+WORKERS_PER_GPU = 2
+
+
+def gpu_count(device: str) -> int:
+    """CUDA devices the workers would use: 0 for ``cpu`` (or ``auto`` without CUDA)."""
+    if device == "cpu":
+        return 0
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_extract_workers(workers: int, device: str, *, root: str | os.PathLike = "/",
+                            n_gpus: int | None = None) -> int:
+    """Worker processes for extraction: ``resolve_workers`` on a CPU host; on a GPU host (device
+    ``cuda``, or ``auto`` with CUDA) at most ``WORKERS_PER_GPU`` per GPU, so the workers share
+    the device instead of queueing on it (still capped by the usable CPU cores and memory).
+    An explicit ``workers`` > 0 is kept.
+
+    Args:
+        workers: explicit count (> 0), or 0 for the default.
+        device: the extract config's device.
+        root: file-system root for the CPU/memory readers (tests).
+        n_gpus: CUDA devices (default: ``gpu_count(device)``).
+    """
+    base = resolve_workers(workers, root=root)
+    if workers > 0:
+        return base
+    gpus = gpu_count(device) if n_gpus is None else n_gpus
+    if gpus <= 0:
+        return base
+    n = max(1, min(base, WORKERS_PER_GPU * gpus))
+    logger.info("%d worker(s) on %d GPU(s) (%d per GPU at most)", n, gpus, WORKERS_PER_GPU)
+    return n
