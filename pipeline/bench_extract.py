@@ -59,12 +59,13 @@ def real_tracks(vf: Any, min_frames: int = REAL_TRACK_FRAMES) -> dict[int, dict[
     return {t: f for t, f in _by_track(vf).items() if len(f) >= min_frames}
 
 
-def _matches(a: dict[int, Any], b: dict[int, Any]) -> bool:
-    """True when track ``b`` follows the face of track ``a`` on most of ``a``'s shared frames."""
+def _matches(a: dict[int, Any], b: dict[int, Any], cover: float = 0.0) -> bool:
+    """True when track ``b`` follows the face of track ``a``: their boxes overlap on most of
+    their shared frames, and those are at least ``cover`` of ``a``'s frames."""
     from pipeline.tracks import iou
 
     shared = set(a) & set(b)
-    if not shared:
+    if not shared or len(shared) < cover * len(a):
         return False
     return sum(iou(a[f], b[f]) >= MATCH_IOU for f in shared) >= 0.5 * len(shared)
 
@@ -77,9 +78,10 @@ def agreement(ref: Any, got: Any, n_frames: int | None = None,
         ``presence``: share of frames where both have a face or both have none;
         ``count``: share of frames with the same number of faces; ``real_tracks_ref`` /
         ``real_tracks``: tracks of at least ``min_frames`` face frames; ``ref_tracks_found``:
-        how many of ``ref``'s real tracks a track of ``got`` follows (boxes overlapping on most
-        shared frames, however the ids are numbered); ``extra_tracks``: ``got``'s real tracks
-        that follow none of ``ref``'s tracks (track -> {frame: box}, for a closer look).
+        how many of ``ref``'s real tracks one track of ``got`` follows over at least half of
+        their frames (boxes overlapping, however the ids are numbered: a face split into
+        several short tracks is not found); ``extra_tracks``: ``got``'s real tracks that follow
+        none of ``ref``'s tracks, not even a short one (track -> {frame: box}).
     """
     n = int(n_frames if n_frames is not None else ref.info.n_frames)
     ca: dict[int, int] = {}
@@ -90,7 +92,8 @@ def agreement(ref: Any, got: Any, n_frames: int | None = None,
         cb[r.frame] = cb.get(r.frame, 0) + 1
     ra, rb = real_tracks(ref, min_frames), real_tracks(got, min_frames)
     all_ref = _by_track(ref)
-    found = sum(any(_matches(fa, fb) for fb in rb.values()) for fa in ra.values())
+    found = sum(any(_matches(fa, fb, cover=0.5) for fb in _by_track(got).values())
+                for fa in ra.values())
     extra = {t: fb for t, fb in rb.items() if not any(_matches(fb, fa) or _matches(fa, fb)
                                                       for fa in all_ref.values())}
     return {"presence": sum((f in ca) == (f in cb) for f in range(n)) / max(n, 1),

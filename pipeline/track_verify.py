@@ -139,6 +139,12 @@ def extract_faces_tracked(reader: Any, detector: Any, cfg: Any, *,
                     found = detector.detect(frame[None])[0]
                     stats["detect_track_lost"] += 1
             if found is not None:
+                if tracks and not confirmed:  # followed faces this detection did not find
+                    order = [t for t in sorted(tracks) if all(
+                        iou(tracks[t].predicted(), f.box) <= DUPLICATE_IOU for f in found)]
+                    checked = detector.verify(frame, [tracks[t].predicted() for t in order])
+                    stats["verified"] += len(order)
+                    confirmed = {t: c for t, c in zip(order, checked, strict=True) if c is not None}
                 # detections, plus verified faces that no detection covers (the pyramid misses
                 # small faces that R-Net+O-Net confirm at full resolution)
                 dets = list(found) + [d for d in confirmed.values()
