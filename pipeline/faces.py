@@ -1,18 +1,19 @@
 """Faces in one video: frames -> detections -> IoU tracks -> square crops.
 
-The per-video core ``extract_faces(reader, detector, cfg) -> VideoFaces`` is pure (no disk
-writes) so the scoring stage reuses it; ``write_video_faces`` writes crops as
-``<frame:04d>_<track>.jpg``. Detection goes through the ``FaceDetector`` protocol; the MTCNN
-adapter runs facenet-pytorch's ``detect()`` (never the keep_all=False path, which crashes on
-batches where some frames have no face) on downscaled frames and rescales the boxes, and offers
-``verify`` (R-Net + O-Net on given boxes) for ``--detector-mode track`` (``pipeline.track_verify``).
-Tracks are linked by ``pipeline.tracks``.
+The per-video core ``extract_faces(reader, detector, cfg) -> VideoFaces`` writes nothing itself
+so the scoring stage reuses it; the extract stage passes a ``sink`` (``crop_writer``) that writes
+each crop as ``<frame:04d>_<track>.jpg`` as it is made. Detection goes through the
+``FaceDetector`` protocol; the MTCNN adapter (built from an ``ExtractConfig`` by
+``detector_from_config``, for extract and score alike) runs facenet-pytorch's ``detect()`` (never
+the keep_all=False path, which crashes on batches where some frames have no face) on downscaled
+frames and rescales the boxes, and offers ``verify`` (R-Net + O-Net on given boxes) for the
+default ``--detector-mode track`` (``pipeline.track_verify``). Tracks are linked by
+``pipeline.tracks``; crops are cut by ``pipeline.crops``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from pipeline.crops import _padded, crop_face, encode_jpeg, jpeg_round_trip  # noqa: F401
 from pipeline.tracks import Box, Tracker, assign_tracks, iou  # noqa: F401
 from pipeline.video_io import VideoReader, open_video, prefetch
 
@@ -238,66 +240,6 @@ def autocontrast(frames: np.ndarray) -> np.ndarray:
         p99 = max(float(np.percentile(f[::4, ::4], 99)), 1.0)
         out[k] = np.clip(f.astype(np.float32) * (255.0 / p99), 0, 255).astype(np.uint8)
     return out
-
-
-# ---------------------------------------------------------------------------- crops
-
-
-def crop_face(frame: np.ndarray, box: Box, margin: float = 0.3, size: int = 160,
-              square: bool = True) -> np.ndarray:
-    """``(size, size, 3)`` crop around ``box`` from a full-resolution frame.
-
-    Square (default): the square's side is the box's larger side plus ``margin`` of it on each
-    side, centred on the box. Not square: the box itself widened by ``margin`` of its width on
-    the left and right and ``margin`` of its height at the top and bottom, then resized to
-    ``size x size`` (the aspect ratio is not kept). Parts outside the frame are zero-padded (so
-    faces at the border stay centred).
-    """
-    x1, y1, x2, y2 = box
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    if square:
-        side = max(max(x2 - x1, y2 - y1) * (1 + 2 * margin), 2.0)
-        bw = bh = side
-    else:
-        bw, bh = max((x2 - x1) * (1 + 2 * margin), 2.0), max((y2 - y1) * (1 + 2 * margin), 2.0)
-    left, top = int(math.floor(cx - bw / 2)), int(math.floor(cy - bh / 2))
-    nw, nh = int(math.ceil(bw)), int(math.ceil(bh))
-    interp = cv2.INTER_AREA if max(nw, nh) > size else cv2.INTER_LINEAR
-    return cv2.resize(_padded(frame, left, top, nw, nh), (size, size),
-                      interpolation=interp)  # (size, size, 3)
-
-
-def _padded(frame: np.ndarray, left: int, top: int, w: int, h: int) -> np.ndarray:
-    """The ``(h, w, 3)`` window of ``frame`` at ``left, top``: a view when it lies inside the
-    frame, else a copy zero-padded where it sticks out."""
-    fh, fw = frame.shape[:2]
-    if left >= 0 and top >= 0 and left + w <= fw and top + h <= fh:
-        return frame[top:top + h, left:left + w]
-    out = np.zeros((h, w, 3), dtype=frame.dtype)
-    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(left + w, fw), min(top + h, fh)
-    if sx2 > sx1 and sy2 > sy1:
-        out[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frame[sy1:sy2, sx1:sx2]
-    return out
-
-
-def encode_jpeg(crop: np.ndarray, quality: int = 95) -> bytes:
-    """An RGB uint8 crop as JPEG bytes, encoded the way the extract stage writes its crops."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise OSError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def jpeg_round_trip(crop: np.ndarray, quality: int) -> np.ndarray:
-    """``crop`` after the JPEG round trip a training crop went through: encoded as
-    ``write_video_faces`` writes it, decoded as ``data.load_crop`` reads it (PIL)."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(encode_jpeg(crop, quality))) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------- per video

@@ -1,22 +1,29 @@
-"""Track-and-verify face extraction: one video -> the faces of every frame, verified, not carried.
+"""Track-and-verify face extraction (the default ``--detector-mode track``): one video -> the
+faces of every frame, verified, not carried.
 
 Full MTCNN detection (P-Net pyramid -> R-Net -> O-Net) runs on every K-th frame
-(``track_every``), batched, and also on any frame where a track is lost or the shot changes. On
-the frames between, each face track's box is predicted from its motion (constant velocity over
-its last two boxes) and only MTCNN's last two stages run on it (``MTCNNDetector.verify``): R-Net
-and O-Net confirm that a face is there (O-Net's probability becomes the face's ``prob``) and
-refine the box. A track whose face is not confirmed triggers a full detection of that frame, so
-a face that left the frame is gone from that frame on, and one that moved faster than the
-prediction is found again. A face that enters the picture while others are tracked is found at
-the next full detection (at most K-1 frames late); with no face tracked, every
-``search_every``-th frame is fully detected (a face that comes back is found at most
-``search_every`` - 1 frames late, and face-less footage costs a fraction of full detection).
+(``track_every``, 5), batched, and also on any frame where a followed face is just lost or the
+shot changes. On the frames between, each followed face's box is predicted from its motion
+(constant velocity over its last two boxes) and only MTCNN's last two stages run on it
+(``MTCNNDetector.verify``): R-Net and O-Net confirm that a face is there (O-Net's probability
+becomes the face's ``prob``) and refine the box. A face that is not confirmed gives no crop on
+that frame and triggers a full detection of it; it is still looked for at its predicted box for
+up to K-1 more frames, so a face that one detection or verification missed keeps its track (on
+the multi-face street sample, dropping it split faces into pieces: one of full detection's 5
+real tracks was followed only in short tracks). On a full
+detection, followed faces the detection did not find are verified too, and kept when confirmed
+(the ~480 px pyramid misses small faces that R-Net+O-Net confirm at full resolution). A face
+that enters the picture while others are followed is found at the next full detection (at most
+K-1 frames late); with no face followed, every ``search_every``-th frame is fully detected.
+Faces are never linked across a shot change.
 
 Trade-off against ``--detector-mode full`` (full detection on every frame): per-frame face
-presence agrees on most frames (tests/test_track_verify.py checks >= 98 % on real clips), boxes
-differ by a
-few pixels (O-Net's regression from a predicted box instead of from P-Net's proposals), and a
-new face can appear up to K-1 frames late; extraction is several times faster.
+presence agrees on >= 98 % of frames on the real sample clips, every face full detection tracks
+is tracked (tests/test_track_verify.py, ``pipeline.bench_extract.agreement``); boxes differ by a
+few pixels (O-Net's regression from a predicted box instead of from P-Net's proposals); a new
+face can appear up to K-1 frames late, and small faces that full detection finds only now and
+then are verified on the frames between (more crops, longer tracks); extraction is several
+times faster.
 """
 
 from __future__ import annotations
