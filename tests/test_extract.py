@@ -342,3 +342,20 @@ def test_input_identity_sees_new_bytes_under_the_old_size_and_mtime(tmp_path):
     assert (after["size"], after["mtime_ns"]) == (before["size"], before["mtime_ns"])
     assert after["head_tail_sha256"] != before["head_tail_sha256"]
     assert input_identity(p) == after
+
+
+def test_extract_workers_on_a_gpu_host_share_the_device(tmp_path, monkeypatch):
+    """On a GPU host the default worker count is at most 2 per GPU (one decodes while another's
+    MTCNN batch runs); on a CPU host, or with an explicit count, nothing changes."""
+    import os
+
+    from pipeline.resources import gpu_count, resolve_extract_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text(f"MemAvailable: {100 * 2**20} kB\n")
+    assert resolve_extract_workers(0, "cpu", root=tmp_path, n_gpus=0) == 16
+    assert resolve_extract_workers(0, "cuda", root=tmp_path, n_gpus=1) == 2
+    assert resolve_extract_workers(0, "auto", root=tmp_path, n_gpus=3) == 6
+    assert resolve_extract_workers(5, "cuda", root=tmp_path, n_gpus=1) == 5
+    assert gpu_count("cpu") == 0
