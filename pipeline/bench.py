@@ -241,6 +241,10 @@ def _markdown(results: dict[str, Any]) -> str:
         from pipeline.bench_extract import markdown as extract_markdown
 
         lines += extract_markdown(results["extract"])
+    if "extract_agreement" in results:
+        from pipeline.bench_extract import agreement_markdown
+
+        lines += agreement_markdown(results["extract_agreement"])
     if "score" in results:
         r = results["score"]
         lines += [f"## score (end to end): decode-only {r['decode_only_s']} s", ""]
@@ -280,6 +284,7 @@ def run(cfg: BenchConfig) -> int:
              ("extract", lambda: bench_extract(video, cfg.repeats,
                                                cfg=ExtractConfig(device=cfg.device),
                                                cli_videos=cfg.scaling_videos)),
+             ("extract-agreement", lambda: _extract_agreement(cfg)),
              ("score", lambda: bench_score(video, cfg.repeats, device=cfg.device)),
              ("scaling", lambda: bench_scaling(video, cfg.scaling_videos, cfg.device)),
              ("train", lambda: _bench_train(cfg)),
@@ -293,6 +298,14 @@ def run(cfg: BenchConfig) -> int:
     logger.info("bench: results in %s", out)
     print(_markdown(results))
     return 0
+
+
+def _extract_agreement(cfg: BenchConfig) -> dict[str, Any]:
+    from pipeline.bench_extract import agreement_all
+
+    if not Path(cfg.samples).is_dir():
+        raise ConfigError(f"bench extract-agreement: {cfg.samples}: folder not found")
+    return agreement_all(cfg.samples, ExtractConfig(device=cfg.device))
 
 
 def _bench_train(cfg: BenchConfig) -> dict[str, Any]:

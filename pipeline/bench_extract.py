@@ -8,7 +8,9 @@ each detector mode against the decode floor, and how far each agrees with full d
   the naive loop (full-resolution MTCNN per frame, on the first frames, scaled to the clip);
   each as s/video, x floor, and agreement with full detection.
 - ``bench_extract_cli``: ``dfpipe extract --workers W`` from the command line over N copies of
-  the clip, against N x the floor, with peak RSS per worker process.
+  the clip, against N x the floor, with peak RSS per worker process;
+- ``agreement_all`` (``dfpipe bench --what extract-agreement``): track against full detection on
+  every clip of a folder (the real sample clips).
 """
 
 from __future__ import annotations
@@ -314,3 +316,60 @@ def markdown(r: dict[str, Any]) -> list[str]:
                   f"peak RSS per worker {', '.join(f'{m} MiB' for m in cli['peak_rss_per_worker_mib'])}.",
                   ""]
     return lines
+
+
+def agreement_all(folder: str | os.PathLike, cfg: ExtractConfig | None = None,
+                  confirm_scale: float = 0.5) -> dict[str, Any]:
+    """Track mode (``cfg``, default settings) against ``--detector-mode full`` on every clip under
+    ``folder`` (e.g. ``../shared/data/real_samples``): per clip the agreement, both times, and
+    whether the real tracks only track mode has are faces MTCNN at ``confirm_scale`` finds."""
+    import torch
+
+    from pipeline.faces import MTCNNDetector, detector_from_config, extract_faces
+    from pipeline.video_io import VIDEO_EXTENSIONS
+
+    torch.set_num_threads(1)
+    cfg = cfg or ExtractConfig()
+    det = detector_from_config(cfg)
+    fine = MTCNNDetector(cfg.device, scale=confirm_scale, min_prob=cfg.min_face_prob)
+    clips = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+    rows = []
+    for clip in clips:
+        t = time.perf_counter()
+        full = extract_faces(clip, det, replace(cfg, detector_mode="full"), sink=_discard)
+        t_full = time.perf_counter() - t
+        t = time.perf_counter()
+        track = extract_faces(clip, det, cfg, sink=_discard)
+        t_track = time.perf_counter() - t
+        a = agreement(full, track)
+        extra = a.pop("extra_tracks")
+        confirmed = confirm_tracks(clip, extra, fine) if extra else {}
+        rows.append({"clip": str(clip.relative_to(folder)), "frames": full.info.n_frames,
+                     "full_s": round(t_full, 1), "track_s": round(t_track, 1),
+                     "face_frames_full": full.n_face_frames,
+                     "face_frames_track": track.n_face_frames,
+                     **{k: round(v, 4) if isinstance(v, float) else v for k, v in a.items()},
+                     "extra_tracks": len(extra),
+                     "extra_confirmed": sum(confirmed.values()), "stats": track.stats})
+        logger.info("agreement %s: %s", clip.name, rows[-1])
+    return {"folder": str(folder), "track_every": cfg.track_every, "rows": rows}
+
+
+def _discard(record: Any, crop: Any) -> None:
+    """A crop sink that keeps nothing (measurements need the records only)."""
+
+
+def agreement_markdown(r: dict[str, Any]) -> list[str]:
+    """``agreement_all`` as ready-to-paste Markdown lines."""
+    lines = [f"## track vs full detection on every clip of {r['folder']} "
+             f"(--track-every {r['track_every']})", "",
+             "| clip | frames | face frames full / track | presence agree | faces/frame agree | "
+             "real tracks full / track | full's found | extra (confirmed at 2x scale) | "
+             "s full / track |", "|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['clip']} | {x['frames']} | {x['face_frames_full']} / "
+                     f"{x['face_frames_track']} | {100 * x['presence']:.1f} % | "
+                     f"{100 * x['count']:.1f} % | {x['real_tracks_ref']} / {x['real_tracks']} | "
+                     f"{x['ref_tracks_found']}/{x['real_tracks_ref']} | {x['extra_tracks']} "
+                     f"({x['extra_confirmed']}) | {x['full_s']} / {x['track_s']} |")
+    return [*lines, ""]

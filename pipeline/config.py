@@ -391,7 +391,8 @@ class BenchConfig:
     out: str = opt("benchmarks/results", "folder for the results JSON/Markdown")
     what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
                                 "which benchmarks to run (also: crop-margin, the crop recipe of "
-                                "dfdc_faces vs ours; not a speed measurement)")
+                                "dfdc_faces vs ours; extract-agreement, track vs full detection "
+                                "on every clip of --samples; neither a speed measurement)")
     repeats: int = opt(3, "repetitions per measurement")
     scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
     backbones: tuple[str, ...] = opt(("tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0",
@@ -402,7 +403,8 @@ class BenchConfig:
                                  "each margin with this checkpoint ('default': the shipped model)")
     margins: tuple[float, ...] = opt((-0.15, -0.1, -0.075, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3),
                                      "crop-margin: margins to compare (negative: tighter than the box)")
-    samples: str = opt("../shared/data/real_samples", "crop-margin: the real sample clips folder")
+    samples: str = opt("../shared/data/real_samples", "crop-margin, extract-agreement: the real "
+                       "sample clips folder")
     faces_dataset: str = opt("../shared/data/dfdc_faces", "crop-margin: the face-crop data set "
                              "(faces_224/ + metadata.csv) whose crops are matched")
 

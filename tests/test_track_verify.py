@@ -201,3 +201,16 @@ def test_agreement_counts_presence_split_faces_and_extra_tracks():
     assert a["real_tracks_ref"] == 2 and a["real_tracks"] == 6
     assert a["ref_tracks_found"] == 1  # B is split: no one track covers half of it
     assert sorted(a["extra_tracks"]) == [10]  # C is a face ref also found
+
+
+def test_agreement_over_a_folder_reports_every_clip(tmp_path, clip_factory):
+    """``dfpipe bench --what extract-agreement``'s core on a folder of one synthetic clip."""
+    from pipeline.bench_extract import agreement_all, agreement_markdown
+
+    clip_factory(tmp_path / "clips" / "a.mp4", 24, gap=(10, 14))
+    r = agreement_all(tmp_path / "clips", ExtractConfig(device="cpu", track_every=5))
+    (row,) = r["rows"]
+    assert row["clip"] == "a.mp4" and row["frames"] == 24
+    assert row["presence"] >= 0.95 and row["ref_tracks_found"] == row["real_tracks_ref"] == 1
+    assert row["stats"]["detect_scheduled"] == 5
+    assert any(line.startswith("| a.mp4 | 24 |") for line in agreement_markdown(r))
