@@ -15,7 +15,7 @@ detection, followed faces the detection did not find are verified too, and kept 
 (the ~480 px pyramid misses small faces that R-Net+O-Net confirm at full resolution). A face
 that enters the picture while others are followed is found at the next full detection (at most
 K-1 frames late); with no face followed, every ``search_every``-th frame is fully detected.
-Faces are never linked across a shot change.
+After a shot change faces are found afresh (linked to an earlier track only by box overlap).
 
 Trade-off against ``--detector-mode full`` (full detection on every frame): per-frame face
 presence agrees on >= 98 % of frames on the real sample clips, every face full detection tracks
@@ -128,7 +128,8 @@ def extract_faces_tracked(reader: Any, detector: Any, cfg: Any, *,
             prev_thumb = thumb
             found: list[Detection] | None = full.get(j)
             if cut:
-                tracks = {}  # a new shot: faces are found afresh, never linked across the cut
+                tracks = {}  # a new shot: faces are found afresh (an old track is taken up
+                # again only by box overlap, as full detection links them, never by distance)
                 if found is None:
                     found = detector.detect(frame[None])[0]
                     stats["detect_shot_change"] += 1
