@@ -19,7 +19,8 @@ After a shot change faces are found afresh (linked to an earlier track only by b
 
 Trade-off against ``--detector-mode full`` (full detection on every frame): per-frame face
 presence agrees on >= 98 % of frames on the real sample clips, every face full detection tracks
-is tracked (tests/test_track_verify.py, ``pipeline.bench_extract.agreement``); boxes differ by a
+is tracked (not always its false boxes, which O-Net rejects more often when it re-checks them;
+tests/test_track_verify.py, ``dfpipe bench --what extract-agreement``); boxes differ by a
 few pixels (O-Net's regression from a predicted box instead of from P-Net's proposals); a new
 face can appear up to K-1 frames late, and small faces that full detection finds only now and
 then are verified on the frames between (more crops, longer tracks); extraction is several
