@@ -77,3 +77,23 @@ def test_missing_file_and_unknown_backend(tmp_path, clip):
         open_video(tmp_path / "nope.mp4")
     with pytest.raises(ValueError, match="unknown video backend"):
         open_video(clip, "gstreamer")
+
+
+def test_a_stream_with_known_info_is_not_probed_again(clip, monkeypatch):
+    """Decoders compose: a DecordReader streams through a PyAVReader built with its info, and
+    the PyAV file is probed once (stream metadata and display rotation in one open)."""
+    import av
+
+    from pipeline.video_io import DecordReader, PyAVReader
+
+    opens = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opens.append(a[0]) or real_open(*a, **k))
+    reader = PyAVReader(str(clip))
+    assert len(opens) == 1
+    again = PyAVReader(str(clip), info=reader.info)
+    assert len(opens) == 1 and again.info == reader.info
+    dec = DecordReader(str(clip))
+    assert len(opens) == 2  # decord opens the file itself; PyAV once, for the rotation
+    batches = list(dec.iter_batches(8))
+    assert len(opens) == 3 and sum(len(i) for i, _ in batches) == dec.info.n_frames
