@@ -214,3 +214,27 @@ def test_agreement_over_a_folder_reports_every_clip(tmp_path, clip_factory):
     assert row["presence"] >= 0.95 and row["ref_tracks_found"] == row["real_tracks_ref"] == 1
     assert row["stats"]["detect_scheduled"] == 5
     assert any(line.startswith("| a.mp4 | 24 |") for line in agreement_markdown(r))
+
+
+@pytest.mark.parametrize("mode", ["track", "full"])
+def test_crops_go_to_the_sink_as_they_are_made_and_are_not_kept(mode):
+    """Memory stays bounded on long videos: with a sink, every crop is handed over while the
+    video is still being read (before its last batch) and none is kept."""
+    scene = _Scene([[(0, 30, 40, 70)]] * 40)
+    got = []
+    seen_at = []
+    reads = []
+    real_iter = scene.iter_batches
+
+    def counting_iter(batch_size, indices=None):
+        for item in real_iter(batch_size, indices):
+            reads.append(item[0][-1])
+            yield item
+
+    scene.iter_batches = counting_iter
+    vf = extract_faces(scene, scene, replace(ExtractConfig(), detector_mode=mode, crop_size=16,
+                                             batch_size=8),
+                       sink=lambda rec, crop: (got.append((rec, crop.shape)), seen_at.append(len(reads))))
+    assert vf.crops == [] and len(vf.records) == 40
+    assert [r for r, _ in got] == vf.records and {s for _, s in got} == {(16, 16, 3)}
+    assert seen_at[0] < len(reads)  # the first crop came before the whole video was read
