@@ -342,9 +342,9 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """``dfpipe score``: videos -> per-video verdicts (+ evidence sheets)."""
+    """``dfpipe score``: videos and still images -> per-input verdicts (+ evidence sheets)."""
 
-    inputs: tuple[str, ...] = opt((), "video files or folders", positional=True)
+    inputs: tuple[str, ...] = opt((), "video or image files, or folders", positional=True)
     checkpoint: str = opt("", checkpoint_help())
     out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
     explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
@@ -354,10 +354,13 @@ class ScoreConfig:
     max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     threshold: float | None = opt(None, "decision threshold (default: the checkpoint's)")
-    detect: str = opt("slots", "frames MTCNN runs on: 'slots' = only the sampler's slot starts "
-                      "(0, 10, ..., 290: fast), 'all' = every frame (as the extract stage)",
+    detect: str = opt("slots", "frames MTCNN runs on: 'slots' = only the slot frames of the "
+                      "scoring windows (fast), 'all' = every frame (as the extract stage)",
                       choices=["slots", "all"])
-    min_frames: int = opt(10, "a face track needs at least this many of the 30 slots to be scored")
+    min_frames: int = opt(3, "a face track needs its face in at least this many sampled frames to "
+                          "be scored (fewer: too_few_frames)")
+    low_evidence_frames: int = opt(10, "a verdict resting on fewer sampled frames than this is "
+                                   "flagged low_evidence")
     min_track_share: float = opt(0.3, "a face track is an identity (can decide the verdict) when it "
                                  "holds at least this share of the frames with a face, or is the "
                                  "longest track; shorter tracks are reported as 'brief'")

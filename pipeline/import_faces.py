@@ -14,14 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import ExtractConfig
-from pipeline.discovery import _label, _row, _stem
+from pipeline.discovery import IMAGE_EXTENSIONS, _label, _row, _stem
 from pipeline.errors import ConfigError, MetadataError, VideoReadError
 from pipeline.extract import write_manifests
 from pipeline.manifest import LABELS
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def _frame_number(name: str, fallback: int) -> int:
