@@ -116,8 +116,11 @@ def slot_plan(ckpt: dict[str, Any]) -> SlotPlan:
     return SlotPlan(n_slots, stride / fps, f"{where}: every {stride}th frame{fps_note}")
 
 
+EPS = 1e-6  # frames: float slack when comparing computed frame positions
+
+
 def _round(x: float) -> int:
-    return int(math.floor(x + 0.5))
+    return int(math.floor(x + 0.5 + EPS))
 
 
 def score_windows(n_frames: int, fps: float, plan: SlotPlan) -> list[Window]:
@@ -132,10 +135,10 @@ def score_windows(n_frames: int, fps: float, plan: SlotPlan) -> list[Window]:
     fps = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_TRAIN_FPS
     step = max(1.0, plan.slot_seconds * fps)
     length = plan.n_slots * step
-    if n_frames < length:
+    if n_frames < length - EPS:
         starts = tuple(uniform_positions(n_frames, min(plan.n_slots, n_frames)))
         return [Window(0, starts, (*starts[1:], n_frames))]
-    k_windows = math.ceil(n_frames / length)
+    k_windows = math.ceil(n_frames / length - EPS)  # EPS: 30 * (1/3 * 25) is 250, not 250.0000001
     out = []
     for k in range(k_windows):
         first = 0.0 if k_windows == 1 else k * (n_frames - length) / (k_windows - 1)
