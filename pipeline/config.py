@@ -347,7 +347,7 @@ class ScoreConfig:
     inputs: tuple[str, ...] = opt((), "video or image files, or folders", positional=True)
     checkpoint: str = opt("", checkpoint_help())
     out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
-    explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
+    explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per input)")
     engine: str = opt("inline", "where per-video work runs", choices=["inline", "pool", "ray"])
     workers: int = opt(0, "worker processes (0: as many as the usable CPU cores and memory allow)")
     address: str | None = opt(None, "Ray cluster address (none: embedded local Ray)")

@@ -201,7 +201,7 @@ class _DecodedVideo:
         reader = open_video(path, decoder)
         try:
             self.path, self.info = str(path), reader.info
-            idx = pick(self.info.n_frames) or list(range(self.info.n_frames))
+            idx = pick(self.info.n_frames, self.info.fps) or list(range(self.info.n_frames))
             self.frames = dict(zip(idx, reader.get_batch(idx), strict=True))
         finally:
             reader.close()
@@ -240,7 +240,7 @@ def scores_by_margin(checkpoint: str, videos: Sequence[str | os.PathLike],
         try:
             video = _DecodedVideo(v, scorer.extract_cfg.decoder, scorer.slot_frames)
             found = extract_faces(video, scorer.detector, scorer.extract_cfg,
-                                  frames=scorer.slot_frames(video.info.n_frames))
+                                  frames=scorer.slot_frames(video.info.n_frames, video.info.fps))
         except VideoReadError as e:
             rows += [{"video": Path(v).stem, "margin": float(m), "status": e.status, "p_fake": None,
                       "frame_mean": None} for m in margins]
