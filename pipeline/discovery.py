@@ -152,7 +152,8 @@ def discover_paths(inputs: Sequence[str | os.PathLike],
         p = Path(raw)
         if p.is_dir():
             unlisted: list[Path] = []
-            for folder, _, files in os.walk(p, onerror=lambda e, u=unlisted: u.append(Path(e.filename))):
+            walk = os.walk(p, onerror=lambda e, u=unlisted: u.append(Path(e.filename)))
+            for folder, _, files in walk:
                 found += [Path(folder) / f for f in files
                           if Path(f).suffix.lower() in exts and (Path(folder) / f).is_file()]
             found += unlisted

@@ -67,7 +67,8 @@ def video_sheet(scorer: Any, out_dir: Path, result: dict, track: dict,
               f"checkpoint {scorer.card['checkpoint_id']}\ntrained on {scorer.card['trained_on']}",
         verdict=f"{result['label']}  p_fake = {result['p_fake']:.3f}  "
                 f"(threshold {scorer.threshold:.3f}; track {track['track']} of "
-                f"{len(result['tracks'])}{low}; faces: window {window + 1} of {len(result['windows'])}, "
+                f"{len(result['tracks'])}{low}; faces: window {window + 1} of "
+                f"{len(result['windows'])}, "
                 f"p {p_window:.3f})",
         faces=faces, frames=[s.frame for s in used], timeline=result["timeline"],
         threshold=scorer.threshold, heatmaps=heat,

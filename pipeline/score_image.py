@@ -68,8 +68,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise VideoReadError(f"{p}: not a readable image ({' '.join(str(e).split())[:200]})") from e
 
 
-def score_image(scorer: Any, path: Path, result: dict[str, Any], explain_dir: str | os.PathLike | None,
-                display_name: str) -> None:
+def score_image(scorer: Any, path: Path, result: dict[str, Any],
+                explain_dir: str | os.PathLike | None, display_name: str) -> None:
     """Fill ``result`` (a ``VideoScorer.score`` result) for the image at ``path``."""
     from pipeline.faces import crop_face, jpeg_round_trip
 
@@ -89,16 +89,19 @@ def score_image(scorer: Any, path: Path, result: dict[str, Any], explain_dir: st
         result.update(status="no_face", reason=f"{display_name}: no face found")
         return
     recipe = scorer.crop
-    crops = [crop_face(frame, d.box, recipe["margin"], recipe["size"], recipe["square"]) for d in dets]
+    crops = [crop_face(frame, d.box, recipe["margin"], recipe["size"], recipe["square"])
+             for d in dets]
     if recipe["jpeg_quality"]:  # the training crops were JPEG files
         crops = [jpeg_round_trip(c, recipe["jpeg_quality"]) for c in crops]
-    x = crops_to_tensor(crops, scorer.image_size, scorer.mean, scorer.std).to(scorer.device)  # (n, C, H, W)
+    x = crops_to_tensor(crops, scorer.image_size, scorer.mean, scorer.std)  # (n, C, H, W)
+    x = x.to(scorer.device)
     with torch.no_grad():
         p = engine.probabilities(scorer.model.frame(x)).cpu().numpy()  # (n,)
     k = int(np.argmax(p))
     result["tracks"] = [
-        {"track": i, "frames_used": 1, "faces": 1, "share": 1.0, "box": [round(float(v), 1) for v in d.box],
-         "mean_face_prob": float(d.prob), "p_fake": float(pi), "status": "ok"}
+        {"track": i, "frames_used": 1, "faces": 1, "share": 1.0,
+         "box": [round(float(v), 1) for v in d.box], "mean_face_prob": float(d.prob),
+         "p_fake": float(pi), "status": "ok"}
         for i, (d, pi) in enumerate(zip(dets, p, strict=True))]
     p_image = float(p[k])
     result.update(status="ok", p_fake=p_image,

@@ -149,7 +149,7 @@ def score_windows(n_frames: int, fps: float, plan: SlotPlan) -> list[Window]:
 
 
 def window_frames(windows: Iterable[Window]) -> list[int]:
-    """Sorted slot start frames of all windows (the frames MTCNN runs on with ``detect='slots'``)."""
+    """Sorted slot start frames of all windows (what MTCNN runs on with ``detect='slots'``)."""
     return sorted({f for w in windows for f in w.starts})
 
 
