@@ -9,11 +9,13 @@ The rules (exact; ``tests/test_score_sampling.py`` checks index lists):
 
 - ``step = max(1, slot_seconds * fps)`` frames between slots at the trained spacing (DFDC:
   1/3 s * 30 fps = 10 frames) and ``length = n_slots * step`` frames per window (DFDC: 300).
-- **Long enough** (``n_frames >= length``): ``K = ceil(n_frames / length)`` windows, their starts
-  spread evenly from frame 0 to ``n_frames - length`` (``round(k * (n_frames - length) / (K - 1))``;
-  one window starts at 0), slot ``j`` of a window at ``round(start + j * step)``. Every frame of the
-  video lies in one window (the last ones overlap a little when ``n_frames`` is not a multiple of
-  ``length``); a 300-frame 30 fps video gets exactly the training slots 0, 10, ..., 290.
+- **Long enough** (``n_frames >= length``): ``K = max(1, ceil((n_frames - step) / length))``
+  windows (the fewest whose slots reach within one step of the end), their starts spread evenly
+  from frame 0 to ``n_frames - length`` (``round(k * (n_frames - length) / (K - 1))``; one window
+  starts at 0), slot ``j`` of a window at ``round(start + j * step)``; a window's last slot runs
+  to the next window's start (the last window's to the video's last frame), so every frame of
+  the video lies in a window; a 300-frame DFDC video (30 or 29.97 fps) gets exactly the training
+  slots 0, 10, ..., 290, a 3,000-frame one 10 windows.
 - **Short** (``n_frames < length``): one window, ``min(n_slots, n_frames)`` slots spread evenly
   over all frames (``sampling.uniform_positions``): denser than the trained spacing, so a 2 s
   clip or a 49-frame 12.5 fps clip still fills the model's slots.
@@ -138,13 +140,16 @@ def score_windows(n_frames: int, fps: float, plan: SlotPlan) -> list[Window]:
     if n_frames < length - EPS:
         starts = tuple(uniform_positions(n_frames, min(plan.n_slots, n_frames)))
         return [Window(0, starts, (*starts[1:], n_frames))]
-    k_windows = math.ceil(n_frames / length - EPS)  # EPS: 30 * (1/3 * 25) is 250, not 250.0000001
+    # EPS: float slack (30 * (1/3 * 25) is 250.0000001, not 250)
+    k_windows = max(1, math.ceil((n_frames - step) / length - EPS))
+    firsts = [0.0] if k_windows == 1 else [k * (n_frames - length) / (k_windows - 1)
+                                           for k in range(k_windows)]
     out = []
-    for k in range(k_windows):
-        first = 0.0 if k_windows == 1 else k * (n_frames - length) / (k_windows - 1)
+    for k, first in enumerate(firsts):
         starts = tuple(_round(first + j * step) for j in range(plan.n_slots))
-        end = min(n_frames, _round(first + length))
-        out.append(Window(k, starts, (*starts[1:], end)))
+        # the last slot runs to the next window (or the video's end): no frame falls between
+        end = n_frames if k == k_windows - 1 else max(_round(first + length), _round(firsts[k + 1]))
+        out.append(Window(k, starts, (*starts[1:], min(end, n_frames))))
     return out
 
 

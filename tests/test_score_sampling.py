@@ -23,6 +23,10 @@ def test_a_dfdc_length_video_gets_exactly_the_training_slots():
     assert w.starts == tuple(range(0, 300, 10))
     assert w.ends == tuple(range(10, 310, 10))
     assert (w.first, w.last) == (0, 299)
+    # DFDC's 29.97 fps (a window of 299.7 frames) and 301 frames: still the one training window
+    for n, fps in ((300, 29.97), (301, 30.0246), (309, 30.0)):
+        [w] = score_windows(n, fps, DFDC)
+        assert w.starts == tuple(range(0, 300, 10)) and w.last == n - 1
 
 
 def test_short_clips_spread_the_slots_over_every_frame():
@@ -43,11 +47,13 @@ def test_long_videos_get_consecutive_windows_over_their_whole_length():
     for k, w in enumerate(ws):
         assert w.starts == tuple(range(300 * k, 300 * k + 300, 10))
     assert ws[-1].last == 2999
-    # not a multiple of the window: the windows spread evenly from 0 to n - 300 and overlap a little
+    # not a multiple of the window: the windows spread evenly from 0 to n - 300, a window's last
+    # slot running to the next window
     ws = score_windows(3001, 30.0, DFDC)
-    assert [w.first for w in ws] == [0, 270, 540, 810, 1080, 1351, 1621, 1891, 2161, 2431, 2701]
-    covered = {f for w in ws for f in range(w.first, w.last + 1)}
-    assert covered == set(range(3001))
+    assert [w.first for w in ws] == [0, 300, 600, 900, 1200, 1501, 1801, 2101, 2401, 2701]
+    assert [w.last for w in ws] == [299, 599, 899, 1199, 1500, 1800, 2100, 2400, 2700, 3000]
+    ws = score_windows(3301, 30.0, DFDC)  # 11 windows, overlapping a little
+    assert [w.first for w in ws] == [0, 300, 600, 900, 1200, 1501, 1801, 2101, 2401, 2701, 3001]
     # 25 fps: the trained 1/3 s spacing is 8.33 frames, rounded half up per slot
     ws = score_windows(500, 25.0, DFDC)
     assert len(ws) == 2 and ws[0].starts[:5] == (0, 8, 17, 25, 33)
@@ -92,3 +98,14 @@ def test_slot_plan_reads_the_checkpoint():
     p = slot_plan({})
     assert (p.n_slots, p.slot_seconds) == (30, pytest.approx(1 / 3))
     assert p.source.startswith("prepare defaults")
+
+
+@pytest.mark.parametrize("fps", [2.0, 12.5, 24.0, 25.0, 29.97, 30.0, 60.0])
+def test_every_frame_lies_in_a_window_whatever_the_length(fps):
+    for n in range(1, 4000, 7):
+        ws = score_windows(n, fps, DFDC)
+        covered = {f for w in ws for f in range(w.first, w.last + 1)}
+        assert covered == set(range(n)), (n, fps)
+        for w in ws:
+            assert len(w.starts) == min(30, n) and list(w.starts) == sorted(set(w.starts))
+            assert all(s < e for s, e in zip(w.starts, w.ends, strict=True))
