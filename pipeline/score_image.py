@@ -107,6 +107,8 @@ def score_image(scorer: Any, path: Path, result: dict[str, Any],
     result.update(status="ok", p_fake=p_image,
                   label="FAKE" if p_image >= scorer.image_threshold else "REAL",
                   deciding_track=k, frames_used=1, low_evidence=False,
+                  verdict_rule="each face scored by the frame model; the image's p_fake = the max "
+                               "over its faces",
                   timeline=[{"frame": 0, "slot": 0, "window": 0, "time_s": 0.0, "p_fake": p_image}])
     if explain_dir is not None:
         image_sheet(scorer, Path(explain_dir), result, crops, x[k:k + 1], display_name)

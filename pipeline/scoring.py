@@ -89,6 +89,10 @@ from pipeline.score_sampling import (
 
 log = logging.getLogger(__name__)
 
+VIDEO_RULE = ("a window's p_fake from its sampled frames; a track's p_fake = the mean of its "
+              "windows' p_fake weighted by their frames; the video's p_fake = the max over its "
+              "identity tracks")
+"""How a video's verdict combines windows and tracks: in every video result (``verdict_rule``)."""
 CLIPS_PER_PASS = 8
 """Windows per forward pass: a long video's windows go through the model in chunks (memory)."""
 
@@ -321,7 +325,8 @@ class VideoScorer:
                           "p_fake": float(per_slot[c, s.slot])} for s in ws]
         result.update(
             status="ok", p_fake=p_video, label="FAKE" if p_video >= self.threshold else "REAL",
-            deciding_track=deciding["track"], timeline=timeline, frames_used=deciding["used"],
+            deciding_track=deciding["track"], verdict_rule=VIDEO_RULE, timeline=timeline,
+            frames_used=deciding["used"],
             low_evidence=deciding["used"] < self.low_evidence_frames,
             windows=[w.summary(fps, *by_window.get(w.index, (None, 0))) for w in windows])
         if explain_dir is not None:

@@ -54,6 +54,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
                       ("face.JPEG", "JPEG")):
         out[name] = d / name
         img.save(out[name], format=fmt)
+    two = make_clip(d / "two.mp4", n_frames=1, seed=22, two_face=(0, 1))
+    out["two.png"] = d / "two.png"
+    Image.fromarray(next(iter(render_frames(two)))).save(out["two.png"])
     out["upload.bin"] = d / "upload.bin"  # an upload saved without its suffix: sniffed
     out["upload.bin"].write_bytes(out["face.jpg"].read_bytes())
     out["bad.png"] = d / "bad.png"
@@ -112,6 +115,7 @@ def test_a_3000_frame_video_is_scored_over_its_whole_length(which, request, tmp_
     assert r["windows"][-1]["end_s"] == 100.0
     assert [p["frame"] for p in r["timeline"]] == list(range(0, 3000, 10))
     assert r["frames_used"] == 300 and r["low_evidence"] is False
+    assert "weighted" in r["verdict_rule"] and "max over its identity tracks" in r["verdict_rule"]
     # the track's p_fake: the mean of its windows' p_fake, weighted by the frames each rests on
     ps = [w["p_fake"] for w in r["windows"]]
     assert all(w["frames_used"] == 30 for w in r["windows"])
@@ -141,6 +145,7 @@ def test_images_are_scored_with_the_frame_model(frame, images):
         r = frame.score(images[name])
         assert r["status"] == "ok", (name, r["reason"])
         assert r["kind"] == "image" and r["frames_used"] == 1 and r["faces_found"] == 1
+        assert "max over its faces" in r["verdict_rule"]
         assert r["threshold"] == frame.image_threshold
         assert r["label"] == ("FAKE" if r["p_fake"] >= frame.image_threshold else "REAL")
         [face] = r["tracks"]
@@ -149,6 +154,14 @@ def test_images_are_scored_with_the_frame_model(frame, images):
     assert frame.score(images["face.jpg"])["p_fake"] == frame.score(images["upload.bin"])["p_fake"]
     r = frame.score(images["bad.png"])
     assert r["status"] == "read_error" and "bad.png" in r["reason"] and r["p_fake"] is None
+
+
+def test_an_image_with_two_faces_takes_the_max(frame, images):
+    r = frame.score(images["two.png"])
+    assert r["status"] == "ok" and r["faces_found"] == 2 and len(r["tracks"]) == 2
+    ps = [t["p_fake"] for t in r["tracks"]]
+    assert r["p_fake"] == max(ps) and r["deciding_track"] == ps.index(max(ps))
+    assert ps[0] != ps[1]  # two different faces, two scores
 
 
 def test_image_evidence_sheet(frame, images, tmp_path):
