@@ -38,8 +38,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "prepare": (config.PrepareConfig, "pipeline.prepare:run",
                 "filter 200-400 face frames, subsample 30 frames, grouped train/val/test split"),
     "train": (config.TrainConfig, "pipeline.training:run",
-              "train cnn_lstm or the single-frame baseline -> checkpoints/<run>/"),
-    "evaluate": (config.EvaluateConfig, "pipeline.evaluation:run",
+              "train a registered model (--model) -> checkpoints/<run>/"),
+    "evaluate": (config.EvaluateConfig, "pipeline.cli:evaluate",
                  "compare checkpoints on one split -> report (metrics, plots)"),
     "export": (config.ExportConfig, "pipeline.checkpoint:run_export",
                "a trained checkpoint -> a small inference-only release file (fp16, card, crop recipe)"),
@@ -96,6 +96,15 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
                                            datefmt="%H:%M:%S"))
     logging.basicConfig(level=max(logging.DEBUG, min(level, logging.CRITICAL)),
                         handlers=[handler], force=True)
+
+
+def evaluate(cfg: config.EvaluateConfig) -> int:
+    """``dfpipe evaluate``: write the report, print its short summary on stdout."""
+    from pipeline import evaluation
+
+    summary = evaluation.evaluate(cfg)
+    print("\n".join(evaluation.summary_lines(summary, cfg.out)))
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

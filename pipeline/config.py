@@ -3,7 +3,8 @@
 The CLI builds its flags from these fields (``add_arguments``) and turns parsed arguments back
 into a config (``from_namespace``); every stage writes its resolved config (``to_dict``) beside its
 outputs. A field's ``metadata`` carries its help text and, optionally, ``positional``, ``choices``,
-``short`` (a one-letter alias) or ``cli=False`` (not exposed as a flag).
+``short`` (a one-letter alias) or ``cli=False`` (not exposed as a flag). ``choices`` may be a
+function returning the list (the model names come from the registry).
 
 Unknown keys fail loudly (``from_dict``), as in nanoGPT's configurator.
 """
@@ -14,13 +15,16 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
 from pipeline.release import checkpoint_help
 
 T = TypeVar("T")
+
+MIN_FRAMES = 2
+"""The one minimum-frames rule: a video with fewer decodable frames is refused, by extract (a
+``too_short`` row) and by score alike."""
 
 DEFAULT_MANIFEST_DIR = "data_manifests"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
@@ -32,14 +36,8 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-types dict of a config (tuples become lists, paths strings)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
+    """Plain-types dict of a config (tuples become lists, paths strings: ``plaintypes.plain``)."""
+    from pipeline.plaintypes import plain
 
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
@@ -83,7 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = meta.get("help", "")
         kw: dict[str, Any] = {"help": help_text}
-        if "choices" in meta:
+        if callable(meta.get("choices")):  # read from a registry when used, not at build time
+            kw.update(choices=_LazyChoices(meta["choices"]), metavar=f.name.upper())
+            help_text = kw["help"] = f"{help_text} (one of: %(choices)s)"
+        elif "choices" in meta:
             kw["choices"] = meta["choices"]
         if _is_tuple(tp):
             inner = typing.get_args(tp)[0]
@@ -107,6 +108,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("short"):
             flags.insert(0, "-" + meta["short"])
         parser.add_argument(*flags, dest=f.name, default=default, **kw)
+
+
+class _LazyChoices:
+    """CLI choices asked of a function each time they are used (``dfpipe --help`` stays fast:
+    the model registry, and torch with it, loads only when a value is checked or listed)."""
+
+    def __init__(self, fn: typing.Callable[[], list[str]]) -> None:
+        self.fn = fn
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.fn()
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self.fn())
 
 
 class _ExtendAction(argparse.Action):
@@ -246,11 +261,18 @@ class PrepareConfig:
                             choices=["auto", "off"])
 
 
+def _trainable_models() -> list[str]:
+    """The registry's trainable models (imported when a parser is built: torch is slow)."""
+    from pipeline.models import trainable_models
+
+    return trainable_models()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """``dfpipe train``: clips + split manifests -> a checkpoint run folder."""
 
-    model: str = opt("cnn_lstm", "model name from the registry", choices=["cnn_lstm", "frame"])
+    model: str = opt("cnn_lstm", "model name from the registry", choices=_trainable_models)
     backbone: str = opt("tiny", "encoder backbone from the registry")
     preset: str | None = opt(None, "named model preset (e.g. seed_study)")
     pretrained: bool = opt(False, "load pretrained backbone weights (local file or torchvision cache)")
