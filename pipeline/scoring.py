@@ -57,6 +57,7 @@ from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from pipeline.models import model_spec, scorer_name
+from pipeline.plaintypes import json_default
 from pipeline.release import resolve_checkpoint
 from pipeline.sampling import sample_video
 from pipeline.video_io import VIDEO_EXTENSIONS
@@ -582,15 +583,9 @@ def read_journal(path: Path) -> list[dict]:
 
 def _append(path: Path, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=_json_default) + "\n")
+        f.write(json.dumps(row, default=json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
