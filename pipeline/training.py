@@ -203,7 +203,7 @@ def feature_datasets(cfg: TrainConfig, model: nn.Module, train_rec: list, val_re
     """Train/val ``FeatureDataset``s of cached encoder features (``--feature-cache``)."""
     if not model_spec(cfg.model).feature_cache:
         takes = [n for n in list_models() if model_spec(n).feature_cache]
-        raise ConfigError(f"--feature-cache trains an image model's head ({', '.join(takes)}), "
+        raise ConfigError(f"--feature-cache trains a frame model's head ({', '.join(takes)}), "
                           f"not a {cfg.model}")
     if cfg.train_blocks or 0 < cfg.freeze_backbone_epochs < cfg.epochs:
         raise ConfigError("--feature-cache keeps the encoder frozen for the whole run: drop "
