@@ -258,7 +258,7 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     model = model.to(d.device, memory_format=torch.channels_last)
     seed_everything(cfg.seed + d.rank)  # dropout differs per rank; the order is in the sampler
     mode = engine.input_key(model)
-    mean, std = normalization(model.encoder)  # the backbone's own input statistics
+    mean, std = normalization(backbone_of(model))  # the backbone's own input statistics
     tail_frozen = freeze_stages(model, cfg.train_blocks)
     if cfg.feature_cache:  # head only, on features encoded once
         train_ds, val_ds = feature_datasets(cfg, model, train_rec, val_rec, mean, std, d)

@@ -142,7 +142,11 @@ def derive(model: nn.Module, as_model: str) -> nn.Module:
     """
     name = getattr(model, "model_name", "?")
     if name in _SPECS and as_model in _SPECS[name].derived:
-        return model_spec(as_model).from_base(model)
+        target = model_spec(as_model)
+        if target.from_base is None or target.wraps != _SPECS[name].input_key:
+            raise ConfigError(f"'{as_model}' does not wrap '{_SPECS[name].input_key}' models "
+                              f"like '{name}' (wraps: {target.wraps})")
+        return target.from_base(model)
     offered = ", ".join(_SPECS[name].derived) if name in _SPECS and _SPECS[name].derived else "none"
     raise ConfigError(f"a '{name}' model cannot be used as '{as_model}' (it offers: {offered})")
 
