@@ -12,16 +12,19 @@ Every model is scored on the same split of the same clips manifest. The report f
   ``pr.png``, ``confusion.png``, ``calibration.png``, ``training_curves.png``). Its first line
   is a WARNING when any model was trained on synthetic data.
 
-A ``frame`` checkpoint also yields ``frame_mean`` (the same model on every valid frame,
-probabilities averaged; no training of its own) and the per-frame view (frame label = video
-label), both from one pass over the clips.
+A model with derived scorers also yields them (a ``frame`` checkpoint: ``frame_mean``, the same
+model on every valid frame, probabilities averaged; no training of its own) and the per-frame
+view (frame label = video label), both from one pass over the clips.
 
 ``--split all`` evaluates every labelled video of the manifest folder (an external test set
 imported with ``extract`` + ``prepare``): no validation split is used, so each model's decision
 threshold is the one stored in its checkpoint (0.5 where it stores none) and the report says so.
 
-The pure core is ``build_report`` (prediction tables in, report folder out); ``run`` loads the
-checkpoints, predicts, and calls it. The whole folder is replaced atomically.
+The pure core is ``build_report`` (prediction tables in, report folder out); ``evaluate`` loads
+the checkpoints, predicts, and calls it (``run`` logs its summary, ``dfpipe evaluate`` prints
+it). The whole folder is replaced atomically. The parts: ``evaluation_inputs`` (checkpoints and
+split -> tables), ``evaluation_stats`` (tables -> numbers), ``evaluation_report`` (numbers ->
+Markdown). Which derived scorers a model brings comes from the registry (``model_spec``).
 """
 
 from __future__ import annotations
