@@ -25,14 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline import __version__
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ScoreConfig, to_dict
 from pipeline.discovery import discover_paths
 from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_write_json, atomic_write_text
+from pipeline.plaintypes import json_default
 from pipeline.release import resolve_checkpoint
 from pipeline.score_card import checkpoint_threshold, file_id, scored_as
 
@@ -147,15 +146,9 @@ def read_journal(path: Path) -> list[dict]:
 
 def _append(path: Path, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=_json_default) + "\n")
+        f.write(json.dumps(row, default=json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",

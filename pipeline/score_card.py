@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.config import ExtractConfig
 from pipeline.fsutil import sha256_file
+from pipeline.models import model_spec, scorer_name
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,9 @@ CROP_KEYS = ("margin", "size", "square", "jpeg_quality")
 
 
 def scored_as(ckpt: dict[str, Any]) -> str:
-    """How a checkpoint scores videos: a ``frame`` model as ``frame_mean``, others as themselves."""
-    return "frame_mean" if ckpt["model"]["name"] == "frame" else ckpt["model"]["name"]
+    """How a checkpoint scores videos (the registry's ``scorer_name``: a ``frame`` model as
+    ``frame_mean``, others as themselves)."""
+    return scorer_name(ckpt["model"]["name"])
 
 
 def crop_recipe(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +64,8 @@ def checkpoint_threshold(ckpt: dict[str, Any], scored_as: str, path: str = "") -
                        "use); using the %s model's own threshold %s, chosen on %s predictions",
                        path or "checkpoint", scored_as, ckpt["model"]["name"],
                        "0.5" if own is None else f"{float(own):.4f}",
-                       "middle-frame" if ckpt["model"]["name"] == "frame" else "its own")
+                       "middle-frame" if model_spec(ckpt["model"]["name"]).input_key == "image"
+                       else "its own")
     return float(own if own is not None else 0.5)
 
 

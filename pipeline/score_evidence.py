@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.models import model_spec
+
 N_EVIDENCE = 3
 
 
@@ -48,7 +50,8 @@ def video_sheet(scorer: Any, out_dir: Path, result: dict, track: dict,
     cams = grad_cam(lambda: scorer.model(clip, mask), scorer.model, faces[0].shape[:2])  # (T, h, w)
     window = used[0].window
     scores = np.array([p["p_fake"] for p in result["timeline"] if p["window"] == window])
-    if scorer.card["scored_as"] == "frame_mean":
+    per_frame = model_spec(scorer.card["scored_as"]).per_frame
+    if per_frame:
         # the frames whose own score is furthest towards the verdict
         order = np.argsort(-scores if fake else scores)
     else:
@@ -72,7 +75,7 @@ def video_sheet(scorer: Any, out_dir: Path, result: dict, track: dict,
                 f"p {p_window:.3f})",
         faces=faces, frames=[s.frame for s in used], timeline=result["timeline"],
         threshold=scorer.threshold, heatmaps=heat,
-        timeline_label="p_fake of the frame" if scorer.card["scored_as"] == "frame_mean"
+        timeline_label="p_fake of the frame" if per_frame
         else "running p_fake (LSTM, per window)",
     )
     result["evidence_png"] = str(png)

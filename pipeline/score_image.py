@@ -27,6 +27,7 @@ from pipeline import engine
 from pipeline.data import crops_to_tensor
 from pipeline.discovery import IMAGE_EXTENSIONS
 from pipeline.errors import VideoReadError
+from pipeline.models import model_spec
 from pipeline.score_evidence import image_sheet
 
 _MAGIC = ((b"\xff\xd8\xff", 0), (b"\x89PNG\r\n\x1a\n", 0), (b"WEBP", 8))
@@ -74,7 +75,7 @@ def score_image(scorer: Any, path: Path, result: dict[str, Any],
     from pipeline.faces import crop_face, jpeg_round_trip
 
     result.update(kind="image", threshold=scorer.image_threshold)
-    if scorer.card["scored_as"] != "frame_mean":
+    if not model_spec(scorer.card["scored_as"]).per_frame:  # a frame model, scored as frame_mean
         result.update(status="needs_video",
                       reason=f"{display_name}: a still image; the {scorer.model_name} model scores "
                              "a face track over time and needs a video (use a frame checkpoint, "

@@ -55,9 +55,11 @@ import torch
 
 from pipeline import engine
 from pipeline.checkpoint import build_model, load_checkpoint
-from pipeline.config import ExtractConfig
+from pipeline.config import MIN_FRAMES, ExtractConfig
 from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
+from pipeline.models import model_spec
+from pipeline.models.temporal import frame_mean_p
 from pipeline.release import resolve_checkpoint
 from pipeline.score_batch import (  # noqa: F401 - the batch API, re-exported for its callers
     OUTCOME_STATUSES,
@@ -115,7 +117,7 @@ class VideoScorer:
         self.ckpt_path = str(ckpt_path)
         self.model_name = ckpt["model"]["name"]
         # a frame checkpoint scores videos as frame_mean: every sampled frame, probabilities averaged
-        self.model = build_model(ckpt, as_model="frame_mean" if self.model_name == "frame" else None)
+        self.model = build_model(ckpt, as_model=model_spec(self.model_name).scores_as)
         self.model.to(self.device).eval()
         pre = ckpt.get("preprocess", {})
         self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
@@ -124,9 +126,10 @@ class VideoScorer:
         self.n_slots = self.plan.n_slots
         self.threshold = float(threshold if threshold is not None
                                else checkpoint_threshold(ckpt, scored_as(ckpt), self.ckpt_path))
-        # an image is one frame: the threshold chosen on single-frame predictions
+        # an image is one frame: the threshold chosen on the image model's own predictions
+        self.takes_images = model_spec(self.model_name).input_key == "image"
         self.image_threshold = float(threshold if threshold is not None else (
-            checkpoint_threshold(ckpt, "frame", self.ckpt_path) if self.model_name == "frame"
+            checkpoint_threshold(ckpt, self.model_name, self.ckpt_path) if self.takes_images
             else self.threshold))
         self.detect = detect
         if min_frames < 1 or low_evidence_frames < 0:
@@ -159,7 +162,7 @@ class VideoScorer:
             "checkpoint_id": file_id(self.ckpt_path),
             "epoch": ckpt.get("epoch"),
             "threshold": self.threshold,
-            "image_threshold": self.image_threshold if self.model_name == "frame" else None,
+            "image_threshold": self.image_threshold if self.takes_images else None,
             "trained_on": trained_on(data),
             "synthetic_training_data": data.get("synthetic"),
             "card_title": card_title(ckpt.get("card")),
@@ -254,8 +257,9 @@ class VideoScorer:
         reader = open_video(path, self.extract_cfg.decoder)
         try:
             n = reader.info.n_frames
-            if n < 2:
-                raise VideoReadError(f"{path}: {n} frame(s), need at least 2", status="too_short")
+            if n < MIN_FRAMES:
+                raise VideoReadError(f"{path}: {n} frame(s), need at least {MIN_FRAMES}",
+                                     status="too_short")
             faces = extract_faces(reader, self.detector, self.extract_cfg,
                                   frames=self.slot_frames(n, reader.info.fps))
         finally:
@@ -345,9 +349,8 @@ class VideoScorer:
             clip, mask = self._inputs(where, [crop for clip in chunk for _, crop in clip])
             with torch.no_grad():
                 ps = self._per_slot(clip, mask)  # (b, T)
-                if self.card["scored_as"] == "frame_mean":  # mean of the frames' p (frame_mean)
-                    m = mask.cpu().numpy()
-                    p = (ps * m).sum(1) / m.sum(1)  # (b,)
+                if model_spec(self.card["scored_as"]).per_frame:  # the frame_mean rule
+                    p = frame_mean_p(torch.from_numpy(ps), mask.cpu()).numpy()  # (b,)
                 else:
                     p = engine.probabilities(self.model(clip, mask)).cpu().numpy()  # (b,)
             p_clip.append(p)
@@ -371,7 +374,7 @@ class VideoScorer:
         """(B, T) per-slot p_fake: frame models score each frame (gaps 0); cnn_lstm gives running
         verdicts."""
         b, t = mask.shape
-        if self.card["scored_as"] == "frame_mean":
+        if model_spec(self.card["scored_as"]).per_frame:
             valid = mask.bool()  # (B, T)
             out = torch.zeros(b, t)
             out[valid.cpu()] = engine.probabilities(self.model.frame(clip[valid])).cpu()  # (n,)
