@@ -32,6 +32,34 @@ from pipeline.fsutil import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 
+SYNTHETIC_WARNING = ("WARNING: this model was trained on SYNTHETIC data: its verdicts on real "
+                     "videos mean nothing")
+
+
+def provenance_line(card: dict[str, Any]) -> str:
+    """One line naming the model, its checkpoint id and what it was trained on.
+
+    ``card``: the scorer's ``info()`` (``scored_as``, ``checkpoint_id``, ...) or a result's
+    ``checkpoint`` summary (``model``, ``id``, ...).
+    """
+    model = card.get("scored_as") or card.get("model") or "?"
+    backbone = card.get("backbone")
+    ck = card.get("checkpoint_id") or card.get("id") or "?"
+    title = card.get("card_title")
+    return (f"{title + ': ' if title else ''}model {model}{f' ({backbone})' if backbone else ''}, "
+            f"checkpoint {ck}, trained on {card.get('trained_on') or 'unknown data'}")
+
+
+def synthetic_warning(card: dict[str, Any]) -> str | None:
+    """``SYNTHETIC_WARNING`` when the card says the training data was synthetic, else None."""
+    flag = card.get("synthetic_training_data")
+    if flag is None:
+        flag = card.get("synthetic")
+    if flag is None:  # an older summary without the flag: what ``trained_on`` says
+        flag = str(card.get("trained_on", "")).startswith("SYNTHETIC")
+    return SYNTHETIC_WARNING if flag else None
+
+
 def cam_layer(model: nn.Module) -> tuple[nn.Module, str]:
     """Where Grad-CAM reads the encoder's last feature map, and whether it is the layer's input.
 
