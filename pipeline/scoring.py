@@ -265,6 +265,7 @@ class VideoScorer:
         info = faces.info
         result["faces_found"] = len(faces.records)
         result["n_frames"] = info.n_frames
+        result["fps"] = float(info.fps) if info.fps else None
         if not faces.records:
             result.update(status="no_face", reason=f"{path}: no face found")
             return
@@ -381,9 +382,12 @@ class VideoScorer:
             threshold=self.threshold, heatmaps=heat,
             timeline_label="p_fake of the frame" if self.card["scored_as"] == "frame_mean"
             else "running p_fake (LSTM)",
+            card=self.card, frames_used=len(used), n_frames=result.get("n_frames"),
+            fps=result.get("fps"),
         )
         result["evidence_png"] = str(png)
-        html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name)
+        html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name,
+                           card=self.card)
         result["evidence_html"] = str(html)
 
 
