@@ -1,5 +1,5 @@
-"""The analysts' page end to end: ``dfpipe serve`` in a subprocess, headless Chromium uploads a
-clip, the verdict is rendered. Needs Debian's chromium + chromium-driver (``make test`` installs
+"""The analysts' page end to end: ``dfpipe serve`` in a subprocess, headless Chromium uploads
+videos and a photo through the form, verdicts, progress and the threshold slider are checked. Needs Debian's chromium + chromium-driver (``make test`` installs
 them via scripts/install_browser.sh); skipped with the reason when they are missing."""
 
 from __future__ import annotations
@@ -80,42 +80,133 @@ def browser(tmp_path_factory):
     drv.quit()
 
 
-def _upload_and_wait(browser, url: str, video: Path, timeout: float = 240.0) -> str:
+def _upload_and_wait(browser, url: str, path: Path, timeout: float = 240.0, reload: bool = True):
+    """Upload ``path`` through the page's form; returns the new result card once it has a
+    verdict (or a refusal)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(url + "/")
-    WebDriverWait(browser, 30).until(
-        lambda d: "checkpoint" in d.find_element(By.ID, "model").text)
-    browser.find_element(By.ID, "file").send_keys(str(video))
+    if reload:
+        browser.get(url + "/")
+        WebDriverWait(browser, 30).until(
+            lambda d: "checkpoint" in d.find_element(By.ID, "model").text)
+    before = len(browser.find_elements(By.CSS_SELECTOR, "#results .result"))
+    browser.find_element(By.ID, "file").send_keys(str(path))
     browser.find_element(By.ID, "submit").click()
-    WebDriverWait(browser, timeout).until(ec.visibility_of_element_located((By.ID, "verdict")))
-    WebDriverWait(browser, timeout).until(lambda d: d.find_element(By.ID, "verdict").text.strip())
-    return browser.find_element(By.ID, "verdict").text
+    WebDriverWait(browser, timeout).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) > before
+        and d.find_element(By.CSS_SELECTOR, "#results .result .verdict").text.strip())
+    return browser.find_element(By.CSS_SELECTOR, "#results .result")
+
+
+def _verdict(card) -> str:
+    from selenium.webdriver.common.by import By
+
+    return card.find_element(By.CSS_SELECTOR, ".verdict").text
+
+
+def _shot(browser, tmp_path: Path, name: str) -> Path:
+    shot = (SCREENSHOTS or tmp_path) / name
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    return shot
 
 
 def test_upload_real_clip_shows_verdict(server, browser, real_samples, tmp_path):
     from selenium.webdriver.common.by import By
 
     video = real_samples / "dfdc" / "train_sample_videos" / "abqwwspghj.mp4"
-    verdict = _upload_and_wait(browser, server, video)
+    card = _upload_and_wait(browser, server, video)
+    verdict = _verdict(card)
     assert verdict.startswith(("FAKE", "REAL")), verdict
     assert "p_fake" in verdict
-    summary = browser.find_element(By.ID, "summary").text
-    assert "abqwwspghj.mp4" in summary and "frames used" in summary
+    assert "abqwwspghj.mp4" in card.text and "verdict rests on" in card.text
     assert "cnn_lstm" in browser.find_element(By.ID, "model").text
     # the evidence sheet arrived as an image and rendered
-    width = browser.execute_script("return document.getElementById('evidence').naturalWidth")
+    width = browser.execute_script(
+        "return document.querySelector('#results .result .evidence').naturalWidth")
     assert width > 300
-    shot = (SCREENSHOTS or tmp_path) / "browser_verdict.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(shot))
-    assert shot.stat().st_size > 10_000
+    _shot(browser, tmp_path, "browser_verdict.png")
 
 
 def test_upload_text_file_is_rejected_on_the_page(server, browser, tmp_path):
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("not a video\n" * 200)
-    verdict = _upload_and_wait(browser, server, bogus, timeout=60)
-    assert verdict.startswith("Rejected (415)")
+    card = _upload_and_wait(browser, server, bogus, timeout=60)
+    assert _verdict(card).startswith("Rejected (415)")
+    assert "notes.mp4" in card.text and "dfpipe-upload" not in card.text
+
+
+def _scorer_takes_images() -> bool:
+    """Whether the scoring stage knows still-image suffixes (helper w15a's image scoring)."""
+    import importlib
+    import pkgutil
+
+    import pipeline
+
+    for mod in pkgutil.iter_modules(pipeline.__path__):
+        if mod.name.startswith(("scor", "discovery")):
+            m = importlib.import_module(f"pipeline.{mod.name}")
+            for v in vars(m).values():
+                if isinstance(v, (tuple, set, frozenset, list, dict)) and ".jpg" in v:
+                    return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def face_media(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic face clip (150 frames) and one of its frames as a JPEG photo."""
+    from PIL import Image
+
+    from pipeline.synth import make_clip, render_frames
+
+    d = tmp_path_factory.mktemp("face_media")
+    spec = make_clip(d / "speaker.mp4", n_frames=150, seed=1)
+    frame = next(f for i, f in enumerate(render_frames(spec)) if i == 40)
+    Image.fromarray(frame).save(d / "portrait.jpg", quality=95)
+    return {"video": d / "speaker.mp4", "image": d / "portrait.jpg"}
+
+
+def test_page_scores_video_and_image_moves_threshold_shows_progress(server, browser, face_media,
+                                                                    tmp_path):
+    """Issue #15: through the form, a video and an image each get a verdict; the slider flips
+    the verdict while p_fake stays; progress is shown (upload, then the frames scored)."""
+    from selenium.webdriver.common.by import By
+
+    video_card = _upload_and_wait(browser, server, face_media["video"])
+    verdict = _verdict(video_card)
+    assert verdict.startswith(("FAKE", "REAL")), video_card.text
+    steps = [li.text for li in video_card.find_elements(By.CSS_SELECTOR, ".progress-log li")]
+    assert "uploading 100%" in steps, steps
+    faces = [s for s in steps if s.startswith("finding faces ")]
+    assert faces and faces[-1].split()[-1] == faces[-1].split()[-3], steps  # n / n at the end
+    assert steps[-1] == "done", steps
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .result svg polyline")
+    assert "trained on SYNTHETIC data" in video_card.text
+    assert browser.find_element(By.ID, "warn").is_displayed()
+
+    p = float(video_card.get_attribute("data-p"))
+    label = video_card.get_attribute("data-label")
+    set_t = "const s = document.getElementById('threshold'); s.value = arguments[0]; " \
+            "s.dispatchEvent(new Event('input'));"
+    flipped_t = min(1.0, p + 0.05) if label == "FAKE" else max(0.0, p - 0.05)
+    browser.execute_script(set_t, flipped_t)
+    after = _verdict(video_card)
+    assert after.startswith("REAL" if label == "FAKE" else "FAKE"), after
+    assert f"p_fake = {p:.3f}" in after and f"p_fake = {p:.3f}" in verdict  # p unchanged
+    assert "you moved the threshold" in video_card.text
+    browser.find_element(By.ID, "reset").click()
+    assert _verdict(video_card).startswith(label)
+    assert "you moved the threshold" not in video_card.text
+
+    image_card = _upload_and_wait(browser, server, face_media["image"], reload=False)
+    cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+    assert len(cards) == 2  # both verdicts stay on the page
+    shot = _shot(browser, Path("/tmp") if SCREENSHOTS is None else tmp_path, "w15b_browser_page.png")
+    image_verdict = _verdict(image_card)
+    if not image_verdict.startswith(("FAKE", "REAL")) and not _scorer_takes_images():
+        pytest.xfail(f"the scorer does not take still images yet (w15a): {image_card.text!r}; "
+                     f"screenshot {shot}")
+    assert image_verdict.startswith(("FAKE", "REAL")), image_card.text
+    assert "portrait.jpg" in image_card.text
