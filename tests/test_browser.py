@@ -1,6 +1,7 @@
 """The analysts' page end to end: ``dfpipe serve`` in a subprocess, headless Chromium uploads
-videos and a photo through the form, verdicts, progress and the threshold slider are checked. Needs Debian's chromium + chromium-driver (``make test`` installs
-them via scripts/install_browser.sh); skipped with the reason when they are missing."""
+videos and a photo through the form; verdicts, progress and the threshold slider are checked.
+Needs Debian's chromium + chromium-driver (``make test`` installs them via
+scripts/install_browser.sh); skipped with the reason when they are missing."""
 
 from __future__ import annotations
 
