@@ -177,10 +177,19 @@ def create_app(scorer_factory: Callable[[], Scorer], cfg: ServeConfig):
     def _refuse(e: UploadError) -> JSONResponse:
         return JSONResponse({"detail": e.detail}, status_code=e.status)
 
-    async def _accept(request: Request, filename: str | None) -> Upload:
+    def _too_large(request: Request) -> JSONResponse | None:
+        """413 on the declared size, before admission: a too-large upload is never 'busy'."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise UploadError(413, f"upload is {int(declared)} bytes; the limit is {max_bytes}")
+            return _refuse(UploadError(413, f"upload is {int(declared)} bytes; the limit is "
+                                            f"{max_bytes}"))
+        return None
+
+    def _busy() -> JSONResponse:
+        return JSONResponse({"detail": "busy: too many uploads in progress, retry later"},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    async def _accept(request: Request, filename: str | None) -> Upload:
         upload = await receive(request, filename, max_bytes)
         try:
             await asyncio.get_running_loop().run_in_executor(pool, check, upload)
@@ -233,9 +242,11 @@ def create_app(scorer_factory: Callable[[], Scorer], cfg: ServeConfig):
                     explain: bool = explain_q):
         """Score one uploaded video or image and answer when done. Failures have a status and a
         reason, never a score."""
+        refused = _too_large(request)
+        if refused is not None:
+            return refused
         if not capacity.try_enter():
-            return JSONResponse({"detail": "busy: too many uploads in progress, retry later"},
-                                status_code=503, headers={"Retry-After": "5"})
+            return _busy()
         upload = None
         try:
             upload = await _accept(request, filename)
@@ -254,9 +265,11 @@ def create_app(scorer_factory: Callable[[], Scorer], cfg: ServeConfig):
                          explain: bool = explain_q):
         """Accept one upload for scoring and answer at once with a job id; poll
         ``/jobs/{job_id}`` for progress and the result. Refusals (413/415/422/503) as /score."""
+        refused = _too_large(request)
+        if refused is not None:
+            return refused
         if not capacity.try_enter():
-            return JSONResponse({"detail": "busy: too many uploads in progress, retry later"},
-                                status_code=503, headers={"Retry-After": "5"})
+            return _busy()
         try:
             upload = await _accept(request, filename)
         except UploadError as e:
