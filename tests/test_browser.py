@@ -211,3 +211,30 @@ def test_page_scores_video_and_image_moves_threshold_shows_progress(server, brow
                      f"screenshot {shot}")
     assert image_verdict.startswith(("FAKE", "REAL")), image_card.text
     assert "portrait.jpg" in image_card.text
+
+
+def test_batch_index_sorts_by_clicked_header(browser, tmp_path):
+    """The batch index page (``--explain OUT/index.html``) sorts by a header click, offline."""
+    from selenium.webdriver.common.by import By
+
+    from pipeline.batch_index import write_index
+
+    rows = [{"path": f"in/{n}.mp4", "status": s, "label": lab, "p_fake": p, "frames_used": f,
+             "reason": "" if s == "ok" else f"in/{n}.mp4: no face found"}
+            for n, s, lab, p, f in [("b", "ok", "FAKE", 0.9, 30), ("a", "no_face", None, None, 0),
+                                    ("c", "ok", "REAL", 0.2, 12)]]
+    page = write_index(rows, tmp_path)
+    browser.get(page.as_uri())
+
+    def first_column():
+        return [tr.find_element(By.TAG_NAME, "td").text
+                for tr in browser.find_elements(By.CSS_SELECTOR, "#batch tbody tr")]
+
+    assert first_column() == ["in/b.mp4", "in/a.mp4", "in/c.mp4"]
+    header = browser.find_element(By.CSS_SELECTOR, 'th[data-col="2"]')  # p_fake
+    header.click()
+    assert first_column() == ["in/a.mp4", "in/c.mp4", "in/b.mp4"]  # no score first, ascending
+    header.click()
+    assert first_column() == ["in/b.mp4", "in/c.mp4", "in/a.mp4"]
+    browser.find_element(By.CSS_SELECTOR, 'th[data-col="0"]').click()
+    assert first_column() == ["in/a.mp4", "in/b.mp4", "in/c.mp4"]

@@ -475,3 +475,26 @@ def test_requests_library_multipart_and_raw(live_server, video_bytes):
                         headers={"Content-Type": "application/octet-stream"}, timeout=60)
     assert raw.status_code == 200 and raw.json()["path"] == "raw.mp4", raw.text
     assert [c["size"] for c in scorer.calls[n:]] == [len(video_bytes)] * 2
+
+
+@pytest.mark.slow
+def test_real_scorer_answers_carry_no_server_path(tiny_checkpoint, clip_factory, tmp_path):
+    """The real scorer's reasons carry the path it was given: the service replaces it."""
+    from pipeline.scoring import VideoScorer
+
+    clip_factory(tmp_path / "noface.mp4", n_frames=40, gap=(0, 40))
+    clip_factory(tmp_path / "face.mp4", n_frames=40)
+    app = create_app(lambda: VideoScorer.from_checkpoint(tiny_checkpoint, device="cpu"),
+                     ServeConfig(checkpoint=str(tiny_checkpoint)))
+    with TestClient(app) as c:
+        answers = {name: c.post("/score", files={"file": (name, (tmp_path / name).read_bytes())})
+                   for name in ("noface.mp4", "face.mp4")}
+        answers["photo.png"] = c.post("/score", files={"file": ("photo.png", _image_bytes("PNG"))})
+        answers["model"] = c.get("/model")
+    for name, r in answers.items():
+        assert r.status_code == 200, (name, r.text)
+        _no_server_path(r.text)
+        assert str(tiny_checkpoint) not in r.text and str(tiny_checkpoint.parent) not in r.text
+    body = answers["noface.mp4"].json()
+    assert body["status"] == "no_face" and body["reason"] == "noface.mp4: no face found"
+    assert answers["face.mp4"].json()["provenance"].startswith("model cnn_lstm (tiny), checkpoint ")
