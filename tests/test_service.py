@@ -400,6 +400,7 @@ def test_job_reports_frames_found_then_the_result(video_bytes):
     counted = [(h["done"], h["total"]) for h in view["history"] if h["stage"] == "finding faces"]
     # 6 frames (slot_frames of 12) in three detector calls of 2: every step is recorded
     assert counted == [(2, 6), (4, 6), (6, 6)]
+    assert stages[stages.index("finding faces") + 3] == "scoring the faces, drawing the evidence"
     assert isinstance(scorer.detector, FrameCounter) and scorer.detector.inner.frames == 6
     assert not _uploads_left() or all(not Path(p).exists() for p in _uploads_left())
 

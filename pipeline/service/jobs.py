@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FINDING_FACES = "finding faces"
+MODEL_STAGE = "scoring the faces, drawing the evidence"
 _current = threading.local()  # the Job being scored in this thread (FrameCounter reads it)
 
 
@@ -41,6 +42,7 @@ class Job:
     detail: str | None = None
     finished: float | None = None
     frames_to_scan: int | None = None  # what the detector will look at, when known
+    frames_seen: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -59,11 +61,14 @@ class Job:
             self.stage, self.done, self.total = stage, done, total
 
     def add_frames(self, n: int) -> None:
-        """``n`` more frames looked at by the face detector."""
-        before = (self.done or 0) if self.stage == FINDING_FACES else 0
-        total = self.frames_to_scan
-        done = before + n
-        self.report(FINDING_FACES, done, max(total, done) if total else None)
+        """``n`` more frames looked at by the face detector; once all expected frames are seen,
+        the stage moves on to ``MODEL_STAGE``."""
+        self.frames_seen += n
+        expected = self.frames_to_scan
+        self.report(FINDING_FACES, self.frames_seen,
+                    max(expected, self.frames_seen) if expected else None)
+        if expected and self.frames_seen >= expected:
+            self.report(MODEL_STAGE)
 
     def view(self) -> dict[str, Any]:
         """The job as ``schema.JobStatus`` (a copy)."""
