@@ -7,7 +7,7 @@ A job is one accepted upload: ``queued`` -> ``running`` -> ``done`` (with the re
 - otherwise the service counts the frames the scorer's face detector has looked at
   (``FrameCounter`` wraps ``scorer.detector``; per thread, so concurrent jobs keep their own
   counts), against the frames the scorer will look at (``scorer.slot_frames(n)`` when it has
-  one, else every frame).
+  one, else every frame); once they are all seen, the stage becomes ``MODEL_STAGE``.
 
 Finished jobs are kept ``keep_s`` seconds (at most ``max_jobs``), then forgotten.
 """
