@@ -90,7 +90,8 @@ def render_index(rows: Iterable[dict[str, Any]], out_dir: str | os.PathLike,
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{e(title)}: {len(rows)} input(s)</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}} th{{cursor:pointer;background:#f3f3f3}}
+td,th{{border:1px solid #ccc;padding:.2rem .5rem;text-align:left;vertical-align:top}}
+td{{max-width:36rem;overflow-wrap:anywhere}} th{{cursor:pointer;background:#f3f3f3}}
 th[aria-sort=ascending]::after{{content:" \\25B2"}} th[aria-sort=descending]::after{{content:" \\25BC"}}
 .FAKE{{color:#b00020;font-weight:700}} .REAL{{color:#1b7f3b;font-weight:700}}
 .warning{{background:#b00020;color:#fff;font-weight:700;padding:.5rem}}</style></head><body>

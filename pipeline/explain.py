@@ -290,7 +290,9 @@ def render_html(path: str | os.PathLike, result: dict[str, Any], png_name: str,
         for t in result.get("tracks", [])
     )
     p = result.get("p_fake")
-    verdict = (f"{result.get('label')} (p_fake = {p:.3f}, threshold {result.get('threshold')})"
+    t = result.get("threshold")
+    verdict = (f"{result.get('label')} (p_fake = {p:.3f}, threshold "
+               f"{t if not isinstance(t, float) else f'{t:.3f}'})"
                if p is not None else f"no verdict: {result.get('status')} ({result.get('reason')})")
     ck = card or result.get("checkpoint", {})
     warning = synthetic_warning(ck)
@@ -305,8 +307,7 @@ table{{border-collapse:collapse}} img{{max-width:100%}}</style></head><body>
 <h2>{e(verdict)}</h2>
 {banner}
 <p class="provenance">{e(provenance_line(ck))}</p>
-<p>{e(rests)}; {result.get('faces_found', 0)} faces found, scored in
-{result.get('seconds', 0):.1f} s</p>
+<p>{e(rests)}; {result.get('faces_found', 0)} faces found</p>
 <table><tr><th>track</th><th>p_fake</th><th>frames used</th></tr>{rows}</table>
 <p><img src="{e(png_name)}" alt="evidence sheet"></p></body></html>
 """

@@ -85,3 +85,4 @@ def test_sheet_png_and_html_written(tmp_path):
     text = page.read_text()
     assert SYNTHETIC_WARNING in text and "checkpoint 0123456789ab" in text
     assert "verdict rests on 6 face frames" in text
+    assert "FAKE (p_fake = 0.800, threshold 0.500)" in text
