@@ -128,12 +128,13 @@ def overlay(face: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarra
 
 
 def timeline_seconds(timeline: Sequence[dict[str, Any]], fps: float | None) -> list[float] | None:
-    """Each point's time in seconds: its ``t`` when given, else ``frame / fps``; None when
+    """Each point's time in seconds: its ``time_s`` when given, else ``frame / fps``; None when
     neither is known (the sheet then falls back to frame numbers)."""
-    if all(p.get("t") is not None for p in timeline):
-        return [float(p["t"]) for p in timeline]
+    if all(p.get("time_s") is not None for p in timeline):
+        return [float(p["time_s"]) for p in timeline]
     if fps:
-        return [float(p["t"]) if p.get("t") is not None else p["frame"] / fps for p in timeline]
+        return [float(p["time_s"]) if p.get("time_s") is not None else p["frame"] / fps
+                for p in timeline]
     return None
 
 
@@ -259,7 +260,7 @@ def render_sheet(path: str | os.PathLike, **kwargs: Any) -> Path:
         verdict: second line (label, p_fake, threshold).
         faces: RGB uint8 crops the model saw, in order.
         frames: their source frame indices.
-        timeline: ``[{"frame": f, "p_fake": p, "t": seconds (optional)}, ...]`` for the deciding
+        timeline: ``[{"frame": f, "p_fake": p, "time_s": seconds (optional)}, ...]`` for the deciding
             face track (drawn as given: it may span several windows of a long video).
         threshold: decision threshold drawn on the timeline.
         heatmaps: ``(frame, face, cam)`` for the frames that drove the verdict.

@@ -51,7 +51,7 @@ def test_provenance_line_and_warning():
 
 def test_timeline_seconds_and_evidence_line():
     assert timeline_seconds([{"frame": 0}, {"frame": 25}], 25.0) == [0.0, 1.0]
-    assert timeline_seconds([{"frame": 0, "t": 0.5}], None) == [0.5]
+    assert timeline_seconds([{"frame": 0, "time_s": 0.5}], None) == [0.5]
     assert timeline_seconds([{"frame": 3}], None) is None
     assert evidence_line(30, 300, 30.0) == "verdict rests on 30 face frames (video: 300 frames, 10.0 s)"
     assert evidence_line(1, None, None) == "verdict rests on 1 face frame"

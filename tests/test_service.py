@@ -354,7 +354,7 @@ def test_answer_carries_provenance_warning_media_and_seconds(video_bytes):
     assert "SYNTHETIC" in body["provenance"] and "SYNTHETIC" in body["warning"]
     media = body["media"]
     assert media["kind"] == "video" and media["n_frames"] == 12 and media["fps"] == 30.0
-    assert [p["t"] for p in body["timeline"]] == [round(f / 30.0, 3) for f in range(0, 12, 2)]
+    assert [p["time_s"] for p in body["timeline"]] == [round(f / 30.0, 3) for f in range(0, 12, 2)]
     assert body["checkpoint"]["synthetic_training_data"] is True
     assert "path" not in body["checkpoint"]
 
@@ -499,3 +499,21 @@ def test_real_scorer_answers_carry_no_server_path(tiny_checkpoint, clip_factory,
     body = answers["noface.mp4"].json()
     assert body["status"] == "no_face" and body["reason"] == "noface.mp4: no face found"
     assert answers["face.mp4"].json()["provenance"].startswith("model cnn_lstm (tiny), checkpoint ")
+
+
+def test_frames_to_scan_follows_the_scorers_sampling():
+    from pipeline.service.jobs import frames_to_scan
+
+    class ByFps:
+        def slot_frames(self, n, fps=None):
+            return list(range(0, n, max(1, round((fps or 30) / 3))))  # 3 per second
+
+    class NoFps:
+        def slot_frames(self, n):
+            return list(range(0, min(n, 300), 10))
+
+    assert frames_to_scan(ByFps(), 300, 30.0) == 30
+    assert frames_to_scan(ByFps(), 300, 12.5) == 75
+    assert frames_to_scan(NoFps(), 3000, 30.0) == 30
+    assert frames_to_scan(object(), 120, 30.0) == 120  # no sampling known: every frame
+    assert frames_to_scan(NoFps(), None) is None

@@ -127,8 +127,8 @@ def present(result: dict[str, Any], upload: Upload, card: dict[str, Any]) -> dic
     out["provenance"] = provenance_line(card)
     out["warning"] = synthetic_warning(card)
     fps = (upload.media or {}).get("fps")
-    out["timeline"] = [p if p.get("t") is not None or not fps
-                       else {**p, "t": round(p["frame"] / fps, 3)}
+    out["timeline"] = [p if p.get("time_s") is not None or not fps
+                       else {**p, "time_s": round(p["frame"] / fps, 3)}
                        for p in out.get("timeline") or []]
     png = out.pop("evidence_png", None)
     out.pop("evidence_html", None)
@@ -206,7 +206,8 @@ def create_app(scorer_factory: Callable[[], Scorer], cfg: ServeConfig):
         if job is not None:
             job.state = "running"
             job.frames_to_scan = (1 if upload.kind == "image" else
-                                  frames_to_scan(scorer, (upload.media or {}).get("n_frames")))
+                                  frames_to_scan(scorer, (upload.media or {}).get("n_frames"),
+                                                 (upload.media or {}).get("fps")))
             job.report("scoring started")
             if state["native_progress"]:
                 kwargs["progress"] = job.report

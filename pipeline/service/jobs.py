@@ -14,6 +14,7 @@ Finished jobs are kept ``keep_s`` seconds (at most ``max_jobs``), then forgotten
 
 from __future__ import annotations
 
+import inspect
 import secrets
 import threading
 import time
@@ -154,14 +155,16 @@ def install_frame_counter(scorer: Any) -> bool:
     return True
 
 
-def frames_to_scan(scorer: Any, n_frames: int | None) -> int | None:
-    """How many frames the scorer's detector will look at in a video of ``n_frames``."""
+def frames_to_scan(scorer: Any, n_frames: int | None, fps: float | None = None) -> int | None:
+    """How many frames the scorer's detector will look at in a video of ``n_frames`` at
+    ``fps``."""
     if not n_frames:
         return None
     slots = getattr(scorer, "slot_frames", None)
     if callable(slots):
+        takes_fps = len(inspect.signature(slots).parameters) >= 2  # windows depend on fps
         try:
-            chosen = slots(n_frames)
+            chosen = slots(n_frames, fps) if takes_fps else slots(n_frames)
         except Exception:  # noqa: BLE001 - an estimate only: fall back to every frame
             chosen = None
         if chosen is not None:

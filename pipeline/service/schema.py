@@ -13,8 +13,8 @@ EXAMPLE_RESULT: dict[str, Any] = {
     "faces_found": 300, "n_frames": 300, "seconds": 4.2, "deciding_track": 0,
     "tracks": [{"track": 0, "frames_used": 30, "faces": 300, "share": 1.0,
                 "mean_face_prob": 0.999, "p_fake": 0.912, "status": "ok"}],
-    "timeline": [{"frame": 0, "slot": 0, "t": 0.0, "p_fake": 0.61},
-                 {"frame": 10, "slot": 1, "t": 0.333, "p_fake": 0.74}],
+    "timeline": [{"frame": 0, "slot": 0, "time_s": 0.0, "p_fake": 0.61},
+                 {"frame": 10, "slot": 1, "time_s": 0.333, "p_fake": 0.74}],
     "media": {"kind": "video", "n_frames": 300, "fps": 30.0, "duration_s": 10.0,
               "width": 1920, "height": 1080},
     "checkpoint": {"id": "3f9a1c2b7d10", "model": "cnn_lstm", "backbone": "efficientnet_b0",
@@ -42,11 +42,11 @@ class TrackOut(_Open):
 
 
 class TimelinePoint(_Open):
-    """p_fake at one sampled frame of the deciding track (``t``: seconds into the video)."""
+    """p_fake at one sampled frame of the deciding track (``time_s``: seconds into the video)."""
 
     frame: int
     p_fake: float
-    t: float | None = None
+    time_s: float | None = None
 
 
 class MediaInfo(_Open):
