@@ -175,12 +175,13 @@ def sheet_figure(
     warning = synthetic_warning(card) if card else None
     head = 0.1 + 0.26 * (f"{title}\n{verdict}".count("\n") + 1)  # inches of the bold lines
     top = head + 0.55 + (0.5 if warning else 0.0)  # inches above the panels for the header
-    panels = 1.1 * strip_rows + 2.4 + (2.6 if n_heat else 0)
+    has_timeline = bool(timeline) or bool(n_frames)  # a still image has none: no empty axes
+    panels = 1.1 * strip_rows + (2.4 if has_timeline else 0) + (2.6 if n_heat else 0)
     height = top + panels
     # a Figure of its own, not pyplot's global figure manager: safe in concurrent threads
     fig = Figure(figsize=(15, height))
     FigureCanvasAgg(fig)
-    heights = [1.1] * strip_rows + [2.2] + ([2.6] if n_heat else [])
+    heights = [1.1] * strip_rows + ([2.2] if has_timeline else []) + ([2.6] if n_heat else [])
     gs = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.45,
                           top=1 - top / height, bottom=0.02)
     y = 1 - 0.08 / height
@@ -208,23 +209,12 @@ def sheet_figure(
                 label = f"f{frames[i]}" + (f" {seconds[i]:.1f}s" if seconds else "")
                 ax.set_title(label, fontsize=7, pad=1)
 
-    ax = fig.add_subplot(gs[strip_rows])
-    xs = timeline_seconds(timeline, fps) if timeline else None
-    in_seconds = xs is not None or (not timeline and bool(fps))
-    if timeline:
-        xs = xs if xs is not None else [p["frame"] for p in timeline]
-        ax.plot(xs, [p["p_fake"] for p in timeline], marker="o", ms=3, color="#b00020", lw=1.5)
-    if n_frames:  # the axis spans the whole video, whichever part the points cover
-        ax.set_xlim(0, n_frames / fps if in_seconds and fps else n_frames)
-    ax.axhline(threshold, ls="--", color="grey", lw=1, label=f"threshold {threshold:.2f}")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("time in the video (s)" if in_seconds else "frame")
-    ax.set_ylabel(timeline_label)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.grid(alpha=0.3)
+    if has_timeline:
+        _draw_timeline(fig.add_subplot(gs[strip_rows]), timeline, threshold, timeline_label,
+                       n_frames, fps)
 
     if n_heat:
-        sub = gs[strip_rows + 1].subgridspec(1, max(n_heat, 1) * 2, wspace=0.05)
+        sub = gs[strip_rows + int(has_timeline)].subgridspec(1, max(n_heat, 1) * 2, wspace=0.05)
         for k, (frame, face, cam) in enumerate(heatmaps):
             a1 = fig.add_subplot(sub[2 * k])
             a1.imshow(face)
@@ -238,6 +228,24 @@ def sheet_figure(
                          fontsize=8)
             a2.axis("off")
     return fig
+
+
+def _draw_timeline(ax: Any, timeline: Sequence[dict[str, Any]], threshold: float, label: str,
+                   n_frames: int | None, fps: float | None) -> None:
+    """p_fake over the video on ``ax``: seconds when known, the axis spanning the whole video."""
+    xs = timeline_seconds(timeline, fps) if timeline else None
+    in_seconds = xs is not None or (not timeline and bool(fps))
+    if timeline:
+        xs = xs if xs is not None else [p["frame"] for p in timeline]
+        ax.plot(xs, [p["p_fake"] for p in timeline], marker="o", ms=3, color="#b00020", lw=1.5)
+    if n_frames:  # the axis spans the whole video, whichever part the points cover
+        ax.set_xlim(0, n_frames / fps if in_seconds and fps else n_frames)
+    ax.axhline(threshold, ls="--", color="grey", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("time in the video (s)" if in_seconds else "frame")
+    ax.set_ylabel(label)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def figure_text(fig: Any) -> str:

@@ -86,3 +86,12 @@ def test_sheet_png_and_html_written(tmp_path):
     assert SYNTHETIC_WARNING in text and "checkpoint 0123456789ab" in text
     assert "verdict rests on 6 face frames" in text
     assert "FAKE (p_fake = 0.800, threshold 0.500)" in text
+
+
+def test_sheet_of_a_still_image_has_no_empty_timeline():
+    kw = {**_inputs(n=1), "timeline": [], "n_frames": None, "fps": None, "frames_used": 1}
+    fig = sheet_figure(**kw, card=REAL_CARD)
+    assert not [a for a in fig.axes if a.get_ylabel()]  # no timeline axes at all
+    assert "verdict rests on 1 face frame" in figure_text(fig)
+    with_video = sheet_figure(**_inputs(), card=REAL_CARD)
+    assert [a for a in with_video.axes if a.get_ylabel()]
