@@ -152,6 +152,7 @@ def test_upload_text_file_is_rejected_on_the_page(server, browser, tmp_path):
     card = _upload_and_wait(browser, server, bogus, timeout=60)
     assert _verdict(card).startswith("Rejected (415)")
     assert "notes.mp4" in card.text and "dfpipe-upload" not in card.text
+    assert "decision threshold" not in card.text  # no slider without a probability
 
 
 def _scorer_takes_images() -> bool:
@@ -203,19 +204,7 @@ def test_page_scores_video_and_image_moves_threshold_shows_progress(frame_server
     assert "trained on SYNTHETIC data" in video_card.text
     assert browser.find_element(By.ID, "warn").is_displayed()
 
-    p = float(video_card.get_attribute("data-p"))
-    label = video_card.get_attribute("data-label")
-    set_t = "const s = document.getElementById('threshold'); s.value = arguments[0]; " \
-            "s.dispatchEvent(new Event('input'));"
-    flipped_t = min(1.0, p + 0.05) if label == "FAKE" else max(0.0, p - 0.05)
-    browser.execute_script(set_t, flipped_t)
-    after = _verdict(video_card)
-    assert after.startswith("REAL" if label == "FAKE" else "FAKE"), after
-    assert f"p_fake = {p:.3f}" in after and f"p_fake = {p:.3f}" in verdict  # p unchanged
-    assert "you moved the threshold" in video_card.text
-    browser.find_element(By.ID, "reset").click()
-    assert _verdict(video_card).startswith(label)
-    assert "you moved the threshold" not in video_card.text
+    _flip_and_reset(browser, video_card)
 
     image_card = _upload_and_wait(browser, frame_server, face_media["image"], reload=False)
     cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
@@ -228,6 +217,30 @@ def test_page_scores_video_and_image_moves_threshold_shows_progress(frame_server
     assert image_verdict.startswith(("FAKE", "REAL")), image_card.text
     assert "portrait.jpg" in image_card.text and "verdict rests on" in image_card.text
     assert image_card.find_elements(By.CSS_SELECTOR, ".evidence")
+    _flip_and_reset(browser, image_card)
+    assert _verdict(video_card).startswith(video_card.get_attribute("data-label"))  # its own
+
+
+def _flip_and_reset(browser, card) -> None:
+    """Move the card's threshold slider past its p_fake: the verdict flips, p_fake stays; the
+    reset button brings back the model's verdict."""
+    from selenium.webdriver.common.by import By
+
+    before = _verdict(card)
+    p = float(card.get_attribute("data-p"))
+    label = card.get_attribute("data-label")
+    set_t = "const s = arguments[0].querySelector('.threshold'); s.value = arguments[1]; " \
+            "s.dispatchEvent(new Event('input'));"
+    flipped_t = min(1.0, p + 0.05) if label == "FAKE" else max(0.0, p - 0.05)
+    browser.execute_script(set_t, card, flipped_t)
+    after = _verdict(card)
+    assert after.startswith("REAL" if label == "FAKE" else "FAKE"), after
+    assert f"p_fake = {p:.3f}" in after and f"p_fake = {p:.3f}" in before  # p unchanged
+    assert f"at threshold {flipped_t:.3f}" in after
+    assert "you moved the threshold" in card.text
+    card.find_element(By.CSS_SELECTOR, ".reset").click()
+    assert _verdict(card) == before
+    assert "you moved the threshold" not in card.text
 
 
 def test_cnn_lstm_page_says_an_image_needs_video(server, browser, face_media):
