@@ -232,12 +232,19 @@ def sheet_figure(
 
 def _draw_timeline(ax: Any, timeline: Sequence[dict[str, Any]], threshold: float, label: str,
                    n_frames: int | None, fps: float | None) -> None:
-    """p_fake over the video on ``ax``: seconds when known, the axis spanning the whole video."""
+    """p_fake over the video on ``ax``: seconds when known, the axis spanning the whole video;
+    points of different scoring ``window``s (a long video) are separate lines."""
     xs = timeline_seconds(timeline, fps) if timeline else None
     in_seconds = xs is not None or (not timeline and bool(fps))
     if timeline:
         xs = xs if xs is not None else [p["frame"] for p in timeline]
-        ax.plot(xs, [p["p_fake"] for p in timeline], marker="o", ms=3, color="#b00020", lw=1.5)
+        runs: dict[Any, tuple[list[float], list[float]]] = {}
+        for x, p in zip(xs, timeline, strict=True):
+            run = runs.setdefault(p.get("window", 0), ([], []))
+            run[0].append(x)
+            run[1].append(p["p_fake"])
+        for rx, ry in runs.values():
+            ax.plot(rx, ry, marker="o", ms=3, color="#b00020", lw=1.5)
     if n_frames:  # the axis spans the whole video, whichever part the points cover
         ax.set_xlim(0, n_frames / fps if in_seconds and fps else n_frames)
     ax.axhline(threshold, ls="--", color="grey", lw=1, label=f"threshold {threshold:.2f}")

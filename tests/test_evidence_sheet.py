@@ -95,3 +95,15 @@ def test_sheet_of_a_still_image_has_no_empty_timeline():
     assert "verdict rests on 1 face frame" in figure_text(fig)
     with_video = sheet_figure(**_inputs(), card=REAL_CARD)
     assert [a for a in with_video.axes if a.get_ylabel()]
+
+
+def test_timeline_of_several_windows_spans_the_video_one_line_each():
+    """A long video's timeline (points of windows 0, 1, 2) is drawn as given, over its length."""
+    timeline = [{"frame": f, "window": f // 300, "time_s": f / 30.0, "p_fake": 0.5}
+                for f in range(0, 900, 30)]
+    fig = sheet_figure(**{**_inputs(), "timeline": timeline, "n_frames": 900, "fps": 30.0},
+                       card=REAL_CARD)
+    ax = next(a for a in fig.axes if a.get_ylabel())
+    assert len(ax.lines) == 3 + 1  # three windows + the threshold line
+    assert ax.get_xlim() == pytest.approx((0.0, 30.0))
+    assert [ln.get_xdata()[0] for ln in ax.lines[:3]] == pytest.approx([0.0, 10.0, 20.0])
