@@ -36,16 +36,16 @@ class TrackOut(_Open):
     """One face track of the video."""
 
     track: int
-    frames_used: int = 0
+    frames_used: int | None = None
     p_fake: float | None = None
-    status: str = ""
+    status: str | None = None
 
 
 class TimelinePoint(_Open):
     """p_fake at one sampled frame of the deciding track (``time_s``: seconds into the video)."""
 
     frame: int
-    p_fake: float
+    p_fake: float | None
     time_s: float | None = None
 
 
@@ -85,9 +85,9 @@ class ScoreResponse(_Open):
     p_fake: float | None = Field(None, description="probability the video is FAKE (ok only)")
     label: str | None = Field(None, description="FAKE or REAL at `threshold` (ok only)")
     threshold: float | None = None
-    frames_used: int = Field(0, description="face frames the verdict rests on")
-    faces_found: int = 0
-    seconds: float = 0.0
+    frames_used: int | None = Field(0, description="face frames the verdict rests on")
+    faces_found: int | None = 0
+    seconds: float | None = 0.0
     tracks: list[TrackOut] = []
     timeline: list[TimelinePoint] = []
     media: MediaInfo | None = None
