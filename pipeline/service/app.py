@@ -204,11 +204,10 @@ def create_app(scorer_factory: Callable[[], Scorer], cfg: ServeConfig):
         kwargs: dict[str, Any] = {"explain_dir": upload.tmp / "evidence" if explain else None,
                                   "display_name": upload.name}
         if job is not None:
-            job.state = "running"
             job.frames_to_scan = (1 if upload.kind == "image" else
                                   frames_to_scan(scorer, (upload.media or {}).get("n_frames"),
                                                  (upload.media or {}).get("fps")))
-            job.report("scoring started")
+            job.report("scoring started", state="running")
             if state["native_progress"]:
                 kwargs["progress"] = job.report
         with scoring_job(job):
@@ -282,19 +281,20 @@ def create_app(scorer_factory: Callable[[], Scorer], cfg: ServeConfig):
         job = jobs.new(upload.name)
 
         def work() -> None:
+            result, detail = None, None
             try:
-                job.result = _score(upload, explain, job)
-                job.state = "done"
-                job.report("done")
+                result = _score(upload, explain, job)
             except Exception as e:  # noqa: BLE001 - the job reports it; the server stays up
                 log.exception("job %s (%s) failed", job.job_id, upload.name)
-                job.detail = scrub(f"{upload.name}: {type(e).__name__}: {e}", upload)
-                job.state = "failed"
-                job.report("failed")
+                detail = scrub(f"{upload.name}: {type(e).__name__}: {e}", upload)
             finally:
-                job.finished = time.monotonic()
-                capacity.leave()
+                # the upload is gone and the slot free before anyone can see the job finished
                 upload.cleanup()
+                capacity.leave()
+            job.result, job.detail = result, detail
+            job.finished = time.monotonic()
+            final = "done" if detail is None else "failed"
+            job.report(final, state=final)
 
         pool.submit(work)
         return {"job_id": job.job_id, "status_url": f"/jobs/{job.job_id}"}

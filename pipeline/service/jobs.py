@@ -49,9 +49,14 @@ class Job:
         self._lock = threading.Lock()
         self.report("uploaded")
 
-    def report(self, stage: str, done: int | None = None, total: int | None = None) -> None:
-        """Record progress; a new stage (or every 5% of a counted one) joins the history."""
+    def report(self, stage: str, done: int | None = None, total: int | None = None, *,
+               state: str | None = None) -> None:
+        """Record progress; a new stage (or every 5% of a counted one) joins the history.
+        ``state``: the job's new state, set together with the step (a poller never sees a
+        finished job without its last step)."""
         with self._lock:
+            if state is not None:
+                self.state = state
             step = {"stage": stage, "done": done, "total": total,
                     "at": round(time.monotonic() - self.created, 3)}
             last = self.history[-1] if self.history else None
