@@ -130,3 +130,8 @@ def test_score_dir_with_explain_writes_the_index(clip_factory, tiny_checkpoint, 
     assert len(t.links) == 1 and (ev / t.links[0]).is_file()
     sheet = (ev / t.links[0]).read_text()
     assert "WARNING: this model was trained on SYNTHETIC data" in sheet
+    # a resumed run (nothing left to score) rewrites the page whole
+    (ev / INDEX_NAME).unlink()
+    cli.main(["score", str(src), "--checkpoint", str(tiny_checkpoint), "--out",
+              str(tmp_path / "r.jsonl"), "--device", "cpu", "--explain", str(ev)])
+    assert _parse((ev / INDEX_NAME).read_text()).rows == t.rows
