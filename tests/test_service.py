@@ -517,3 +517,24 @@ def test_frames_to_scan_follows_the_scorers_sampling():
     assert frames_to_scan(NoFps(), 3000, 30.0) == 30
     assert frames_to_scan(object(), 120, 30.0) == 120  # no sampling known: every frame
     assert frames_to_scan(NoFps(), None) is None
+
+
+def test_a_finished_job_has_freed_its_slot_and_upload(video_bytes, monkeypatch):
+    """A poller that sees ``done`` finds the slot free and the upload gone (cleanup is made slow
+    here, so a job reported finished before its cleanup would be caught)."""
+    from pipeline.service import uploads
+
+    slow = uploads.Upload.cleanup
+
+    def slow_cleanup(self):
+        time.sleep(0.4)
+        slow(self)
+
+    monkeypatch.setattr(uploads.Upload, "cleanup", slow_cleanup)
+    scorer = RecordingScorer()
+    with _client(scorer) as c:
+        view = _wait_job(c, c.post("/jobs", content=video_bytes).json()["job_id"])
+        inside = c.get("/health").json()["requests_inside"]
+        upload_left = scorer.calls[0]["path"].parent.exists()
+    assert view["state"] == "done" and inside == 0
+    assert not upload_left
