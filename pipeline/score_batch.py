@@ -206,6 +206,7 @@ def _check_resumable(journal: Path, rows: list[dict], key: str, settings: dict[s
 def run(cfg: ScoreConfig) -> int:
     """Score every input (videos and still images); resumable; exit 1 when any input failed
     (not for no_face or too_few_frames: those are answers)."""
+    from pipeline.batch_index import BatchIndex
     from pipeline.executors import run_items
 
     if not cfg.inputs:
@@ -238,6 +239,7 @@ def run(cfg: ScoreConfig) -> int:
             _append(journal, row)
             done[row["path"]] = row
     todo = [{"id": str(p), "path": str(p)} for p in videos if str(p) not in done]
+    index = BatchIndex(cfg.explain, [str(p) for p in videos], done) if cfg.explain else None
     log.info("%d input(s): %d already scored in %s, %d duplicate path(s), %d to score",
              len(videos), len(videos) - len(todo) - len(dups), journal, len(dups), len(todo))
     for row in run_items(ScoreWorker, (cfg,), todo, engine=cfg.engine, workers=cfg.workers,
@@ -248,9 +250,13 @@ def run(cfg: ScoreConfig) -> int:
         row["score_key"] = key
         _append(journal, row)
         done[row["path"]] = row
+        if index is not None:
+            index.add(row)  # index.html of the batch, rewritten as it goes
         if row["status"] not in OUTCOME_STATUSES:
             log.error("%s", row["reason"])
     rows = [done[str(p)] for p in videos if str(p) in done]
+    if index is not None:
+        log.info("batch index: %s", index.write(rows))
     if out.suffix == ".csv":
         write_csv(out, rows)
     statuses: dict[str, int] = {}

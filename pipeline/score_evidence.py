@@ -77,9 +77,12 @@ def video_sheet(scorer: Any, out_dir: Path, result: dict, track: dict,
         threshold=scorer.threshold, heatmaps=heat,
         timeline_label="p_fake of the frame" if per_frame
         else "running p_fake (LSTM, per window)",
+        card=scorer.card, frames_used=result["frames_used"], n_frames=result.get("n_frames"),
+        fps=result.get("fps"),
     )
     result["evidence_png"] = str(png)
-    html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name)
+    html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name,
+                       card=scorer.card)
     result["evidence_html"] = str(html)
 
 
@@ -101,7 +104,9 @@ def image_sheet(scorer: Any, out_dir: Path, result: dict, crops: list[np.ndarray
         verdict=f"{result['label']}  p_fake = {result['p_fake']:.3f}  (threshold "
                 f"{scorer.image_threshold:.3f}; face {k + 1} of {len(crops)}, the highest)",
         faces=crops, frames=[0] * len(crops), timeline=[], threshold=scorer.image_threshold,
-        heatmaps=[(0, crops[k], cam)], timeline_label="(a still image has no timeline)")
+        heatmaps=[(0, crops[k], cam)], timeline_label="(a still image has no timeline)",
+        card=card, frames_used=result.get("frames_used"))
     result["evidence_png"] = str(png)
-    html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name)
+    html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name,
+                       card=card)
     result["evidence_html"] = str(html)
