@@ -371,7 +371,11 @@ class ManifestWriter:
         else:
             import pyarrow.parquet as pq
 
-            self.schema = arrow_schema(kind, self.meta)
+            # the footer keeps what does not change between identical runs (same rows, same
+            # bytes); creation time and run id live in the sidecar
+            stable = {k: v for k, v in self.meta.items()
+                      if k not in ("created", "prepare_id", "python")}
+            self.schema = arrow_schema(kind, stable)
             self._writer = pq.ParquetWriter(
                 self._tmp, self.schema, compression="zstd", compression_level=3,
                 use_byte_stream_split=list(FLOAT32_COLUMNS.get(kind, {})) or False,
@@ -397,6 +401,35 @@ class ManifestWriter:
         self._buffered += len(table)
         if self._buffered >= self.row_group_rows:
             self._flush()
+
+    def write_arrow(self, table: Any) -> None:
+        """Append a pyarrow table with the schema's columns (cast to its types; the fast path
+        for tables built column-wise). Missing strings become ""; a null in a non-nullable
+        column is a ``ManifestError``."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self._csv is not None:
+            self.write(table.to_pandas())
+            return
+        self._flush()
+        missing = [f.name for f in self.schema if f.name not in table.column_names]
+        if missing:
+            raise ManifestError(f"{self.path}: not a '{self.kind}' table: missing column(s) {missing}")
+        cols = []
+        for f in self.schema:
+            col = table.column(f.name)
+            if pa.types.is_string(f.type):
+                col = pc.fill_null(col.cast(pa.string()), "")
+            else:
+                col = col.cast(f.type)
+                if not f.nullable and col.null_count:
+                    raise ManifestError(f"{self.path}: column '{f.name}' has missing values")
+            cols.append(col)
+        t = pa.Table.from_arrays(cols, schema=self.schema)
+        self.rows += t.num_rows
+        if t.num_rows:
+            self._writer.write_table(t, row_group_size=self.row_group_rows)
 
     def _flush(self) -> None:
         if not self._buf:
@@ -541,6 +574,67 @@ def _read_parquet(path: Path, schema: Schema) -> pd.DataFrame:
         else:
             data[c] = arr.to_pandas()
     return _coerce(pd.DataFrame(data), schema, str(path))
+
+
+def read_arrow(path: str | os.PathLike, kind: str, columns: Sequence[str],
+               dictionary: Sequence[str] = ()) -> Any:
+    """Columns of a manifest as a pyarrow Table, as stored (no pandas objects: what the columnar
+    stages use at scale). ``dictionary`` columns come dictionary-encoded (cheap for ids).
+
+    A legacy CSV is converted on read (``read_manifest``, paths as stored).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = resolve_existing(path)
+    if path.suffix != PARQUET or not path.is_file():
+        df = read_manifest(path, kind, columns, absolute_paths=False)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        for c in dictionary:
+            i = table.column_names.index(c)
+            table = table.set_column(i, c, table.column(c).dictionary_encode())
+        return table
+    unknown = [c for c in columns if c not in SCHEMAS[kind].columns]
+    if unknown:
+        raise ManifestError(f"{path}: '{kind}' manifests have no column(s) {unknown}")
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=list(dictionary))
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise ManifestError(f"{path}: not a '{kind}' manifest: missing column(s) {missing}")
+        return pf.read(columns=list(columns))
+    except (OSError, pa.ArrowException) as e:
+        raise ManifestError(f"{path}: unreadable Parquet file: {e}") from e
+
+
+def take_rows(path: str | os.PathLike, kind: str, column: str, rows: np.ndarray) -> Any:
+    """``column`` at file rows ``rows`` (any order) as a pyarrow array, read one row group at a
+    time (memory: one row group of the column plus the result)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = resolve_existing(path)
+    rows = np.asarray(rows, dtype=np.int64)
+    if path.suffix != PARQUET:
+        col = read_arrow(path, kind, [column]).column(column)
+        return col.take(pa.array(rows)).combine_chunks() if len(rows) else pa.array([], col.type)
+    pf = pq.ParquetFile(path)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    bounds = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
+                              for i in range(pf.num_row_groups)])
+    parts = []
+    for i in range(pf.num_row_groups):
+        lo, hi = np.searchsorted(sorted_rows, [bounds[i], bounds[i + 1]])
+        if hi > lo:
+            col = pf.read_row_group(i, columns=[column]).column(0)
+            parts.append(col.take(pa.array(sorted_rows[lo:hi] - bounds[i])))
+    field = pf.schema_arrow.field(column)
+    taken = pa.chunked_array(parts, type=field.type).combine_chunks() if parts else pa.array(
+        [], field.type)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return taken.take(pa.array(inverse))
 
 
 def iter_manifest(path: str | os.PathLike, kind: str, columns: Sequence[str] | None = None, *,
