@@ -388,7 +388,9 @@ class BenchConfig:
     out: str = opt("benchmarks/results", "folder for the results JSON/Markdown")
     what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
                                 "which benchmarks to run (also: crop-margin, the crop recipe of "
-                                "dfdc_faces vs ours; not a speed measurement)")
+                                "dfdc_faces vs ours; not a speed measurement; scale, prepare "
+                                "and the training index on generated DFDC-size manifests)")
+    videos: int = opt(120_000, "scale: videos of the generated manifests (~300 face rows each)")
     repeats: int = opt(3, "repetitions per measurement")
     scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
     backbones: tuple[str, ...] = opt(("tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0",

@@ -169,6 +169,11 @@ FLOAT32_COLUMNS: dict[str, dict[str, int]] = {
 MTCNN probabilities to 1e-6 (float32 at the source), so float32 plus rounding to those decimals
 on read gives back exactly the float64 values of the CSV record, in half the bytes."""
 
+BYTE_STREAM_SPLIT: dict[str, tuple[str, ...]] = {"faces": ("x1", "y1", "x2", "y2")}
+"""Float columns written BYTE_STREAM_SPLIT (smooth box tracks: ~2 B/value after zstd, against
+~2.7 with dictionary encoding). Crop paths are DELTA_BYTE_ARRAY (shared prefixes); the rest
+dictionary-encoded. Measured on the scale benchmark's faces table: 10.6 bytes per face row."""
+
 ROW_GROUP_ROWS = 1_000_000
 """Rows per Parquet row group (about 10-30 MB of a faces table in memory while writing)."""
 
@@ -376,9 +381,13 @@ class ManifestWriter:
             stable = {k: v for k, v in self.meta.items()
                       if k not in ("created", "prepare_id", "python")}
             self.schema = arrow_schema(kind, stable)
+            split = [c for c in BYTE_STREAM_SPLIT.get(kind, ())]
+            delta = [PATH_COLUMNS[kind]] if kind in PATH_COLUMNS else []
             self._writer = pq.ParquetWriter(
                 self._tmp, self.schema, compression="zstd", compression_level=3,
-                use_byte_stream_split=list(FLOAT32_COLUMNS.get(kind, {})) or False,
+                use_dictionary=[c for c in SCHEMAS[kind].columns if c not in split + delta],
+                use_byte_stream_split=split or False,
+                column_encoding=dict.fromkeys(delta, "DELTA_BYTE_ARRAY") or None,
                 write_statistics=["video_id"] if "video_id" in SCHEMAS[kind].columns else False)
 
     def __enter__(self) -> ManifestWriter:
