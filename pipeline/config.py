@@ -227,6 +227,20 @@ class MergeConfig:
 
 
 @dataclass(frozen=True)
+class ManifestConfig:
+    """``dfpipe manifest show|export PATH``: look into a manifest (Parquet, or CSV of earlier
+    versions): its schema, row count, metadata and first rows, or a CSV copy for people."""
+
+    action: str = opt("", "show: schema, rows, metadata, head; export: write a CSV (--to)",
+                      positional=True, choices=["show", "export"])
+    path: str = opt("", "the manifest file (.parquet or .csv)", positional=True)
+    to: str | None = opt(None, "export: the CSV file to write")
+    rows: int = opt(5, "show: rows of the head")
+    absolute_paths: bool = opt(False, "crop paths joined with the faces root (default: as stored, "
+                               "relative to it)")
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     """``dfpipe prepare``: videos/faces manifests -> outliers, clips and split manifests."""
 
