@@ -125,10 +125,14 @@ def merge_extract(shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
                 or {})
     conf["shard"] = ""
     inputs = [manifest.manifest_path(d, k) for d in shard_dirs for k in ("videos", "faces")]
-    manifest.write_manifest(v, manifest.manifest_path(out_dir, "videos"), "videos", config=conf,
-                            counts=counts, inputs=inputs)
-    manifest.write_manifest(f, manifest.manifest_path(out_dir, "faces"), "faces", config=conf,
-                            counts=counts, inputs=inputs)
+    manifest.write_manifest(v, manifest.manifest_path(out_dir, "videos").with_suffix(".parquet"),
+                            "videos", config=conf, counts=counts, inputs=inputs)
+    # shards of one FACES_DIR share its root: keep the paths relative to it
+    roots = {str(manifest.faces_root(manifest.read_meta(p), p)) for p in
+             (manifest.manifest_path(d, "faces") for d in shard_dirs)}
+    root = roots.pop() if len(roots) == 1 and "None" not in roots else None
+    manifest.write_manifest(f, manifest.manifest_path(out_dir, "faces").with_suffix(".parquet"),
+                            "faces", config=conf, counts=counts, inputs=inputs, faces_root=root)
     return counts
 
 

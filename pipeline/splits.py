@@ -149,9 +149,10 @@ def _group_table(videos: pd.DataFrame, merge: str) -> pd.DataFrame:
     dup = df.loc[df["video_id"].duplicated(), "video_id"].unique().tolist()
     if dup:
         raise SplitError(f"duplicate video_id(s) {dup[:5]}")
-    g = df.groupby("group", sort=True)["label"].agg(
-        n_real=lambda s: int((s == "REAL").sum()), n_fake=lambda s: int((s == "FAKE").sum())
-    )
+    counts = pd.DataFrame({"group": df["group"],
+                           "n_real": (df["label"] == "REAL").astype("int64"),
+                           "n_fake": (df["label"] == "FAKE").astype("int64")})
+    g = counts.groupby("group", sort=True)[["n_real", "n_fake"]].sum()  # columnar, no lambdas
     g["stratum"] = np.where(
         (g["n_real"] > 0) & (g["n_fake"] > 0), "mixed",
         np.where(g["n_real"] > 0, "real_only", "fake_only"),

@@ -396,3 +396,21 @@ def test_legacy_csv_folder_gives_the_same_result_as_parquet(tmp_path):
         pd.testing.assert_frame_equal(old[kind], new[kind], obj=kind)
     assert manifest.read_meta(tmp_path / "new" / "clips.parquet")["counts"]["advanced_slots"] > 0
     assert len(old["outliers"]) and len(old["gaps"])
+
+
+def test_prepare_samples_in_batches_with_the_same_result(tmp_path, monkeypatch):
+    """Videos are sampled in batches (bounded memory): batches of 3 videos give the manifests
+    one batch gives."""
+    from pipeline import prepare
+
+    videos, faces = dataset(8, 2)
+    faces["o1"] = [(f, 0) for f in range(0, 300, 2)]
+    faces["o4_f1"] = sorted(faces["o4_f1"] + [(30, 1), (40, 1)])
+    for d, batch in (("one", 10_000), ("many", 3)):
+        write_inputs(tmp_path / d, videos, faces, ".parquet")
+        monkeypatch.setattr(prepare, "SAMPLE_BATCH", batch)
+        cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / d), "--short-clips", "pad"])
+    one, many = read_all(tmp_path / "one"), read_all(tmp_path / "many")
+    for kind in one:
+        pd.testing.assert_frame_equal(one[kind], many[kind], obj=kind)
+    assert (one["clips"]["mask"] == 0).any()
