@@ -176,13 +176,13 @@ _CORE = {
 import sys
 import pandas as pd
 from pipeline import manifest
-from pipeline.prepare import load_face_columns
-from pipeline.sampling import sample_columns
+from pipeline.config import PrepareConfig
+from pipeline.prepare import load_face_columns, sample_batched
 import numpy as np
 d = sys.argv[1]
 v = manifest.read_manifest(d + "/videos.parquet", "videos", ["video_id", "n_frames"])
 f = load_face_columns(manifest.manifest_path(d, "faces"), v["video_id"])
-s = sample_columns(f.codes, f.frames, f.tracks, np.arange(len(v)), None, "stride", 30, 10)
+s = sample_batched(f, np.arange(len(v)), np.full(len(v), np.nan), PrepareConfig())
 print(int((s.row >= 0).sum()), "slots with a frame")
 """,
     "polars": """
