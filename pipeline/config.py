@@ -231,8 +231,8 @@ class ManifestConfig:
     """``dfpipe manifest show|export PATH``: look into a manifest (Parquet, or CSV of earlier
     versions): its schema, row count, metadata and first rows, or a CSV copy for people."""
 
-    action: str = opt("", "show: schema, rows, metadata, head; export: write a CSV (--to)",
-                      positional=True, choices=["show", "export"])
+    action: str = opt("", "show (schema, rows, metadata, head) or export (a CSV, --to)",
+                      positional=True)
     path: str = opt("", "the manifest file (.parquet or .csv)", positional=True)
     to: str | None = opt(None, "export: the CSV file to write")
     rows: int = opt(5, "show: rows of the head")

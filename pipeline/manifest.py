@@ -628,8 +628,9 @@ def take_rows(path: str | os.PathLike, kind: str, column: str, rows: np.ndarray)
         col = read_arrow(path, kind, [column]).column(column)
         return col.take(pa.array(rows)).combine_chunks() if len(rows) else pa.array([], col.type)
     pf = pq.ParquetFile(path)
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
+    in_order = len(rows) < 2 or bool((rows[1:] >= rows[:-1]).all())
+    order = np.arange(len(rows)) if in_order else np.argsort(rows, kind="stable")
+    sorted_rows = rows if in_order else rows[order]
     bounds = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
                               for i in range(pf.num_row_groups)])
     parts = []
@@ -641,6 +642,8 @@ def take_rows(path: str | os.PathLike, kind: str, column: str, rows: np.ndarray)
     field = pf.schema_arrow.field(column)
     taken = pa.chunked_array(parts, type=field.type).combine_chunks() if parts else pa.array(
         [], field.type)
+    if in_order:
+        return taken
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return taken.take(pa.array(inverse))

@@ -79,6 +79,8 @@ def export_csv(path: Path, to: Path, absolute_paths: bool = False) -> int:
 
 def run(cfg: ManifestConfig) -> int:
     """``dfpipe manifest``: show or export (see the module docstring)."""
+    if cfg.action not in ("show", "export"):
+        raise ConfigError(f"manifest: unknown action {cfg.action!r}; known: show, export")
     path = manifest.resolve_existing(cfg.path)
     if not path.is_file():
         raise ManifestError(f"{cfg.path}: manifest not found")

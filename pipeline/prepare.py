@@ -185,8 +185,9 @@ def sample_batched(faces: FaceColumns, videos: np.ndarray, lengths: np.ndarray,
         parts = []
         for lo in range(0, len(videos), SAMPLE_BATCH):
             batch = videos[lo:lo + SAMPLE_BATCH]
-            a = int(np.searchsorted(faces.codes, batch[0], side="left"))
-            b = int(np.searchsorted(faces.codes, batch[-1], side="right"))
+            # keys in the array's dtype: a mismatch would copy all 36M codes on every call
+            a = int(np.searchsorted(faces.codes, faces.codes.dtype.type(batch[0]), "left"))
+            b = int(np.searchsorted(faces.codes, faces.codes.dtype.type(batch[-1]), "right"))
             s = sample_columns(faces.codes[a:b], faces.frames[a:b], faces.tracks[a:b], batch,
                                lengths[lo:lo + SAMPLE_BATCH], cfg.sampler, cfg.n_frames,
                                cfg.stride)
