@@ -290,8 +290,8 @@ def faces_root(meta: dict[str, Any], manifest: str | os.PathLike | None = None) 
 
     Order: ``$DFPIPE_FACES_ROOT`` (the faces folder mounted elsewhere); the recorded root taken
     relative to the manifest's folder (faces and manifests moved together); the recorded
-    absolute root. When none exists the relative one is returned (loading a crop then names the
-    missing file).
+    absolute root. When none exists the recorded absolute root is returned (loading a crop then
+    names the missing file) and a warning says how to point elsewhere.
     """
     if not meta.get("faces_root"):
         return None
@@ -307,7 +307,7 @@ def faces_root(meta: dict[str, Any], manifest: str | os.PathLike | None = None) 
             return c.resolve()
     logger.warning("%s: faces root %s not found (moved? set %s=/new/place)", manifest,
                    " or ".join(map(str, candidates)), ROOT_ENV)
-    return candidates[0]
+    return Path(meta["faces_root"])
 
 
 def absolute_crop_paths(paths: pd.Series, root: Path | None) -> pd.Series:
@@ -409,7 +409,7 @@ class ManifestWriter:
         self._buf.append(table)
         self._buffered += len(table)
         if self._buffered >= self.row_group_rows:
-            self._flush()
+            self._flush(final=False)
 
     def write_arrow(self, table: Any) -> None:
         """Append a pyarrow table with the schema's columns (cast to its types; the fast path
@@ -440,15 +440,18 @@ class ManifestWriter:
         if t.num_rows:
             self._writer.write_table(t, row_group_size=self.row_group_rows)
 
-    def _flush(self) -> None:
+    def _flush(self, final: bool = True) -> None:
+        """Write the buffered rows as full row groups (and, when ``final``, the remainder)."""
         if not self._buf:
             return
         table = pd.concat(self._buf, ignore_index=True) if len(self._buf) > 1 else self._buf[0]
-        self._buf, self._buffered = [], 0
-        for start in range(0, len(table), self.row_group_rows):
-            part = table.iloc[start:start + self.row_group_rows]
+        n = len(table) if final else len(table) // self.row_group_rows * self.row_group_rows
+        for start in range(0, n, self.row_group_rows):
+            part = table.iloc[start:min(start + self.row_group_rows, n)]
             self._writer.write_table(_to_arrow(part, self.schema),
                                      row_group_size=self.row_group_rows)
+        rest = table.iloc[n:]
+        self._buf, self._buffered = ([rest], len(rest)) if len(rest) else ([], 0)
 
     def close(self, counts: dict[str, Any] | None = None) -> Path:
         """Finish the file, move it into place, write the sidecar; returns the path."""
