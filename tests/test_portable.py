@@ -75,3 +75,33 @@ def test_moved_project_trains_and_a_moved_faces_folder_is_found_by_env(tmp_path,
     monkeypatch.setenv(manifest.ROOT_ENV, str(tmp_path / "mnt"))
     ds = data.split_dataset(moved, "train", "clip")
     assert ds[0]["clip"].shape[0] == 30
+
+
+def test_extract_rebuild_streams_sorted_relative_rows(tmp_path, monkeypatch):
+    """extract's manifest rebuild reads the per-video records in video order and hands them to
+    the writer in chunks: sorted rows, crop paths relative to FACES_DIR, root in the metadata."""
+    from pipeline import extract
+    from pipeline.config import ExtractConfig
+    from pipeline.discovery import _row
+
+    out, rows = tmp_path / "faces", []
+    for vid in ("c", "a", "b"):  # finished in any order
+        (out / vid).mkdir(parents=True)
+        lines = ["frame,track,x1,y1,x2,y2,prob,crop"] + [
+            f"{f},{t},1.25,2.50,30.00,40.00,0.999000,{f:04d}_{t}.jpg" for f in (2, 0, 1)
+            for t in (1, 0)]
+        (out / vid / extract.FACES_RECORD).write_text("\n".join(lines) + "\n")
+        rows.append(_row(video_id=vid, path=f"/v/{vid}.mp4", status="ok", n_faces=6))
+    rows.append(_row(video_id="d", path="/v/d.mp4", status="read_error", reason="bad"))
+    monkeypatch.setattr(extract, "FACE_CHUNK_ROWS", 4)
+    cfg = ExtractConfig(out=str(out), manifest_dir=str(tmp_path / "m"))
+    counts = extract.write_manifests(cfg, rows)
+    assert counts["faces"] == 18 and counts["failed"] == 1
+    f = manifest.read_manifest(tmp_path / "m" / "faces.parquet", "faces", absolute_paths=False)
+    assert f["video_id"].tolist() == [v for v in "abc" for _ in range(6)]
+    assert f[["frame", "track"]].head(6).values.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1],
+                                                             [2, 0], [2, 1]]
+    assert f["crop_path"].iloc[0] == "a/0000_0.jpg"
+    assert manifest.read_meta(tmp_path / "m" / "faces.parquet")["faces_root"] == str(out.resolve())
+    v = manifest.read_manifest(tmp_path / "m" / "videos.parquet", "videos")
+    assert v["video_id"].tolist() == ["a", "b", "c", "d"]
