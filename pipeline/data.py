@@ -194,7 +194,7 @@ def build_records(clips: pd.DataFrame, split: pd.DataFrame, which: str) -> list[
     in the slot numbering, or a different number of slots than the others.
     """
     ids = np.sort(split.loc[split["split"] == which, "video_id"].astype(str).to_numpy())
-    code = pd.Index(ids).get_indexer(clips["video_id"].astype(str))  # (R,) -1: other split
+    code = pd.Index(ids, dtype=clips["video_id"].dtype).get_indexer(clips["video_id"])  # (R,)
     rows = np.flatnonzero(code >= 0)
     code = code[rows]
     slot = clips["slot"].to_numpy(np.int64)[rows]
@@ -205,7 +205,8 @@ def build_records(clips: pd.DataFrame, split: pd.DataFrame, which: str) -> list[
     bad_slot = np.bincount(code[slot != np.arange(len(rows)) - offsets[code]],
                            minlength=len(ids)) > 0
     mask = clips["mask"].to_numpy(np.int64)[rows]
-    paths = clips["crop_path"].astype("string").fillna("").to_numpy(dtype=object)[rows]
+    # only this split's rows become Python strings (not the whole column)
+    paths = clips["crop_path"].iloc[rows].astype("string").fillna("").to_numpy(dtype=object)
     no_path = np.bincount(code[(mask != 0) & (paths == "")], minlength=len(ids)) > 0
     bad = np.flatnonzero((counts == 0) | bad_slot | no_path)
     if len(bad):
@@ -222,7 +223,8 @@ def build_records(clips: pd.DataFrame, split: pd.DataFrame, which: str) -> list[
     if len(lengths) > 1:
         raise ManifestError(f"clips manifest: videos have different slot counts {lengths}")
     paths = np.where(mask != 0, paths, "")
-    labels = clips["label"].astype(str).to_numpy()[rows[offsets[:-1]]] if len(ids) else []
+    labels = (clips["label"].iloc[rows[offsets[:-1]]].astype(str).to_numpy() if len(ids)
+              else [])
     records = []
     for i, vid in enumerate(ids):
         lo, hi = offsets[i], offsets[i + 1]
