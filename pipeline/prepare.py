@@ -1,4 +1,10 @@
-"""``dfpipe prepare``: videos.csv + faces.csv -> outliers.csv, clips.csv, gaps.csv, split.csv.
+"""``dfpipe prepare``: videos + faces manifests -> outliers, clips, gaps, split (Parquet).
+
+Columnar: the faces manifest is read as three integer columns (video, frame, track; no boxes, no
+paths), every video is sampled at once (``sampling.sample_columns``, in batches of
+``SAMPLE_BATCH`` videos) and crop paths are read only for the rows the clips use; a legacy CSV
+folder is converted on read. Crop paths stay relative to the faces root, copied into the clips
+metadata.
 
 Steps (each decision lands in a manifest; nothing is moved or deleted):
 
