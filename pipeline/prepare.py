@@ -93,35 +93,59 @@ class FaceColumns:
         return manifest.take_rows(self.path, "faces", "crop_path", file_rows)
 
 
+def _face_tables(path: Path) -> tuple[int, Any]:
+    """(rows, iterator of pyarrow tables of ``video_id`` (dictionary), ``frame``, ``track``):
+    one Parquet row group at a time; a legacy CSV converted whole."""
+    import pyarrow.parquet as pq
+
+    cols = ["video_id", "frame", "track"]
+    if path.suffix == manifest.PARQUET:
+        try:
+            pf = pq.ParquetFile(path, read_dictionary=["video_id"])
+        except (OSError, pa.ArrowException) as e:
+            raise ManifestError(f"{path}: unreadable Parquet file: {e}") from e
+        missing = [c for c in cols if c not in pf.schema_arrow.names]
+        if missing:
+            raise ManifestError(f"{path}: not a 'faces' manifest: missing column(s) {missing}")
+        return pf.metadata.num_rows, (pf.read_row_group(i, columns=cols)
+                                      for i in range(pf.num_row_groups))
+    table = manifest.read_arrow(path, "faces", cols, dictionary=["video_id"])
+    return table.num_rows, iter([table])
+
+
 def load_face_columns(path: Path, video_ids: pd.Series) -> FaceColumns:
     """Read ``video_id, frame, track`` of the faces manifest (no crop paths, no boxes) and map
-    each row to its video's position in ``video_ids``."""
-    table = manifest.read_arrow(path, "faces", ["video_id", "frame", "track"],
-                                dictionary=["video_id"])
+    each row to its video's position in ``video_ids``.
+
+    Memory: the three int32 result arrays (12 bytes per face row) plus one row group.
+    """
+    n_rows, tables = _face_tables(Path(path))
     ids = pa.array(video_ids.astype(str).tolist(), type=pa.string())
-    parts, unknown = [], set()
-    for chunk in table.column("video_id").chunks:
-        if not pa.types.is_dictionary(chunk.type):
-            chunk = chunk.dictionary_encode()
-        pos = pc.fill_null(pc.index_in(chunk.dictionary, value_set=ids), -1).to_numpy()
-        idx = pc.fill_null(chunk.indices, 0).to_numpy(zero_copy_only=False)
-        codes = pos.astype(np.int32)[idx] if len(pos) else np.full(len(idx), -1, np.int32)
-        if (codes < 0).any():
-            unknown.update(chunk.dictionary.take(pa.array(np.unique(idx[codes < 0]))).to_pylist())
-        parts.append(codes)
-    codes = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    del parts
-    cols = {}
-    for c in ("frame", "track"):
-        col = table.column(c)
-        if col.null_count:
-            raise ManifestError(f"{path}: column '{c}' has {col.null_count} missing value(s)")
-        values = col.to_numpy()
-        if len(values) and (values.min() < 0 or values.max() >= 2**31):
-            raise ManifestError(f"{path}: column '{c}' has values outside 0..2**31-1")
-        cols[c] = values.astype(np.int32)  # (R,) int32: half the memory of int64 at 36M rows
-        del values
-    del table
+    codes = np.empty(n_rows, np.int32)  # (R,) filled row group by row group
+    cols = {"frame": np.empty(n_rows, np.int32), "track": np.empty(n_rows, np.int32)}
+    unknown: set[str] = set()
+    at = 0
+    for table in tables:
+        n = table.num_rows
+        for chunk in table.column("video_id").chunks:
+            if not pa.types.is_dictionary(chunk.type):
+                chunk = chunk.dictionary_encode()
+            pos = pc.fill_null(pc.index_in(chunk.dictionary, value_set=ids), -1).to_numpy()
+            idx = pc.fill_null(chunk.indices, 0).to_numpy(zero_copy_only=False)
+            part = pos.astype(np.int32)[idx] if len(pos) else np.full(len(idx), -1, np.int32)
+            if (part < 0).any():
+                unknown.update(chunk.dictionary.take(pa.array(np.unique(idx[part < 0])))
+                               .to_pylist())
+            codes[at:at + len(part)] = part
+            at += len(part)
+        for c in ("frame", "track"):
+            col = table.column(c)
+            if col.null_count:
+                raise ManifestError(f"{path}: column '{c}' has missing values")
+            values = col.to_numpy()
+            if len(values) and (values.min() < 0 or values.max() >= 2**31):
+                raise ManifestError(f"{path}: column '{c}' has values outside 0..2**31-1")
+            cols[c][at - n:at] = values  # int32: half the memory of int64 at 36M rows
     frames, tracks = cols["frame"], cols["track"]
     file_rows = None
     if not _sorted_rows(codes, frames, tracks):
@@ -135,8 +159,14 @@ def _sorted_rows(codes: np.ndarray, frames: np.ndarray, tracks: np.ndarray) -> b
     if len(codes) < 2:
         return True
     if frames.max() < 2**23 and tracks.max() < 2**8 and codes.min() >= 0:
-        key = (codes.astype(np.int64) << 31) | (frames.astype(np.int64) << 8) | tracks
-        return bool((key[1:] >= key[:-1]).all())  # one pass over one int64 key
+        step = 1 << 22  # blocks of 4M rows (overlapping by one): bounded temporaries
+        for lo in range(0, len(codes) - 1, step):
+            sl = slice(lo, min(lo + step + 1, len(codes)))
+            key = ((codes[sl].astype(np.int64) << 31) | (frames[sl].astype(np.int64) << 8)
+                   | tracks[sl])
+            if not (key[1:] >= key[:-1]).all():  # one int64 key per row
+                return False
+        return True
     dc, df, dt = np.diff(codes), np.diff(frames), np.diff(tracks)
     return bool(np.all((dc > 0) | ((dc == 0) & ((df > 0) | ((df == 0) & (dt >= 0))))))
 

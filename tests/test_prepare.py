@@ -415,3 +415,20 @@ def test_prepare_samples_in_batches_with_the_same_result(tmp_path, monkeypatch):
     for kind in one:
         pd.testing.assert_frame_equal(one[kind], many[kind], obj=kind)
     assert (one["clips"]["mask"] == 0).any()
+
+
+def test_face_rows_out_of_order_are_sorted_on_read(tmp_path):
+    """A faces manifest whose rows are not in (video, frame, track) order (hand-written, or
+    concatenated) gives the same result as the sorted one."""
+    videos, faces = dataset(6, 2)
+    faces["o2"] = sorted(faces["o2"] + [(20, 1)])
+    write_inputs(tmp_path / "sorted", videos, faces, ".parquet")
+    write_inputs(tmp_path / "shuffled", videos, faces, ".parquet")
+    f = manifest.read_manifest(tmp_path / "shuffled" / "faces.parquet", "faces")
+    manifest.write_manifest(f.sample(frac=1, random_state=1), tmp_path / "shuffled" /
+                            "faces.parquet", "faces")
+    for d in ("sorted", "shuffled"):
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / d)]) == 0
+    a, b = read_all(tmp_path / "sorted"), read_all(tmp_path / "shuffled")
+    for kind in a:
+        pd.testing.assert_frame_equal(a[kind], b[kind], obj=kind)
