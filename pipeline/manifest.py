@@ -381,7 +381,7 @@ class ManifestWriter:
             stable = {k: v for k, v in self.meta.items()
                       if k not in ("created", "prepare_id", "python")}
             self.schema = arrow_schema(kind, stable)
-            split = [c for c in BYTE_STREAM_SPLIT.get(kind, ())]
+            split = list(BYTE_STREAM_SPLIT.get(kind, ()))
             delta = [PATH_COLUMNS[kind]] if kind in PATH_COLUMNS else []
             self._writer = pq.ParquetWriter(
                 self._tmp, self.schema, compression="zstd", compression_level=3,
