@@ -37,8 +37,13 @@ def cam_layer(model: nn.Module) -> tuple[nn.Module, str]:
 
     The input of the last global-average-pooling layer is the final post-activation feature map
     of every torchvision CNN (and of our tiny CNN); without such a layer, the output of the last
-    ``nn.Conv2d`` is used.
+    ``nn.Conv2d`` is used. The search runs inside the model's image backbone, which its
+    registry entry names (``pipeline.models.backbone_of``; the whole model when it has none).
     """
+    from pipeline.models import backbone_of
+
+    if hasattr(model, "model_name") or hasattr(model, "encoder"):
+        model = backbone_of(model)
     pools = [m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
     if pools:
         return pools[-1], "input"

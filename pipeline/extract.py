@@ -44,7 +44,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import config as config_mod
-from pipeline.config import ExtractConfig
+from pipeline.config import MIN_FRAMES, ExtractConfig
 from pipeline.discovery import _row, discover_inputs  # noqa: F401
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_path, atomic_write_json, remove_stale_temps
@@ -59,7 +59,6 @@ from pipeline.video_io import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-MIN_FRAMES = 2
 OK_STATUSES = ("ok", "no_face")
 FAILED_DIR = "_failed"
 VIDEO_RECORD = "_video.json"

@@ -52,10 +52,12 @@ import torch
 
 from pipeline import __version__, engine
 from pipeline.checkpoint import build_model, load_checkpoint
-from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig, to_dict
+from pipeline.config import MIN_FRAMES, ExtractConfig, PrepareConfig, ScoreConfig, to_dict
 from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from pipeline.models import model_spec, scorer_name
+from pipeline.plaintypes import json_default
 from pipeline.release import resolve_checkpoint
 from pipeline.sampling import sample_video
 from pipeline.video_io import VIDEO_EXTENSIONS
@@ -108,7 +110,8 @@ def checkpoint_threshold(ckpt: dict[str, Any], scored_as: str, path: str = "") -
                        "use); using the %s model's own threshold %s, chosen on %s predictions",
                        path or "checkpoint", scored_as, ckpt["model"]["name"],
                        "0.5" if own is None else f"{float(own):.4f}",
-                       "middle-frame" if ckpt["model"]["name"] == "frame" else "its own")
+                       "middle-frame" if model_spec(ckpt["model"]["name"]).input_key == "image"
+                       else "its own")
     return float(own if own is not None else 0.5)
 
 
@@ -128,7 +131,7 @@ class VideoScorer:
         self.ckpt_path = str(ckpt_path)
         self.model_name = ckpt["model"]["name"]
         # a frame checkpoint scores videos as frame_mean: every sampled frame, probabilities averaged
-        self.model = build_model(ckpt, as_model="frame_mean" if self.model_name == "frame" else None)
+        self.model = build_model(ckpt, as_model=model_spec(self.model_name).scores_as)
         self.model.to(self.device).eval()
         pre = ckpt.get("preprocess", {})
         self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
@@ -138,7 +141,7 @@ class VideoScorer:
         self.sampler = prep.get("sampler", defaults.sampler)
         self.n_slots = int(prep.get("n_frames", defaults.n_frames))
         self.stride = int(prep.get("stride", defaults.stride))
-        scored_as = "frame_mean" if self.model_name == "frame" else self.model_name
+        scored_as = scorer_name(self.model_name)
         self.threshold = float(threshold if threshold is not None
                                else checkpoint_threshold(ckpt, scored_as, self.ckpt_path))
         self.detect = detect
@@ -163,7 +166,7 @@ class VideoScorer:
         data = ckpt.get("train_data", {})
         self.card = {
             "model": self.model_name,
-            "scored_as": "frame_mean" if self.model_name == "frame" else self.model_name,
+            "scored_as": scorer_name(self.model_name),
             "backbone": ckpt["config"].get("backbone", ""),
             "checkpoint": self.ckpt_path,
             "checkpoint_id": _file_id(self.ckpt_path),
@@ -250,8 +253,9 @@ class VideoScorer:
         reader = open_video(path, self.extract_cfg.decoder)
         try:
             n = reader.info.n_frames
-            if n < 2:
-                raise VideoReadError(f"{path}: {n} frame(s), need at least 2", status="too_short")
+            if n < MIN_FRAMES:
+                raise VideoReadError(f"{path}: {n} frame(s), need at least {MIN_FRAMES}",
+                                     status="too_short")
             faces = extract_faces(reader, self.detector, self.extract_cfg,
                                   frames=self.slot_frames(reader.info.n_frames))
         finally:
@@ -335,7 +339,7 @@ class VideoScorer:
     def _per_slot(self, clip: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         """(B, T) per-slot p_fake: frame models score each frame; cnn_lstm gives running verdicts."""
         b, t = mask.shape
-        if self.card["scored_as"] == "frame_mean":
+        if model_spec(self.card["scored_as"]).per_frame:
             logits = self.model.frame(clip.reshape(b * t, *clip.shape[2:]))  # (B*T,)
             return engine.probabilities(logits).reshape(b, t).float().cpu().numpy()  # (B, T)
         feats = self.model.encoder(clip)  # (B, T, F), once
@@ -359,7 +363,7 @@ class VideoScorer:
         cams = grad_cam(lambda: self.model(clip, mask), self.model, faces[0].shape[:2])  # (T, h, w)
         timeline = result["timeline"]
         scores = np.array([p["p_fake"] for p in timeline])
-        if self.card["scored_as"] == "frame_mean":
+        if model_spec(self.card["scored_as"]).per_frame:
             # the frames whose own score is furthest towards the verdict
             order = np.argsort(-scores if result["label"] == "FAKE" else scores)
         else:
@@ -379,7 +383,7 @@ class VideoScorer:
                     f"{len(result['tracks'])})",
             faces=faces, frames=[c.frame for c in used], timeline=timeline,
             threshold=self.threshold, heatmaps=heat,
-            timeline_label="p_fake of the frame" if self.card["scored_as"] == "frame_mean"
+            timeline_label="p_fake of the frame" if model_spec(self.card["scored_as"]).per_frame
             else "running p_fake (LSTM)",
         )
         result["evidence_png"] = str(png)
@@ -520,7 +524,7 @@ def crashed_row(path: str, row: dict) -> dict[str, Any]:
 
 def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a result depends on: the checkpoint's content id and the scoring settings."""
-    scored_as = "frame_mean" if ckpt["model"]["name"] == "frame" else ckpt["model"]["name"]
+    scored_as = scorer_name(ckpt["model"]["name"])
     threshold = (cfg.threshold if cfg.threshold is not None
                  else checkpoint_threshold(ckpt, scored_as, cfg.checkpoint))
     return {"checkpoint_id": _file_id(cfg.checkpoint), "threshold": float(threshold),
@@ -579,15 +583,9 @@ def read_journal(path: Path) -> list[dict]:
 
 def _append(path: Path, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=_json_default) + "\n")
+        f.write(json.dumps(row, default=json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
