@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                 "detect faces (MTCNN) in raw videos -> crops + videos/faces manifests"),
     "merge": (config.MergeConfig, "pipeline.shards:run",
               "merge the manifests of extract shards (--shard I/N) into one manifest folder"),
+    "manifest": (config.ManifestConfig, "pipeline.manifest_cli:run",
+                 "show a manifest (schema, rows, metadata, head) or export it as CSV"),
     "prepare": (config.PrepareConfig, "pipeline.prepare:run",
                 "filter 200-400 face frames, subsample 30 frames, grouped train/val/test split"),
     "train": (config.TrainConfig, "pipeline.training:run",

@@ -156,6 +156,20 @@ class MergeConfig:
 
 
 @dataclass(frozen=True)
+class ManifestConfig:
+    """``dfpipe manifest show|export PATH``: look into a manifest (Parquet, or CSV of earlier
+    versions): its schema, row count, metadata and first rows, or a CSV copy for people."""
+
+    action: str = opt("", "show (schema, rows, metadata, head) or export (a CSV, --to)",
+                      positional=True)
+    path: str = opt("", "the manifest file (.parquet or .csv)", positional=True)
+    to: str | None = opt(None, "export: the CSV file to write")
+    rows: int = opt(5, "show: rows of the head")
+    absolute_paths: bool = opt(False, "crop paths joined with the faces root (default: as stored, "
+                               "relative to it)")
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     """``dfpipe prepare``: videos/faces manifests -> outliers, clips and split manifests."""
 
@@ -327,7 +341,9 @@ class BenchConfig:
     out: str = opt("benchmarks/results", "folder for the results JSON/Markdown")
     what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
                                 "which benchmarks to run (also: crop-margin, the crop recipe of "
-                                "dfdc_faces vs ours; not a speed measurement)")
+                                "dfdc_faces vs ours; not a speed measurement; scale, prepare "
+                                "and the training index on generated DFDC-size manifests)")
+    videos: int = opt(120_000, "scale: videos of the generated manifests (~300 face rows each)")
     repeats: int = opt(3, "repetitions per measurement")
     scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
     backbones: tuple[str, ...] = opt(("tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0",
