@@ -268,6 +268,15 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _markdown_all(results: dict[str, Any]) -> str:
+    text = _markdown(results)
+    if "scale" in results:
+        from pipeline.bench_scale import markdown
+
+        text += "\n\n" + "\n".join(markdown(results["scale"]))
+    return text
+
+
 def run(cfg: BenchConfig) -> int:
     """Run the chosen benchmarks; write ``bench.json`` and ``bench.md`` into ``cfg.out``."""
     import sys
@@ -288,15 +297,16 @@ def run(cfg: BenchConfig) -> int:
              ("score", lambda: bench_score(video, cfg.repeats, device=cfg.device)),
              ("scaling", lambda: bench_scaling(video, cfg.scaling_videos, cfg.device)),
              ("train", lambda: _bench_train(cfg)),
-             ("crop-margin", lambda: bench_crop_margin(cfg))]
+             ("crop-margin", lambda: bench_crop_margin(cfg)),
+             ("scale", lambda: _bench_scale(cfg))]
     for name, fn in steps:
         if name in cfg.what:
             logger.info("bench: %s ...", name)
             results[name.replace("-", "_")] = fn()
             atomic_write_json(out / "bench.json", results)  # partial results survive a crash
-    atomic_write_text(out / "bench.md", _markdown(results))
+    atomic_write_text(out / "bench.md", _markdown_all(results))
     logger.info("bench: results in %s", out)
-    print(_markdown(results))
+    print(_markdown_all(results))
     return 0
 
 
@@ -306,6 +316,12 @@ def _extract_agreement(cfg: BenchConfig) -> dict[str, Any]:
     if not Path(cfg.samples).is_dir():
         raise ConfigError(f"bench extract-agreement: {cfg.samples}: folder not found")
     return agreement_all(cfg.samples, ExtractConfig(device=cfg.device))
+
+
+def _bench_scale(cfg: BenchConfig) -> dict[str, Any]:
+    from pipeline.bench_scale import bench_scale
+
+    return bench_scale(cfg.out, cfg.videos)
 
 
 def _bench_train(cfg: BenchConfig) -> dict[str, Any]:

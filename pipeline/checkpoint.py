@@ -38,6 +38,7 @@ from torch import nn
 
 from pipeline.errors import CheckpointError
 from pipeline.fsutil import atomic_path
+from pipeline.plaintypes import plain  # noqa: F401  (re-exported: checkpoint.plain)
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +160,11 @@ def build_model(ckpt: dict[str, Any], as_model: str | None = None) -> nn.Module:
 
     Args:
         ckpt: a dict from ``load_checkpoint``.
-        as_model: ``"frame_mean"`` wraps a stored ``frame`` model as the all-frames average.
+        as_model: a derived scorer the stored model offers (``model_spec(name).derived``, e.g.
+            ``"frame_mean"`` wraps a stored ``frame`` model as the all-frames average).
     """
-    from pipeline.models import create_model
-    from pipeline.models.temporal import FrameMean
+    from pipeline.errors import ConfigError
+    from pipeline.models import create_model, derive
 
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"]["kwargs"])
     model = create_model(name, **kwargs)
@@ -174,10 +176,10 @@ def build_model(ckpt: dict[str, Any], as_model: str | None = None) -> nn.Module:
         raise CheckpointError(f"checkpoint state dict does not fit model '{name}': "
                               f"{str(e).splitlines()[0]}") from e
     if as_model is not None and as_model != name:
-        if (name, as_model) != ("frame", "frame_mean"):
-            raise CheckpointError(f"a '{name}' checkpoint cannot be used as '{as_model}' "
-                                  "(only frame -> frame_mean)")
-        model = FrameMean.from_frame(model)
+        try:
+            model = derive(model, as_model)
+        except ConfigError as e:
+            raise CheckpointError(f"checkpoint: {e}") from e
     return model.eval()
 
 
@@ -190,21 +192,6 @@ def library_versions() -> dict[str, str]:
     return {"dfpipe": str(__version__), "torch": str(torch.__version__),
             "torchvision": str(torchvision.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
-
-
-def plain(obj: Any) -> Any:
-    """Recursively turn numpy scalars/arrays, tuples and paths into plain Python types."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # --------------------------------------------------------------------------------------------

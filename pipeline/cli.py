@@ -1,6 +1,7 @@
 """``dfpipe``: the only place that reads argv. One subcommand per stage.
 
-Each subcommand's flags come from its stage config dataclass (``pipeline.config``); the handler
+Each subcommand's flags come from its stage config dataclass (``pipeline.config``: one flag per
+field, built by ``add_arguments`` and read back by ``from_namespace``); the handler
 is ``run(cfg) -> int`` in the stage module, imported only when that subcommand runs so that
 ``dfpipe --help`` stays fast. Exit status (``EXIT_STATUS``): 0 all good, 1 some items failed
 (the stage says which), 2 the command could not run (one-line reason), 3 dfpipe crashed (an
@@ -10,15 +11,19 @@ unexpected exception: a bug, logged with its traceback), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
+import typing
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from pipeline import __version__, config
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_CANNOT_RUN, EXIT_CRASHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STATUS = f"""exit status:
@@ -35,11 +40,13 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                 "detect faces (MTCNN) in raw videos -> crops + videos/faces manifests"),
     "merge": (config.MergeConfig, "pipeline.shards:run",
               "merge the manifests of extract shards (--shard I/N) into one manifest folder"),
+    "manifest": (config.ManifestConfig, "pipeline.manifest_cli:run",
+                 "show a manifest (schema, rows, metadata, head) or export it as CSV"),
     "prepare": (config.PrepareConfig, "pipeline.prepare:run",
                 "filter 200-400 face frames, subsample 30 frames, grouped train/val/test split"),
     "train": (config.TrainConfig, "pipeline.training:run",
-              "train cnn_lstm or the single-frame baseline -> checkpoints/<run>/"),
-    "evaluate": (config.EvaluateConfig, "pipeline.evaluation:run",
+              "train a registered model (--model) -> checkpoints/<run>/"),
+    "evaluate": (config.EvaluateConfig, "pipeline.cli:evaluate",
                  "compare checkpoints on one split -> report (metrics, plots)"),
     "export": (config.ExportConfig, "pipeline.checkpoint:run_export",
                "a trained checkpoint -> a small inference-only release file (fp16, card, crop recipe)"),
@@ -51,6 +58,92 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "run": (config.RunConfig, "pipeline.run:run",
             "the whole pipeline end to end (synthetic data when no input is given)"),
 }
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for ``X | None`` annotations."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one CLI argument per field of the config dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("cli", True) is False:
+            continue
+        tp, _optional = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = meta.get("help", "")
+        kw: dict[str, Any] = {"help": help_text}
+        if callable(meta.get("choices")):  # read from a registry when used, not at build time
+            kw.update(choices=_LazyChoices(meta["choices"]), metavar=f.name.upper())
+            help_text = kw["help"] = f"{help_text} (one of: %(choices)s)"
+        elif "choices" in meta:
+            kw["choices"] = meta["choices"]
+        if config.is_tuple_type(tp):
+            inner = typing.get_args(tp)[0]
+            kw.update(nargs="+" if meta.get("positional") else "*", type=inner)
+            if not meta.get("positional"):
+                kw["action"] = _ExtendAction
+        elif tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = tp
+        if meta.get("positional"):
+            if not config.is_tuple_type(tp) and default is not None and default != "":
+                kw["nargs"] = "?"
+            if config.is_tuple_type(tp) and (default or meta.get("optional")):
+                kw["nargs"] = "*"
+            parser.add_argument(f.name, default=default, **kw)
+            continue
+        if default is not None and help_text:
+            kw["help"] = f"{help_text} (default: {default if not config.is_tuple_type(tp) else ' '.join(map(str, default))})"
+        flags = ["--" + f.name.replace("_", "-")]
+        if meta.get("short"):
+            flags.insert(0, "-" + meta["short"])
+        parser.add_argument(*flags, dest=f.name, default=default, **kw)
+
+
+class _LazyChoices:
+    """CLI choices asked of a function each time they are used (``dfpipe --help`` stays fast:
+    the model registry, and torch with it, loads only when a value is checked or listed)."""
+
+    def __init__(self, fn: typing.Callable[[], list[str]]) -> None:
+        self.fn = fn
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.fn()
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self.fn())
+
+
+class _ExtendAction(argparse.Action):
+    """``--x a b --x c`` -> (a, b, c): the first use replaces the default, later uses extend."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        if current is self.default or current is None:
+            current = []
+        setattr(namespace, self.dest, [*current, *values])
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
+    """Build ``cls`` from parsed arguments (fields not on the CLI keep their defaults)."""
+    data = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if hasattr(ns, f.name):
+            v = getattr(ns, f.name)
+            if config.is_tuple_type(_base_type(hints[f.name])[0]) and v is not None:
+                v = tuple(v)
+            data[f.name] = v
+    return cls(**data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _target, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=cls.__doc__, epilog=EXIT_STATUS,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        config.add_arguments(p, cls)
+        add_arguments(p, cls)
     return parser
 
 
@@ -98,6 +191,15 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
                         handlers=[handler], force=True)
 
 
+def evaluate(cfg: config.EvaluateConfig) -> int:
+    """``dfpipe evaluate``: write the report, print its short summary on stdout."""
+    from pipeline import evaluation
+
+    summary = evaluation.evaluate(cfg)
+    print("\n".join(evaluation.summary_lines(summary, cfg.out)))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dfpipe``; returns the exit status."""
     parser = build_parser()
@@ -105,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     cls, target, _ = COMMANDS[args.command]
     try:
-        cfg = config.from_namespace(cls, args)
+        cfg = from_namespace(cls, args)
         module_name, func_name = target.split(":")
         handler = getattr(importlib.import_module(module_name), func_name)
         return int(handler(cfg) or EXIT_OK)

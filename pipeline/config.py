@@ -1,26 +1,29 @@
 """One frozen dataclass per stage: the single source of defaults.
 
-The CLI builds its flags from these fields (``add_arguments``) and turns parsed arguments back
-into a config (``from_namespace``); every stage writes its resolved config (``to_dict``) beside its
-outputs. A field's ``metadata`` carries its help text and, optionally, ``positional``, ``choices``,
-``short`` (a one-letter alias) or ``cli=False`` (not exposed as a flag).
+The CLI builds its flags from these fields (``cli.add_arguments``) and turns parsed arguments
+back into a config (``cli.from_namespace``); every stage writes its resolved config (``to_dict``)
+beside its outputs. A field's ``metadata`` carries its help text and, optionally, ``positional``, ``choices``,
+``short`` (a one-letter alias) or ``cli=False`` (not exposed as a flag). ``choices`` may be a
+function returning the list (the model names come from the registry).
 
 Unknown keys fail loudly (``from_dict``), as in nanoGPT's configurator.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
 from pipeline.release import checkpoint_help
 
 T = TypeVar("T")
+
+MIN_FRAMES = 2
+"""The one minimum-frames rule: a video with fewer decodable frames is refused, by extract (a
+``too_short`` row) and by score alike."""
 
 DEFAULT_MANIFEST_DIR = "data_manifests"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
@@ -32,14 +35,8 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-types dict of a config (tuples become lists, paths strings)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
+    """Plain-types dict of a config (tuples become lists, paths strings: ``plaintypes.plain``)."""
+    from pipeline.plaintypes import plain
 
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
@@ -53,83 +50,15 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in data.items():
-        if _is_tuple(hints[k]) and isinstance(v, list):
+        if is_tuple_type(hints[k]) and isinstance(v, list):
             v = tuple(v)
         kwargs[k] = v
     return cls(**kwargs)
 
 
-def _is_tuple(tp: Any) -> bool:
+def is_tuple_type(tp: Any) -> bool:
+    """True for a ``tuple[...]`` annotation (such fields take lists from JSON and the CLI)."""
     return typing.get_origin(tp) is tuple
-
-
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(inner type, optional?) for ``X | None`` annotations."""
-    args = typing.get_args(tp)
-    if type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return tp, False
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one CLI argument per field of the config dataclass ``cls``."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if meta.get("cli", True) is False:
-            continue
-        tp, _optional = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = meta.get("help", "")
-        kw: dict[str, Any] = {"help": help_text}
-        if "choices" in meta:
-            kw["choices"] = meta["choices"]
-        if _is_tuple(tp):
-            inner = typing.get_args(tp)[0]
-            kw.update(nargs="+" if meta.get("positional") else "*", type=inner)
-            if not meta.get("positional"):
-                kw["action"] = _ExtendAction
-        elif tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = tp
-        if meta.get("positional"):
-            if not _is_tuple(tp) and default is not None and default != "":
-                kw["nargs"] = "?"
-            if _is_tuple(tp) and (default or meta.get("optional")):
-                kw["nargs"] = "*"
-            parser.add_argument(f.name, default=default, **kw)
-            continue
-        if default is not None and help_text:
-            kw["help"] = f"{help_text} (default: {default if not _is_tuple(tp) else ' '.join(map(str, default))})"
-        flags = ["--" + f.name.replace("_", "-")]
-        if meta.get("short"):
-            flags.insert(0, "-" + meta["short"])
-        parser.add_argument(*flags, dest=f.name, default=default, **kw)
-
-
-class _ExtendAction(argparse.Action):
-    """``--x a b --x c`` -> (a, b, c): the first use replaces the default, later uses extend."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        current = getattr(namespace, self.dest, None)
-        if current is self.default or current is None:
-            current = []
-        setattr(namespace, self.dest, [*current, *values])
-
-
-def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
-    """Build ``cls`` from parsed arguments (fields not on the CLI keep their defaults)."""
-    data = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if hasattr(ns, f.name):
-            v = getattr(ns, f.name)
-            if _is_tuple(_base_type(hints[f.name])[0]) and v is not None:
-                v = tuple(v)
-            data[f.name] = v
-    return cls(**data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +159,20 @@ class MergeConfig:
 
 
 @dataclass(frozen=True)
+class ManifestConfig:
+    """``dfpipe manifest show|export PATH``: look into a manifest (Parquet, or CSV of earlier
+    versions): its schema, row count, metadata and first rows, or a CSV copy for people."""
+
+    action: str = opt("", "show (schema, rows, metadata, head) or export (a CSV, --to)",
+                      positional=True)
+    path: str = opt("", "the manifest file (.parquet or .csv)", positional=True)
+    to: str | None = opt(None, "export: the CSV file to write")
+    rows: int = opt(5, "show: rows of the head")
+    absolute_paths: bool = opt(False, "crop paths joined with the faces root (default: as stored, "
+                               "relative to it)")
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     """``dfpipe prepare``: videos/faces manifests -> outliers, clips and split manifests."""
 
@@ -249,11 +192,18 @@ class PrepareConfig:
                             choices=["auto", "off"])
 
 
+def _trainable_models() -> list[str]:
+    """The registry's trainable models (imported when a parser is built: torch is slow)."""
+    from pipeline.models import trainable_models
+
+    return trainable_models()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """``dfpipe train``: clips + split manifests -> a checkpoint run folder."""
 
-    model: str = opt("cnn_lstm", "model name from the registry", choices=["cnn_lstm", "frame"])
+    model: str = opt("cnn_lstm", "model name from the registry", choices=_trainable_models)
     backbone: str = opt("tiny", "encoder backbone from the registry")
     preset: str | None = opt(None, "named model preset (e.g. seed_study)")
     pretrained: bool = opt(False, "load pretrained backbone weights (local file or torchvision cache)")
@@ -345,22 +295,25 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """``dfpipe score``: videos -> per-video verdicts (+ evidence sheets)."""
+    """``dfpipe score``: videos and still images -> per-input verdicts (+ evidence sheets)."""
 
-    inputs: tuple[str, ...] = opt((), "video files or folders", positional=True)
+    inputs: tuple[str, ...] = opt((), "video or image files, or folders", positional=True)
     checkpoint: str = opt("", checkpoint_help())
     out: str = opt("results.jsonl", "results file (.jsonl or .csv)")
-    explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per video)")
+    explain: str | None = opt(None, "folder for evidence sheets (PNG + HTML per input)")
     engine: str = opt("inline", "where per-video work runs", choices=["inline", "pool", "ray"])
     workers: int = opt(0, "worker processes (0: as many as the usable CPU cores and memory allow)")
     address: str | None = opt(None, "Ray cluster address (none: embedded local Ray)")
     max_in_flight: int = opt(0, "videos queued at once (0: 2 per worker)")
     device: str = opt("auto", "device", choices=["auto", "cpu", "cuda"])
     threshold: float | None = opt(None, "decision threshold (default: the checkpoint's)")
-    detect: str = opt("slots", "frames MTCNN runs on: 'slots' = only the sampler's slot starts "
-                      "(0, 10, ..., 290: fast), 'all' = every frame (as the extract stage)",
+    detect: str = opt("slots", "frames MTCNN runs on: 'slots' = only the slot frames of the "
+                      "scoring windows (fast), 'all' = every frame (as the extract stage)",
                       choices=["slots", "all"])
-    min_frames: int = opt(10, "a face track needs at least this many of the 30 slots to be scored")
+    min_frames: int = opt(3, "a face track needs its face in at least this many sampled frames to "
+                          "be scored (fewer: too_few_frames)")
+    low_evidence_frames: int = opt(10, "a verdict resting on fewer sampled frames than this is "
+                                   "flagged low_evidence")
     min_track_share: float = opt(0.3, "a face track is an identity (can decide the verdict) when it "
                                  "holds at least this share of the frames with a face, or is the "
                                  "longest track; shorter tracks are reported as 'brief'")
@@ -391,8 +344,11 @@ class BenchConfig:
     out: str = opt("benchmarks/results", "folder for the results JSON/Markdown")
     what: tuple[str, ...] = opt(("decode", "extract", "score", "scaling", "train"),
                                 "which benchmarks to run (also: crop-margin, the crop recipe of "
-                                "dfdc_faces vs ours; extract-agreement, track vs full detection "
-                                "on every clip of --samples; neither a speed measurement)")
+                                "dfdc_faces vs ours; not a speed measurement; scale, prepare "
+                                "and the training index on generated DFDC-size manifests; "
+                                "extract-agreement, track vs full detection on every clip of "
+                                "--samples, not a speed measurement either)")
+    videos: int = opt(120_000, "scale: videos of the generated manifests (~300 face rows each)")
     repeats: int = opt(3, "repetitions per measurement")
     scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
     backbones: tuple[str, ...] = opt(("tiny", "mobilenet_v3_small", "resnet18", "efficientnet_b0",

@@ -201,7 +201,7 @@ class _DecodedVideo:
         reader = open_video(path, decoder)
         try:
             self.path, self.info = str(path), reader.info
-            idx = pick(self.info.n_frames) or list(range(self.info.n_frames))
+            idx = pick(self.info.n_frames, self.info.fps) or list(range(self.info.n_frames))
             self.frames = dict(zip(idx, reader.get_batch(idx), strict=True))
         finally:
             reader.close()
@@ -227,10 +227,13 @@ def scores_by_margin(checkpoint: str, videos: Sequence[str | os.PathLike],
     ``VideoScorer.score(faces=...)``.
 
     Returns ``{"recipe": ..., "rows": [{"video", "margin", "p_fake", "frame_mean", "status"}]}``;
-    ``frame_mean`` is the mean of the deciding track's per-frame scores.
+    ``frame_mean`` is the mean of the deciding track's per-frame scores (``frame_mean_p``).
     """
+    import torch
+
     from pipeline.errors import VideoReadError
     from pipeline.faces import VideoFaces, crop_face, extract_faces, jpeg_round_trip
+    from pipeline.models.temporal import frame_mean_p
     from pipeline.scoring import VideoScorer
 
     scorer = VideoScorer.from_checkpoint(checkpoint, device=device)
@@ -240,7 +243,7 @@ def scores_by_margin(checkpoint: str, videos: Sequence[str | os.PathLike],
         try:
             video = _DecodedVideo(v, scorer.extract_cfg.decoder, scorer.slot_frames)
             found = extract_faces(video, scorer.detector, scorer.extract_cfg,
-                                  frames=scorer.slot_frames(video.info.n_frames))
+                                  frames=scorer.slot_frames(video.info.n_frames, video.info.fps))
         except VideoReadError as e:
             rows += [{"video": Path(v).stem, "margin": float(m), "status": e.status, "p_fake": None,
                       "frame_mean": None} for m in margins]
@@ -252,8 +255,9 @@ def scores_by_margin(checkpoint: str, videos: Sequence[str | os.PathLike],
                 crops = [jpeg_round_trip(c, recipe["jpeg_quality"]) for c in crops]
             r = scorer.score(v, faces=VideoFaces(found.info, found.records, crops))
             tl = [p["p_fake"] for p in r.get("timeline") or []]
+            mean = float(frame_mean_p(torch.tensor([tl], dtype=torch.float64))[0]) if tl else None
             rows.append({"video": Path(v).stem, "margin": float(m), "status": r["status"],
-                         "p_fake": r["p_fake"], "frame_mean": float(np.mean(tl)) if tl else None})
+                         "p_fake": r["p_fake"], "frame_mean": mean})
         logger.info("crop-margin: %s scored at %d margins", v, len(margins))
     return {"checkpoint": str(checkpoint), "recipe": recipe, "rows": rows}
 

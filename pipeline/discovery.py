@@ -22,6 +22,9 @@ from pipeline.video_io import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+"""Still images (``dfpipe score`` scores them; ``import_faces`` reads face crops); any case."""
+
 
 def _row(**kw: Any) -> dict[str, Any]:
     """A videos-row with every column (missing numbers NaN, strings "")."""
@@ -130,3 +133,36 @@ def discover_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], lis
         seen[it["video_id"]] = it["path"]
         unique.append({"id": it["video_id"], **it})
     return unique, failed
+
+
+def discover_paths(inputs: Sequence[str | os.PathLike],
+                   extensions: Sequence[str] = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS) -> list[Path]:
+    """Files to score: files named directly, and files with ``extensions`` (any case) found
+    recursively in folders; sorted by path.
+
+    Every distinct input path is kept, also two paths of one file (a symlink, a hard link):
+    ``score_batch.find_duplicates`` says which ones are the same file. Only the same path named
+    twice (a folder and a file in it) is listed once. A named path that does not exist, and a
+    sub-folder that cannot be listed, are kept as items of their own (the caller gives them a
+    row with the reason) rather than raising.
+    """
+    exts = {e.lower() for e in extensions}
+    found: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            unlisted: list[Path] = []
+            walk = os.walk(p, onerror=lambda e, u=unlisted: u.append(Path(e.filename)))
+            for folder, _, files in walk:
+                found += [Path(folder) / f for f in files
+                          if Path(f).suffix.lower() in exts and (Path(folder) / f).is_file()]
+            found += unlisted
+        else:
+            found.append(p)
+    seen, out = set(), []
+    for p in sorted(found, key=lambda q: str(q)):
+        key = os.path.normpath(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out

@@ -219,3 +219,38 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp:
     out["loss"] = bll if math.isfinite(bll) else out["log_loss"]
     out["predictions"] = preds
     return out
+
+
+@torch.no_grad()
+def frame_pass(frame_model: nn.Module, loader: DataLoader, device: torch.device, *,
+               progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An image model on every valid slot of every clip: the ``frame_mean`` view, and per frame.
+
+    Args:
+        frame_model: an ``input_key == "image"`` model.
+        loader: clips (``clip`` mode: all slots and their mask).
+
+    Returns:
+        (video table: video_id, p_fake by ``models.temporal.frame_mean_p`` (in float64), as
+        the ``frame_mean`` wrapper computes it; frame table: video_id, slot, p_fake).
+    """
+    from pipeline.models.temporal import frame_mean_p
+
+    frame_model.eval()
+    videos, frames = [], []
+    for batch in tqdm(loader, desc="frames", unit="batch", leave=False, disable=not progress):
+        clip, mask = batch["clip"], batch["mask"]  # (B, T, C, H, W), (B, T)
+        b, t = clip.shape[:2]
+        valid = mask.reshape(-1) > 0  # (B*T,)
+        flat = clip.reshape(b * t, *clip.shape[2:])[valid].to(device)  # (N_valid, C, H, W)
+        probs = torch.zeros(b * t, dtype=torch.float64)  # (B*T,)
+        if flat.shape[0]:
+            probs[valid] = probabilities(frame_model(flat)).cpu().double()  # (N_valid,)
+        probs = probs.reshape(b, t)  # (B, T)
+        p_video = frame_mean_p(probs, mask)  # (B,)
+        for i, vid in enumerate(batch["video_id"]):
+            videos.append({"video_id": str(vid), "p_fake": float(p_video[i])})
+            for slot in torch.nonzero(mask[i] > 0).flatten().tolist():
+                frames.append({"video_id": str(vid), "slot": int(slot),
+                               "p_fake": float(probs[i, slot])})
+    return pd.DataFrame(videos), pd.DataFrame(frames)

@@ -2,7 +2,8 @@
 
 Actors have ``max_restarts=-1`` and ``max_task_retries=1``: a killed actor is restarted (its
 constructor runs again) and its tasks are retried once. Without an address an embedded
-single-node Ray is started bound to loopback only and shut down at the end.
+single-node Ray is started bound to loopback only and shut down at the end; with one, the driver
+joins that cluster (``connect_ray``) and only its own actors are killed at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import MissingDependencyError, PipelineError
@@ -40,6 +42,32 @@ def _import_ray() -> Any:
     return ray
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host.startswith("ray://"):
+        host = host[len("ray://"):]
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Ray keeps loopback addresses as they are while this is active (see ``start_local_ray``)."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # layout changed: the environment variable still reaches child processes
+        ray_constants = None
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if ray_constants is not None and saved is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environ({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                       "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}):
+            yield
+    finally:
+        if ray_constants is not None and saved is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def start_local_ray(num_cpus: int) -> None:
     """Start an embedded single-node Ray whose servers listen on loopback only.
 
@@ -51,26 +79,53 @@ def start_local_ray(num_cpus: int) -> None:
     starts. Verified with ``ss -ltnp``: GCS, raylet, agents and workers listen on 127.0.0.1 only.
     """
     ray = _import_ray()
-    try:
-        from ray._private import ray_constants
-    except ImportError:  # layout changed: the environment variable still reaches child processes
-        ray_constants = None
-    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-    if ray_constants is not None and saved is not None:
-        ray_constants.ENABLE_RAY_CLUSTER = False
     t0 = time.perf_counter()
-    try:
-        with _environ({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                       "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}):
-            # "local": always a new embedded node, even when RAY_ADDRESS is set
-            ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
-                     _node_ip_address="127.0.0.1", log_to_driver=False,
-                     logging_level=logging.WARNING)
-    finally:
-        if ray_constants is not None and saved is not None:
-            ray_constants.ENABLE_RAY_CLUSTER = saved
+    with _loopback_only():
+        # "local": always a new embedded node, even when RAY_ADDRESS is set
+        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
+                 _node_ip_address="127.0.0.1", log_to_driver=False,
+                 logging_level=logging.WARNING)
     logger.info("started embedded Ray on 127.0.0.1 with %d CPUs in %.1f s", num_cpus,
                 time.perf_counter() - t0)
+
+
+def connect_ray(address: str) -> None:
+    """Join the running cluster at ``address`` as a driver.
+
+    Token authentication (on by default since Ray 2.5x) is Ray's own: the driver presents the
+    cluster's token from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``
+    (``RAY_AUTH_MODE=token``). A loopback address (a cluster of nodes on this machine, e.g.
+    ``scripts/ray_local_cluster.sh``) is kept as given: Ray would otherwise replace it by the
+    machine's routable IP, where a loopback-bound cluster does not answer.
+    """
+    ray = _import_ray()
+    t0 = time.perf_counter()
+    ctx = _loopback_only() if _is_loopback(address) else contextlib.nullcontext()
+    try:
+        with ctx:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise PipelineError(f"could not connect to the Ray cluster at {address}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+                            f"(a cluster with token authentication needs its token: "
+                            f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH)") from exc
+    logger.info("connected to Ray at %s in %.1f s", address, time.perf_counter() - t0)
+
+
+def _import_roots(worker_cls: type) -> list[str]:
+    """The folders from which an actor on this machine imports ``worker_cls`` and ``pipeline``."""
+    roots = []
+    for name in (worker_cls.__module__, __name__):
+        mod = sys.modules.get(name)
+        file = getattr(mod, "__file__", None)
+        if not file:
+            continue
+        root = Path(file).resolve().parent
+        for _ in range(name.count(".")):  # pipeline.executors_ray -> the folder holding pipeline/
+            root = root.parent
+        if str(root) not in roots:
+            roots.append(str(root))
+    return roots
 
 
 class _ActorHost:
@@ -104,9 +159,7 @@ def _run_ray(worker_cls: type, worker_args: tuple, items: Sequence[dict], n_work
             start_local_ray(n_workers * threads)
             started = True
         else:
-            t0 = time.perf_counter()
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-            logger.info("connected to Ray at %s in %.1f s", address, time.perf_counter() - t0)
+            connect_ray(address)
     actors: list[Any] = []
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -118,11 +171,12 @@ def _run_ray(worker_cls: type, worker_args: tuple, items: Sequence[dict], n_work
             n_workers = max(1, cpus // threads)
         limit = _in_flight_limit(max_in_flight, n_workers)
         n_actors = max(1, min(n_workers, limit, len(items)))
-        if started:  # same machine: actors import what the driver imports (tests/, scripts)
-            paths = [p for p in sys.path if p and os.path.isdir(p)]
+        if started:  # same machine: actors import the worker class from where the driver did
+            paths = _import_roots(worker_cls)
             if os.environ.get("PYTHONPATH"):
                 paths.append(os.environ["PYTHONPATH"])
             env = {"PYTHONPATH": os.pathsep.join(paths), **env}
+        # a cluster's nodes import dfpipe as installed there (the same version: README)
         host = ray.remote(_ActorHost).options(
             num_cpus=threads, max_restarts=-1, max_task_retries=ITEM_RETRIES,
             runtime_env={"env_vars": env})

@@ -32,13 +32,46 @@ from pipeline.fsutil import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 
+SYNTHETIC_WARNING = ("WARNING: this model was trained on SYNTHETIC data: its verdicts on real "
+                     "videos mean nothing")
+
+
+def provenance_line(card: dict[str, Any]) -> str:
+    """One line naming the model, its checkpoint id and what it was trained on.
+
+    ``card``: the scorer's ``info()`` (``scored_as``, ``checkpoint_id``, ...) or a result's
+    ``checkpoint`` summary (``model``, ``id``, ...).
+    """
+    model = card.get("scored_as") or card.get("model") or "?"
+    backbone = card.get("backbone")
+    ck = card.get("checkpoint_id") or card.get("id") or "?"
+    title = card.get("card_title")
+    return (f"{title + ': ' if title else ''}model {model}{f' ({backbone})' if backbone else ''}, "
+            f"checkpoint {ck}, trained on {card.get('trained_on') or 'unknown data'}")
+
+
+def synthetic_warning(card: dict[str, Any]) -> str | None:
+    """``SYNTHETIC_WARNING`` when the card says the training data was synthetic, else None."""
+    flag = card.get("synthetic_training_data")
+    if flag is None:
+        flag = card.get("synthetic")
+    if flag is None:  # an older summary without the flag: what ``trained_on`` says
+        flag = str(card.get("trained_on", "")).startswith("SYNTHETIC")
+    return SYNTHETIC_WARNING if flag else None
+
+
 def cam_layer(model: nn.Module) -> tuple[nn.Module, str]:
     """Where Grad-CAM reads the encoder's last feature map, and whether it is the layer's input.
 
     The input of the last global-average-pooling layer is the final post-activation feature map
     of every torchvision CNN (and of our tiny CNN); without such a layer, the output of the last
-    ``nn.Conv2d`` is used.
+    ``nn.Conv2d`` is used. The search runs inside the model's image backbone, which its
+    registry entry names (``pipeline.models.backbone_of``; the whole model when it has none).
     """
+    from pipeline.models import backbone_of
+
+    if hasattr(model, "model_name") or hasattr(model, "encoder"):
+        model = backbone_of(model)
     pools = [m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
     if pools:
         return pools[-1], "input"
@@ -99,8 +132,28 @@ def overlay(face: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarra
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def render_sheet(
-    path: str | os.PathLike,
+def timeline_seconds(timeline: Sequence[dict[str, Any]], fps: float | None) -> list[float] | None:
+    """Each point's time in seconds: its ``time_s`` when given, else ``frame / fps``; None when
+    neither is known (the sheet then falls back to frame numbers)."""
+    if all(p.get("time_s") is not None for p in timeline):
+        return [float(p["time_s"]) for p in timeline]
+    if fps:
+        return [float(p["time_s"]) if p.get("time_s") is not None else p["frame"] / fps
+                for p in timeline]
+    return None
+
+
+def evidence_line(frames_used: int | None, n_frames: int | None, fps: float | None) -> str:
+    """E.g. ``verdict rests on 30 face frames, sampled over the whole video (300 frames, 10.0 s)``."""
+    if frames_used is None:
+        return ""
+    whole = ""
+    if n_frames:
+        whole = f" (video: {n_frames:,} frames" + (f", {n_frames / fps:.1f} s)" if fps else ")")
+    return f"verdict rests on {frames_used} face frame{'s' if frames_used != 1 else ''}{whole}"
+
+
+def sheet_figure(
     *,
     title: str,
     verdict: str,
@@ -110,20 +163,13 @@ def render_sheet(
     threshold: float,
     heatmaps: Sequence[tuple[int, np.ndarray, np.ndarray]],
     timeline_label: str = "p_fake per frame",
-) -> Path:
-    """Write the evidence PNG: face strip, score timeline, Grad-CAM overlays.
-
-    Args:
-        path: destination PNG (written atomically).
-        title: first line (video name, model).
-        verdict: second line (label, p_fake, threshold).
-        faces: RGB uint8 crops the model saw, in order.
-        frames: their source frame indices.
-        timeline: ``[{"frame": f, "p_fake": p}, ...]`` for the deciding face track.
-        threshold: decision threshold drawn on the timeline.
-        heatmaps: ``(frame, face, cam)`` for the frames that drove the verdict.
-        timeline_label: y-axis label of the timeline.
-    """
+    card: dict[str, Any] | None = None,
+    frames_used: int | None = None,
+    n_frames: int | None = None,
+    fps: float | None = None,
+) -> Any:
+    """The evidence sheet as a matplotlib ``Figure`` (see ``render_sheet`` for the arguments):
+    the provenance line and, for a synthetic-data model, a red warning banner are drawn on it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -131,13 +177,32 @@ def render_sheet(
     cols = min(max(n_strip, 1), 15)
     strip_rows = max(1, int(np.ceil(n_strip / cols)))
     n_heat = len(heatmaps)
+    warning = synthetic_warning(card) if card else None
+    head = 0.1 + 0.26 * (f"{title}\n{verdict}".count("\n") + 1)  # inches of the bold lines
+    top = head + 0.55 + (0.5 if warning else 0.0)  # inches above the panels for the header
+    has_timeline = bool(timeline) or bool(n_frames)  # a still image has none: no empty axes
+    panels = 1.1 * strip_rows + (2.4 if has_timeline else 0) + (2.6 if n_heat else 0)
+    height = top + panels
     # a Figure of its own, not pyplot's global figure manager: safe in concurrent threads
-    fig = Figure(figsize=(15, 2.0 + 1.1 * strip_rows + 2.4 + (2.6 if n_heat else 0)))
+    fig = Figure(figsize=(15, height))
     FigureCanvasAgg(fig)
-    heights = [1.1] * strip_rows + [2.2] + ([2.6] if n_heat else [])
-    gs = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.45)
-    fig.suptitle(f"{title}\n{verdict}", fontsize=13, fontweight="bold", y=0.995)
+    heights = [1.1] * strip_rows + ([2.2] if has_timeline else []) + ([2.6] if n_heat else [])
+    gs = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.45,
+                          top=1 - top / height, bottom=0.02)
+    y = 1 - 0.08 / height
+    fig.text(0.5, y, f"{title}\n{verdict}", ha="center", va="top", fontsize=13,
+             fontweight="bold")
+    y -= head / height
+    lines = [provenance_line(card) if card else "",
+             evidence_line(frames_used if frames_used is not None else n_strip, n_frames, fps)]
+    fig.text(0.5, y, "\n".join(x for x in lines if x), ha="center", va="top", fontsize=10)
+    if warning:
+        y -= 0.5 / height
+        fig.text(0.5, y, warning, ha="center", va="top", fontsize=13, fontweight="bold",
+                 color="white", bbox={"boxstyle": "square,pad=0.4", "facecolor": "#b00020",
+                                      "edgecolor": "#b00020"})
 
+    seconds = timeline_seconds([{"frame": f} for f in frames], fps)
     for r in range(strip_rows):
         sub = gs[r].subgridspec(1, cols, wspace=0.05)
         for c in range(cols):
@@ -146,28 +211,20 @@ def render_sheet(
             i = r * cols + c
             if i < n_strip:
                 ax.imshow(faces[i])
-                ax.set_title(f"f{frames[i]}", fontsize=7, pad=1)
-        if r == 0:
-            fig.text(0.01, 1 - 0.02, "", fontsize=8)
+                label = f"f{frames[i]}" + (f" {seconds[i]:.1f}s" if seconds else "")
+                ax.set_title(label, fontsize=7, pad=1)
 
-    ax = fig.add_subplot(gs[strip_rows])
-    if timeline:
-        xs = [p["frame"] for p in timeline]
-        ys = [p["p_fake"] for p in timeline]
-        ax.plot(xs, ys, marker="o", ms=3, color="#b00020", lw=1.5)
-    ax.axhline(threshold, ls="--", color="grey", lw=1, label=f"threshold {threshold:.2f}")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("frame")
-    ax.set_ylabel(timeline_label)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.grid(alpha=0.3)
+    if has_timeline:
+        _draw_timeline(fig.add_subplot(gs[strip_rows]), timeline, threshold, timeline_label,
+                       n_frames, fps)
 
     if n_heat:
-        sub = gs[strip_rows + 1].subgridspec(1, max(n_heat, 1) * 2, wspace=0.05)
+        sub = gs[strip_rows + int(has_timeline)].subgridspec(1, max(n_heat, 1) * 2, wspace=0.05)
         for k, (frame, face, cam) in enumerate(heatmaps):
             a1 = fig.add_subplot(sub[2 * k])
             a1.imshow(face)
-            a1.set_title(f"frame {frame}", fontsize=8)
+            a1.set_title(f"frame {frame}" + (f" ({frame / fps:.1f} s)" if fps else ""),
+                         fontsize=8)
             a1.axis("off")
             a2 = fig.add_subplot(sub[2 * k + 1])
             a2.imshow(overlay(face, cam))
@@ -175,15 +232,77 @@ def render_sheet(
             a2.set_title("Grad-CAM (flat: no positive evidence)" if flat else "Grad-CAM",
                          fontsize=8)
             a2.axis("off")
+    return fig
 
+
+def _draw_timeline(ax: Any, timeline: Sequence[dict[str, Any]], threshold: float, label: str,
+                   n_frames: int | None, fps: float | None) -> None:
+    """p_fake over the video on ``ax``: seconds when known, the axis spanning the whole video;
+    points of different scoring ``window``s (a long video) are separate lines."""
+    xs = timeline_seconds(timeline, fps) if timeline else None
+    in_seconds = xs is not None or (not timeline and bool(fps))
+    if timeline:
+        xs = xs if xs is not None else [p["frame"] for p in timeline]
+        runs: dict[Any, tuple[list[float], list[float]]] = {}
+        for x, p in zip(xs, timeline, strict=True):
+            run = runs.setdefault(p.get("window", 0), ([], []))
+            run[0].append(x)
+            run[1].append(p["p_fake"])
+        for rx, ry in runs.values():
+            ax.plot(rx, ry, marker="o", ms=3, color="#b00020", lw=1.5)
+    if n_frames:  # the axis spans the whole video, whichever part the points cover
+        ax.set_xlim(0, n_frames / fps if in_seconds and fps else n_frames)
+    ax.axhline(threshold, ls="--", color="grey", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("time in the video (s)" if in_seconds else "frame")
+    ax.set_ylabel(label)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def figure_text(fig: Any) -> str:
+    """Every text drawn on a figure (figure texts, titles, axis labels, legends), one per line."""
+    out = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:
+        out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        if ax.get_legend() is not None:
+            out += [t.get_text() for t in ax.get_legend().get_texts()]
+    return "\n".join(t for t in out if t)
+
+
+def render_sheet(path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write the evidence PNG: header (verdict, provenance line, synthetic-data warning, the
+    frames the verdict rests on), face strip, score timeline over the whole video, Grad-CAM.
+
+    Args:
+        path: destination PNG (written atomically).
+        title: first line (video name, model).
+        verdict: second line (label, p_fake, threshold).
+        faces: RGB uint8 crops the model saw, in order.
+        frames: their source frame indices.
+        timeline: ``[{"frame": f, "p_fake": p, "time_s": seconds (optional)}, ...]`` for the deciding
+            face track (drawn as given: it may span several windows of a long video).
+        threshold: decision threshold drawn on the timeline.
+        heatmaps: ``(frame, face, cam)`` for the frames that drove the verdict.
+        timeline_label: y-axis label of the timeline.
+        card: the scorer's model card (``info()``): the provenance line and the warning.
+        frames_used: face frames the verdict rests on (default: the faces shown).
+        n_frames: frames in the whole video (the timeline's axis spans them).
+        fps: the video's frame rate (times in seconds; frame numbers without it).
+    """
+    fig = sheet_figure(**kwargs)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
     return path
 
 
-def render_html(path: str | os.PathLike, result: dict[str, Any], png_name: str) -> Path:
-    """A small self-contained HTML page per video: verdict, tracks, and the evidence PNG."""
+def render_html(path: str | os.PathLike, result: dict[str, Any], png_name: str,
+                card: dict[str, Any] | None = None) -> Path:
+    """A small self-contained HTML page per video: verdict, provenance (and the synthetic-data
+    warning), the frames the verdict rests on, tracks, and the evidence PNG.
+
+    ``card``: the scorer's model card; without it, the result's ``checkpoint`` summary."""
     e = html.escape
     rows = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td></tr>".format(
@@ -192,19 +311,24 @@ def render_html(path: str | os.PathLike, result: dict[str, Any], png_name: str) 
         for t in result.get("tracks", [])
     )
     p = result.get("p_fake")
-    verdict = (f"{result.get('label')} (p_fake = {p:.3f}, threshold {result.get('threshold')})"
+    t = result.get("threshold")
+    verdict = (f"{result.get('label')} (p_fake = {p:.3f}, threshold "
+               f"{t if not isinstance(t, float) else f'{t:.3f}'})"
                if p is not None else f"no verdict: {result.get('status')} ({result.get('reason')})")
-    ck = result.get("checkpoint", {})
+    ck = card or result.get("checkpoint", {})
+    warning = synthetic_warning(ck)
+    banner = (f'<p style="background:#b00020;color:#fff;font-weight:700;padding:.5rem">'
+              f'{e(warning)}</p>' if warning else "")
+    rests = evidence_line(result.get("frames_used", 0), result.get("n_frames"), result.get("fps"))
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{e(str(result.get('video_id', '')))}: {e(verdict)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;}} td,th{{border:1px solid #ccc;padding:.2rem .5rem}}
 table{{border-collapse:collapse}} img{{max-width:100%}}</style></head><body>
 <h1>{e(str(result.get('path', '')))}</h1>
 <h2>{e(verdict)}</h2>
-<p>model: {e(str(ck.get('model', '')))} · checkpoint {e(str(ck.get('id', '')))} ·
-trained on: {e(str(ck.get('trained_on', '')))}</p>
-<p>{result.get('frames_used', 0)} frames used, {result.get('faces_found', 0)} faces found,
-{result.get('seconds', 0):.1f} s</p>
+{banner}
+<p class="provenance">{e(provenance_line(ck))}</p>
+<p>{e(rests)}; {result.get('faces_found', 0)} faces found</p>
 <table><tr><th>track</th><th>p_fake</th><th>frames used</th></tr>{rows}</table>
 <p><img src="{e(png_name)}" alt="evidence sheet"></p></body></html>
 """

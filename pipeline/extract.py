@@ -2,7 +2,8 @@
 
 Input: DFDC part folders (``metadata.json`` + mp4s; folders are searched recursively), plain
 folders or single video files. Output: ``FACES_DIR/<video_id>/<frame:04d>_<track>.jpg`` plus
-``videos.csv`` and ``faces.csv`` in the manifest folder.
+``videos.parquet`` and ``faces.parquet`` in the manifest folder (crop paths relative to FACES_DIR,
+recorded in the metadata; see ``pipeline.manifest``).
 
 Resume: each finished video is one folder ``FACES_DIR/<video_id>/`` written under a temporary
 name and renamed whole, holding its crops, ``_video.json`` (its videos-row, the parameters
@@ -43,16 +44,21 @@ from typing import Any
 import pandas as pd
 
 from pipeline import config as config_mod
-from pipeline.config import ExtractConfig
+from pipeline.config import MIN_FRAMES, ExtractConfig
 from pipeline.discovery import _row, discover_inputs  # noqa: F401
 from pipeline.errors import ConfigError, VideoReadError
 from pipeline.fsutil import atomic_path, atomic_write_json, remove_stale_temps
-from pipeline.manifest import SCHEMAS, manifest_path, write_manifest
+from pipeline.manifest import (
+    SCHEMAS,
+    ManifestWriter,
+    manifest_path,
+    relative_crop_paths,
+    write_manifest,
+)
 from pipeline.video_io import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-MIN_FRAMES = 2
 OK_STATUSES = ("ok", "no_face")
 FAILED_DIR = "_failed"
 VIDEO_RECORD = "_video.json"
@@ -255,32 +261,62 @@ def _results(cfg: ExtractConfig, todo: list[dict]) -> Iterator[dict]:
                      threads_per_worker=1, env=WORKER_ENV, progress=False)
 
 
-def write_manifests(cfg: ExtractConfig, rows: list[dict], *, kind_counts: dict | None = None) -> dict[str, Any]:
-    """Write ``videos.csv`` and ``faces.csv`` (rows sorted) from videos-rows and face records."""
+FACE_CHUNK_ROWS = 250_000
+"""Face rows gathered before they are handed to the manifest writer (bounded memory)."""
+
+
+def write_manifests(cfg: ExtractConfig, rows: list[dict], *, kind_counts: dict | None = None,
+                    faces_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the ``videos`` and ``faces`` manifests (rows sorted) from videos-rows and face records.
+
+    Face rows are read one video at a time (in video_id order) and streamed to the Parquet
+    writer in chunks, so memory does not grow with the number of face rows. Crop paths are
+    stored relative to ``faces_root`` (default: ``cfg.out``), recorded in the metadata.
+    """
     out = Path(cfg.out)
+    root = Path(faces_root if faces_root is not None else out).resolve()
     videos = pd.DataFrame([{k: r.get(k) for k in SCHEMAS["videos"].columns} for r in rows],
                           columns=list(SCHEMAS["videos"].columns))
-    videos = videos.sort_values(["video_id", "path"], kind="stable").reset_index(drop=True)
-    face_rows: list[list[Any]] = []
-    for r in rows:
-        if r["status"] == "ok" and r.get("_faces_from") is None:
-            face_rows.extend(read_face_records(out, r["video_id"]))
-        elif r.get("_faces_from") is not None:
-            face_rows.extend(r["_faces_from"])
-    faces = pd.DataFrame(face_rows, columns=list(SCHEMAS["faces"].columns))
-    faces = faces.sort_values(["video_id", "frame", "track"], kind="stable").reset_index(drop=True)
+    order = videos.sort_values(["video_id", "path"], kind="stable").index
+    videos = videos.loc[order].reset_index(drop=True)
     statuses = Counter(videos["status"])
-    counts = {
-        "videos": len(videos),
-        "failed": int(sum(n for s, n in statuses.items() if s not in OK_STATUSES)),
-        "faces": len(faces),
-        "status": dict(sorted(statuses.items())),
-        **(kind_counts or {}),
-    }
     mdir = Path(cfg.manifest_dir)
     conf = config_mod.to_dict(cfg)
-    write_manifest(videos, manifest_path(mdir, "videos"), "videos", config=conf, counts=counts)
-    write_manifest(faces, manifest_path(mdir, "faces"), "faces", config=conf, counts=counts)
+    columns = list(SCHEMAS["faces"].columns)
+    n_faces = 0
+    with ManifestWriter(manifest_path(mdir, "faces").with_suffix(".parquet"), "faces",
+                        config=conf, faces_root=root) as writer:
+        chunk: list[list[Any]] = []
+
+        def flush() -> None:
+            if chunk:
+                df = pd.DataFrame(chunk, columns=columns)
+                writer.write(df.assign(crop_path=relative_crop_paths(df["crop_path"], root)))
+                chunk.clear()
+
+        for i in order:
+            r = rows[i]
+            if r.get("_faces_from") is not None:
+                got = sorted(r["_faces_from"], key=lambda f: (f[1], f[2]))
+            elif r["status"] == "ok":
+                got = sorted(read_face_records(out, r["video_id"]), key=lambda f: (f[1], f[2]))
+            else:
+                continue
+            chunk.extend(got)
+            n_faces += len(got)
+            if len(chunk) >= FACE_CHUNK_ROWS:
+                flush()
+        flush()
+        counts = {
+            "videos": len(videos),
+            "failed": int(sum(n for s, n in statuses.items() if s not in OK_STATUSES)),
+            "faces": n_faces,
+            "status": dict(sorted(statuses.items())),
+            **(kind_counts or {}),
+        }
+        write_manifest(videos, manifest_path(mdir, "videos").with_suffix(".parquet"), "videos",
+                       config=conf, counts=counts)
+        writer.close(counts)
     return counts
 
 

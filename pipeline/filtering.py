@@ -135,7 +135,8 @@ def orphan_filter(
     all_ids = set(all_video_ids)
     kept_ids = set(kept["video_id"])
     is_fake = kept["label"] == "FAKE"
-    orig = kept["original"].astype("string").fillna("")
+    # object dtype: isin with a Python set hashes (Arrow-backed strings would convert the set)
+    orig = kept["original"].astype("string").fillna("").astype(object)
     has_orig = orig != ""
     absent = is_fake & has_orig & ~orig.isin(all_ids)
     orphan = is_fake & has_orig & orig.isin(all_ids) & ~orig.isin(kept_ids)

@@ -143,10 +143,27 @@ def temp_target(temp_name: str) -> str:
     return temp_name.removeprefix(TMP_PREFIX).rsplit(".", 1)[0]
 
 
+_DIGESTS: dict[tuple, str] = {}
+"""(path, device, inode, size, mtime_ns) -> digest of files of ``CACHE_BYTES`` or more: a big
+file hashed again unchanged (prepare records its 370 MB faces input in four sidecars) is not
+read again. Smaller files are always read (an edit within the clock's mtime granularity that
+keeps the size must still show)."""
+
+CACHE_BYTES = 64 << 20
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes (remembered while the file's size and mtime stay)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if st.st_size >= CACHE_BYTES and key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    if st.st_size >= CACHE_BYTES:
+        if len(_DIGESTS) > 1024:
+            _DIGESTS.clear()
+        _DIGESTS[key] = h.hexdigest()
     return h.hexdigest()

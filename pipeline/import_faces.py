@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import ExtractConfig
-from pipeline.discovery import _label, _row, _stem
+from pipeline.discovery import IMAGE_EXTENSIONS, _label, _row, _stem
 from pipeline.errors import ConfigError, MetadataError, VideoReadError
 from pipeline.extract import write_manifests
 from pipeline.manifest import LABELS
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def _frame_number(name: str, fallback: int) -> int:
@@ -150,8 +149,10 @@ def import_faces(cfg: ExtractConfig) -> int:
                    reason="" if faces else f"{where}: no images")
         row["_faces_from"] = faces
         rows.append(row)
+    root = os.path.commonpath([str(Path(s).resolve()) for s in srcs]) if srcs else cfg.out
     counts = write_manifests(cfg, rows, kind_counts={"imported_from": [str(s) for s in srcs],
-                                                     "single_image_videos": n_single})
+                                                     "single_image_videos": n_single},
+                             faces_root=root)
     logger.info("import: %d videos (%s; %d single-image), %d faces; manifests in %s",
                 counts["videos"], ", ".join(f"{k} {v}" for k, v in counts["status"].items()),
                 n_single, counts["faces"], cfg.manifest_dir)

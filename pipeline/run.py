@@ -15,7 +15,9 @@ Every stage writes into ``work_dir``:
     work_dir/scores/         results.jsonl + evidence sheets for a few test videos
     work_dir/scores_shipped/ the same videos scored by the shipped real model (when installed)
 
-Each stage resumes: rerunning skips finished work. The last line printed is the report path.
+Each stage resumes: rerunning skips finished work. Progress and the headers of the verdict
+lists are logged (stderr); the verdicts themselves are ``dfpipe score``'s lines. The last line
+logged names the report.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ DEMO_SYNTH = dict(n_originals=16, fakes_per_original=1, frames=300, outlier_shar
 """Synthetic set of the demo: 16 groups (an original and its fake), 300-frame clips like DFDC's
 (the 30-slot sampler needs frames 0..290), one group each of length outliers, two-face clips and
 face gaps: small enough for minutes on 2 CPU cores, with every quirk the stages handle."""
+
+DEMO_MODELS = ("cnn_lstm", "frame")
+"""Registry models the demo trains and compares (the frame model brings its ``frame_mean``)."""
 
 DEMO_TRAIN = dict(image_size=64, lr=3e-3, dropout=0.0, readout="mean", augment=(), patience=40)
 """Training recipe of the demo (random-init tiny CNN on 64 px crops, both models alike). The
@@ -59,10 +64,10 @@ def score_with_shipped(paths: tuple[str, ...], out_dir: Path, *, synthetic: bool
         log.info("the shipped real model (%s) is not installed: demo verdicts come from the "
                  "synthetic-trained models only", shipped)
         return None
-    print(f"== verdicts of the shipped real model {shipped.name}: {release.card_title()} ==")
+    log.info("== verdicts of the shipped real model %s: %s ==", shipped.name, release.card_title())
     if synthetic:
-        print("NOTE: these are synthetic clips (a rendered face with a flicker artefact); the "
-              "real model never saw anything like them, so its verdicts on them mean little")
+        log.warning("these are synthetic clips (a rendered face with a flicker artefact); the "
+                    "real model never saw anything like them, so its verdicts on them mean little")
     rc = scoring.run(config.ScoreConfig(inputs=paths, checkpoint=str(shipped),
                                         out=str(out_dir / "results.jsonl"),
                                         explain=str(out_dir / "evidence"), overwrite=True))
@@ -94,7 +99,7 @@ def run(cfg: config.RunConfig) -> int:
     _stage("prepare", rc, fatal=True)
 
     ckpts = []
-    for model in ("cnn_lstm", "frame"):
+    for model in DEMO_MODELS:
         run_dir = work / "checkpoints" / f"{model}_s{cfg.seed}"
         recipe = DEMO_TRAIN if not cfg.inputs else {}
         rc = training.run(config.TrainConfig(
@@ -119,8 +124,8 @@ def run(cfg: config.RunConfig) -> int:
     if paths:
         scores = work / "scores"
         data = "SYNTHETIC" if not cfg.inputs else "your"
-        print(f"== verdicts of {Path(ckpts[0]).parent.name} (trained by this run on its {data} "
-              "train split) ==")
+        log.info("== verdicts of %s (trained by this run on its %s train split) ==",
+                 Path(ckpts[0]).parent.name, data)
         # overwrite: a rerun may have trained the checkpoint further, and scoring a few videos
         # again is cheap (score refuses to resume another checkpoint's results)
         rc = scoring.run(config.ScoreConfig(inputs=paths, checkpoint=ckpts[0],
@@ -133,5 +138,4 @@ def run(cfg: config.RunConfig) -> int:
         worst = max(worst, rc or 0)
 
     log.info("comparison report: %s", report / "report.md")
-    print(report / "report.md")
     return 1 if worst else 0

@@ -1,45 +1,49 @@
-"""``dfpipe score``: whole videos -> per-video verdicts with evidence.
+"""``dfpipe score``, one input: a video or still image -> a verdict with the evidence it rests on.
 
-One video: decode -> faces (``faces.extract_faces``, the extract stage's own code) -> per face
-track, the model's 30-slot input (``sampling.sample_video``, the prepare stage's own rules;
-``data.crops_to_tensor``, the training preprocessing) -> p_fake per track -> the video's p_fake is
-the maximum over the tracks that are real identities (any fake identity makes the video fake). A
-track is an identity when it holds at least ``min_track_share`` of the video's face frames (or is
-the longest track); shorter ones (a face on a poster seen for a moment, a detector false positive)
-are reported in ``tracks`` with status ``brief`` and never decide the verdict. A failure has a
-status and a reason and no score; never a made-up 0.5.
+A video: decode -> faces (``faces.extract_faces``, the extract stage's own code) -> per face
+track, the model's slots over the whole video (``score_sampling``: windows of ``n_slots`` frames
+at the training spacing in seconds, ``slot_seconds``, from the checkpoint; one denser window for a
+clip shorter than that; consecutive windows for a longer one, so that every part of the video is
+looked at) -> p_fake per window (``data.crops_to_tensor``, the training preprocessing; a window
+with gaps is a masked clip) -> the track's p_fake = the mean of its windows' p_fake weighted by the
+frames each rests on -> the video's p_fake = the maximum over the tracks that are real identities
+(any fake identity makes the video fake).
+
+Why the mean over windows and the max over tracks: the decision threshold was chosen on single
+~10 s windows of validation videos; averaging a track's windows keeps a real video's false-alarm
+rate at that calibrated level however long it is (a max over 30 windows of a 5-minute video would
+call far more real videos FAKE), while each window's own p_fake stays in ``windows`` and the
+``timeline`` so a manipulated stretch remains visible. Different tracks are different people: one
+fake identity is enough.
+
+A track is an identity when it holds at least ``min_track_share`` of the video's face frames (or
+is the longest track); shorter ones (a face on a poster seen for a moment, a detector false
+positive) are reported in ``tracks`` with status ``brief`` and never decide the verdict. A track
+is scored when its face is in at least ``min_frames`` (3) sampled frames; ``frames_used`` says how
+many distinct frames the verdict rests on and ``low_evidence`` is true below
+``low_evidence_frames`` (10, a third of the model's 30 slots). A failure has a status and a
+reason and no score; never a made-up 0.5.
+
+A still image (``score_image``): faces scored one by one with the frame model, max over faces.
+``score(path)`` dispatches on the suffix or the file's first bytes: the one entry point for a CLI
+input, a batch item or a web upload.
 
 Statuses: ``ok``; ``no_face`` (readable, no face found); ``too_few_frames`` (faces, but no track
-fills ``min_frames`` of the slots); ``duplicate`` (batch only: the same file as another input
-path, scored once under that path, named in ``duplicate_of``); ``read_error`` / ``empty_file`` /
-``missing_file`` / ``too_short`` (the video cannot be used); ``error`` (anything unexpected, with
-its message, also a worker process that died). Only the last two groups make the exit status 1.
+in ``min_frames`` sampled frames); ``duplicate`` (batch only, ``score_batch``); ``needs_video``
+(an image with a ``cnn_lstm`` checkpoint); ``read_error`` / ``empty_file`` / ``missing_file`` /
+``too_short`` (the input cannot be used); ``error`` (anything unexpected, with its message).
 
 Crops are made the way the model's training crops were (no train/serve skew): the checkpoint's
-``crop`` recipe (margin, size, square or not, JPEG quality; ``crop_recipe``) drives
-``faces.crop_face`` and the JPEG round trip (``faces.jpeg_round_trip``) before the model sees them.
+``crop`` recipe (``score_card.crop_recipe``) drives ``faces.crop_face`` and the JPEG round trip.
 
-Per-frame timeline: for ``frame`` checkpoints, each sampled frame's own p_fake (the video score is
-their mean, ``frame_mean``); for ``cnn_lstm``, the running verdict: p_fake after the LSTM has seen
-the slots up to that frame.
-
-Batch mode writes one JSON line per video as it finishes (fsync'd), so a killed run loses at most
-the videos in flight; a rerun skips videos already in the results file. Each line carries the
-``score_key`` of what produced it (checkpoint content id + the scoring settings, see
-``score_settings``): a rerun with another checkpoint or settings is refused instead of reprinting
-the old verdicts (``--overwrite`` rescores). The resolved config is written beside the results
-(``<out>.config.json``).
+Per-frame timeline (every window of the deciding track): for ``frame`` checkpoints, each sampled
+frame's own p_fake (a window's p_fake is their mean, as ``frame_mean``); for ``cnn_lstm``, the
+running verdict within its window: p_fake after the LSTM has seen the slots up to that frame.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import hashlib
-import io
-import json
 import logging
-import math
 import os
 import time
 from dataclasses import replace
@@ -47,102 +51,91 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from pipeline import __version__, engine
+from pipeline import engine
 from pipeline.checkpoint import build_model, load_checkpoint
-from pipeline.config import ExtractConfig, PrepareConfig, ScoreConfig, to_dict
+from pipeline.config import MIN_FRAMES, ExtractConfig
 from pipeline.data import crops_to_tensor, normalization_of
 from pipeline.errors import ConfigError, VideoReadError
-from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from pipeline.models import model_spec
+from pipeline.models.temporal import frame_mean_p
 from pipeline.release import resolve_checkpoint
-from pipeline.sampling import sample_video
-from pipeline.video_io import VIDEO_EXTENSIONS
+from pipeline.score_batch import (  # noqa: F401 - the batch API, re-exported for its callers
+    OUTCOME_STATUSES,
+    config_path,
+    journal_path,
+    read_journal,
+    run,
+    write_csv,
+)
+from pipeline.score_card import (
+    card_title,
+    checkpoint_threshold,
+    crop_recipe,  # noqa: F401 - re-exported for its callers
+    file_id,
+    scored_as,
+    trained_on,
+)
+from pipeline.score_card import trained_on as _trained_on  # noqa: F401 - its older name
+from pipeline.score_evidence import evidence_stem, video_sheet  # noqa: F401 - re-exported
+from pipeline.score_image import is_image, score_image
+from pipeline.score_sampling import (
+    Window,
+    WindowSlot,
+    sample_window,
+    score_windows,
+    slot_plan,
+    window_frames,
+)
 
 log = logging.getLogger(__name__)
 
-OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames", "duplicate")
-"""Statuses that are an answer about the video; anything else counts as a failure."""
-N_EVIDENCE = 3
-CROP_KEYS = ("margin", "size", "square", "jpeg_quality")
-
-
-def crop_recipe(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """How the model's training crops were made: ``{margin, size, square, jpeg_quality, source}``.
-
-    From the checkpoint's ``crop`` key (written by ``dfpipe train`` from the extract manifests'
-    config, or by the release export); a checkpoint without one gets the extract stage's
-    defaults, and ``source`` says so. ``jpeg_quality`` 0 means no JPEG round trip.
-    """
-    stored = ckpt.get("crop")
-    d = ExtractConfig()
-    out = {"margin": d.margin, "size": d.crop_size, "square": d.square,
-           "jpeg_quality": d.jpeg_quality}
-    if isinstance(stored, dict):
-        missing = [k for k in CROP_KEYS if stored.get(k) is None]
-        out.update({k: stored[k] for k in CROP_KEYS if k not in missing})
-        source = str(stored.get("source") or "checkpoint")
-        if missing:
-            source += f" ({', '.join(missing)}: extract defaults)"
-    else:
-        source = "extract defaults (the checkpoint records no crop recipe)"
-    return {"margin": float(out["margin"]), "size": int(out["size"]), "square": bool(out["square"]),
-            "jpeg_quality": int(out["jpeg_quality"] or 0), "source": source}
-
-
-def checkpoint_threshold(ckpt: dict[str, Any], scored_as: str, path: str = "") -> float:
-    """The checkpoint's decision threshold for the way it scores (``scored_as``).
-
-    Training stores ``thresholds`` (one per use: ``frame`` and ``frame_mean`` for a frame model,
-    each chosen on validation predictions made that way). An older checkpoint has only
-    ``threshold``, chosen on the model's own predictions: used with a warning when it scores
-    another way (a frame model as ``frame_mean``); 0.5 when it has neither.
-    """
-    thresholds = ckpt.get("thresholds") or {}
-    if scored_as in thresholds:
-        return float(thresholds[scored_as])
-    own = ckpt.get("threshold")
-    if scored_as != ckpt["model"]["name"]:
-        log.warning("%s: no %s threshold in the checkpoint (trained before dfpipe stored one per "
-                       "use); using the %s model's own threshold %s, chosen on %s predictions",
-                       path or "checkpoint", scored_as, ckpt["model"]["name"],
-                       "0.5" if own is None else f"{float(own):.4f}",
-                       "middle-frame" if ckpt["model"]["name"] == "frame" else "its own")
-    return float(own if own is not None else 0.5)
+VIDEO_RULE = ("a window's p_fake from its sampled frames; a track's p_fake = the mean of its "
+              "windows' p_fake weighted by their frames; the video's p_fake = the max over its "
+              "identity tracks")
+"""How a video's verdict combines windows and tracks: in every video result (``verdict_rule``)."""
+CLIPS_PER_PASS = 8
+"""Windows per forward pass: a long video's windows go through the model in chunks (memory)."""
 
 
 class VideoScorer:
-    """A model, a face detector and the sampling rules of its training data: scores videos.
+    """A model, a face detector and the sampling rules of its training data: scores videos and
+    still images.
 
     Build with ``VideoScorer.from_checkpoint``; ``score(path)`` returns a result dict.
     """
 
     def __init__(self, ckpt: dict[str, Any], ckpt_path: str, *, device: str = "auto",
-                 detect: str = "slots", min_frames: int = 10, decoder: str = "decord",
+                 detect: str = "slots", min_frames: int = 3, decoder: str = "decord",
                  threshold: float | None = None, extract: ExtractConfig | None = None,
-                 min_track_share: float = 0.3, crop: dict[str, Any] | None = None) -> None:
+                 min_track_share: float = 0.3, crop: dict[str, Any] | None = None,
+                 low_evidence_frames: int = 10) -> None:
         from pipeline.faces import detector_from_config
 
         self.device = engine.resolve_device(device)
         self.ckpt_path = str(ckpt_path)
         self.model_name = ckpt["model"]["name"]
         # a frame checkpoint scores videos as frame_mean: every sampled frame, probabilities averaged
-        self.model = build_model(ckpt, as_model="frame_mean" if self.model_name == "frame" else None)
+        self.model = build_model(ckpt, as_model=model_spec(self.model_name).scores_as)
         self.model.to(self.device).eval()
         pre = ckpt.get("preprocess", {})
         self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
         self.mean, self.std = normalization_of(pre)  # the statistics the model was trained with
-        prep = dict(ckpt.get("train_data", {}).get("prepare") or {})
-        defaults = PrepareConfig()
-        self.sampler = prep.get("sampler", defaults.sampler)
-        self.n_slots = int(prep.get("n_frames", defaults.n_frames))
-        self.stride = int(prep.get("stride", defaults.stride))
-        scored_as = "frame_mean" if self.model_name == "frame" else self.model_name
+        self.plan = slot_plan(ckpt)  # n_slots frames slot_seconds apart, as the training clips
+        self.n_slots = self.plan.n_slots
         self.threshold = float(threshold if threshold is not None
-                               else checkpoint_threshold(ckpt, scored_as, self.ckpt_path))
+                               else checkpoint_threshold(ckpt, scored_as(ckpt), self.ckpt_path))
+        # an image is one frame: the threshold chosen on the image model's own predictions
+        self.takes_images = model_spec(self.model_name).input_key == "image"
+        self.image_threshold = float(threshold if threshold is not None else (
+            checkpoint_threshold(ckpt, self.model_name, self.ckpt_path) if self.takes_images
+            else self.threshold))
         self.detect = detect
-        self.min_frames = min_frames
+        if min_frames < 1 or low_evidence_frames < 0:
+            raise ConfigError(f"min_frames must be >= 1 and low_evidence_frames >= 0, got "
+                              f"{min_frames} and {low_evidence_frames}")
+        self.min_frames, self.low_evidence_frames = int(min_frames), int(low_evidence_frames)
         if not 0.0 <= min_track_share <= 1.0:
             raise ConfigError(f"min_track_share must be in [0, 1], got {min_track_share}")
         self.min_track_share = float(min_track_share)
@@ -160,16 +153,20 @@ class VideoScorer:
         data = ckpt.get("train_data", {})
         self.card = {
             "model": self.model_name,
-            "scored_as": "frame_mean" if self.model_name == "frame" else self.model_name,
+            "scored_as": scored_as(ckpt),
             "backbone": ckpt["config"].get("backbone", ""),
             "checkpoint": self.ckpt_path,
-            "checkpoint_id": _file_id(self.ckpt_path),
+            "checkpoint_id": file_id(self.ckpt_path),
             "epoch": ckpt.get("epoch"),
             "threshold": self.threshold,
-            "trained_on": _trained_on(data),
+            "image_threshold": self.image_threshold if self.takes_images else None,
+            "trained_on": trained_on(data),
             "synthetic_training_data": data.get("synthetic"),
-            "card_title": _card_title(ckpt.get("card")),
+            "card_title": card_title(ckpt.get("card")),
             "crop": dict(self.crop),
+            "sampling": {"slots": self.plan.n_slots, "slot_seconds": round(self.plan.slot_seconds, 6),
+                         "source": self.plan.source, "min_frames": self.min_frames,
+                         "low_evidence_frames": self.low_evidence_frames},
         }
         self.model_card = str(ckpt.get("card") or "")
 
@@ -182,31 +179,37 @@ class VideoScorer:
         return cls(ckpt, str(path), **kwargs)
 
     def info(self) -> dict[str, Any]:
-        """The model card: which model, which checkpoint, threshold, training data."""
+        """The model card: which model, which checkpoint, thresholds, sampling, training data."""
         return dict(self.card)
 
-    # ------------------------------------------------------------------------------ one video
+    # ------------------------------------------------------------------------------ one input
 
     def score(self, path: str | os.PathLike, *, explain_dir: str | os.PathLike | None = None,
               display_name: str | None = None, faces: Any = None) -> dict[str, Any]:
-        """Score one video. Never raises for a bad video: the result has a status and a reason.
+        """Score one video or still image (by suffix or content: ``score_image.is_image``).
+        Never raises for a bad input: the result has a status and a reason.
 
-        ``faces``: the video's faces already found (a ``faces.VideoFaces`` as ``find_faces``
+        ``faces``: a video's faces already found (a ``faces.VideoFaces`` as ``find_faces``
         returns, e.g. re-cropped at another margin by the crop-margin bench): no decoding or
         detection then.
         """
         t0 = time.perf_counter()
         path = Path(path)
+        name = display_name or path.name
         result: dict[str, Any] = {
-            "path": str(path), "video_id": path.stem, "status": "", "reason": "", "p_fake": None,
-            "label": None, "threshold": self.threshold, "tracks": [], "timeline": [],
-            "frames_used": 0, "faces_found": 0, "seconds": 0.0, "checkpoint": self._ck_summary(),
+            "path": str(path), "video_id": path.stem, "kind": "video", "status": "", "reason": "",
+            "p_fake": None, "label": None, "threshold": self.threshold, "tracks": [],
+            "timeline": [], "windows": [], "frames_used": 0, "low_evidence": None,
+            "faces_found": 0, "seconds": 0.0, "checkpoint": self._ck_summary(),
         }
         try:
-            self._score(path, result, explain_dir, display_name or path.name, faces)
+            if faces is None and is_image(path):
+                score_image(self, path, result, explain_dir, name)
+            else:
+                self._score_video(path, result, explain_dir, name, faces)
         except VideoReadError as e:
             result.update(status=e.status, reason=str(e).splitlines()[0])
-        except Exception as e:  # noqa: BLE001 - one bad video must not stop a batch
+        except Exception as e:  # noqa: BLE001 - one bad input must not stop a batch
             log.exception("%s: unexpected error while scoring", path)
             result.update(status="error",
                           reason=f"{path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
@@ -218,10 +221,14 @@ class VideoScorer:
                 "backbone": self.card["backbone"], "path": self.ckpt_path,
                 "trained_on": self.card["trained_on"], "card_title": self.card["card_title"]}
 
-    def slot_frames(self, n_frames: int) -> list[int] | None:
-        """Frames MTCNN runs on: the sampler's slot starts (``detect='slots'``), None = all."""
-        if self.detect == "slots" and self.sampler == "stride":
-            return [f for f in range(0, self.n_slots * self.stride, self.stride) if f < n_frames]
+    def windows(self, n_frames: int, fps: float | None = None) -> list[Window]:
+        """The scoring windows of a video (``score_sampling.score_windows``; fps None: 30)."""
+        return score_windows(n_frames, fps or 0.0, self.plan)
+
+    def slot_frames(self, n_frames: int, fps: float | None = None) -> list[int] | None:
+        """Frames MTCNN runs on: every window's slot frames (``detect='slots'``), None = all."""
+        if self.detect == "slots":
+            return window_frames(self.windows(n_frames, fps))
         return None
 
     def find_faces(self, path: str | os.PathLike) -> Any:
@@ -247,94 +254,128 @@ class VideoScorer:
         reader = open_video(path, self.extract_cfg.decoder)
         try:
             n = reader.info.n_frames
-            if n < 2:
-                raise VideoReadError(f"{path}: {n} frame(s), need at least 2", status="too_short")
+            if n < MIN_FRAMES:
+                raise VideoReadError(f"{path}: {n} frame(s), need at least {MIN_FRAMES}",
+                                     status="too_short")
             faces = extract_faces(reader, self.detector, self.extract_cfg,
-                                  frames=self.slot_frames(reader.info.n_frames))
+                                  frames=self.slot_frames(n, reader.info.fps))
         finally:
             reader.close()
         if self.crop["jpeg_quality"]:  # the training crops were JPEG files
             faces.crops = [jpeg_round_trip(c, self.crop["jpeg_quality"]) for c in faces.crops]
         return faces
 
-    def _score(self, path: Path, result: dict, explain_dir, display_name: str, faces: Any) -> None:
+    def _score_video(self, path: Path, result: dict, explain_dir, display_name: str,
+                     faces: Any) -> None:
         faces = faces if faces is not None else self.find_faces(path)
         info = faces.info
-        result["faces_found"] = len(faces.records)
-        result["n_frames"] = info.n_frames
+        fps = float(info.fps) if info.fps and info.fps > 0 else None
+        result.update(faces_found=len(faces.records), n_frames=info.n_frames, fps=fps)
         if not faces.records:
             result.update(status="no_face", reason=f"{path}: no face found")
             return
-
-        table = pd.DataFrame({
-            "frame": [r.frame for r in faces.records],
-            "track": [r.track for r in faces.records],
-            "crop_path": [str(i) for i in range(len(faces.records))],  # index into faces.crops
-        })
-        probs = np.array([r.prob for r in faces.records], dtype=np.float64)
+        windows = self.windows(info.n_frames, fps)
+        crop_of: dict[int, dict[int, np.ndarray]] = {}  # track -> frame -> its crop
+        probs: dict[int, list[float]] = {}
+        for rec, crop in zip(faces.records, faces.crops, strict=True):
+            crop_of.setdefault(rec.track, {}).setdefault(rec.frame, crop)
+            if np.isfinite(rec.prob):  # boxes carried between detections have no probability
+                probs.setdefault(rec.track, []).append(float(rec.prob))
         tracks = []
-        for track, rows in table.groupby("track", sort=True):
-            choices = sample_video(rows, self.sampler, self.n_slots, self.stride, info.n_frames)
-            used = [c for c in choices if not c.is_gap]
-            p = probs[rows.index.to_numpy()]
-            p = p[np.isfinite(p)]  # boxes carried between detections have no probability
-            tracks.append({"track": int(track), "choices": choices, "used": used,
-                           "faces": len(rows), "mean_face_prob": float(p.mean()) if len(p) else None})
-        n_face_frames = int(table["frame"].nunique())
-        statuses = track_statuses([t["faces"] for t in tracks], [len(t["used"]) for t in tracks],
+        for track in sorted(crop_of):
+            frames = frozenset(crop_of[track])
+            per_window = [[s for s in sample_window(frames, w) if not s.is_gap] for w in windows]
+            p = probs.get(track, [])
+            tracks.append({"track": int(track), "per_window": per_window,
+                           "used": len({s.frame for ws in per_window for s in ws}),
+                           "faces": sum(r.track == track for r in faces.records),
+                           "mean_face_prob": float(np.mean(p)) if p else None})
+        n_face_frames = faces.n_face_frames
+        statuses = track_statuses([t["faces"] for t in tracks], [t["used"] for t in tracks],
                                   n_face_frames, self.min_track_share, self.min_frames)
         for t, status in zip(tracks, statuses, strict=True):
-            t["summary"] = {"track": t["track"], "frames_used": len(t["used"]), "faces": t["faces"],
+            t["summary"] = {"track": t["track"], "frames_used": t["used"], "faces": t["faces"],
                             "share": round(t["faces"] / n_face_frames, 4),
                             "mean_face_prob": t["mean_face_prob"], "p_fake": None, "status": status}
-        scorable = [t for t in tracks if t["summary"]["status"] == "ok"]
         result["tracks"] = [t["summary"] for t in tracks]
+        scorable = [t for t in tracks if t["summary"]["status"] == "ok"]
         if not scorable:
-            best = max(len(t["used"]) for t in tracks if t["summary"]["status"] != "brief")
+            best = max(t["used"] for t in tracks if t["summary"]["status"] != "brief")
             result.update(status="too_few_frames",
-                          reason=f"{path}: no face track fills {self.min_frames} of "
-                                 f"{self.n_slots} slots (best: {best})")
+                          reason=f"{path}: no face track is in {self.min_frames} sampled frames "
+                                 f"(best: {best} of {sum(len(w.starts) for w in windows)})")
             return
-
-        clip, mask = self._inputs(scorable, faces.crops)  # (B, T, C, H, W), (B, T)
-        with torch.no_grad():
-            logits = self.model(clip, mask)  # (B,)
-            p_tracks = engine.probabilities(logits).float().cpu().numpy()  # (B,)
-            per_slot = self._per_slot(clip, mask)  # (B, T)
-        for t, p in zip(scorable, p_tracks, strict=True):
-            t["summary"]["p_fake"] = float(p)
-        k = int(np.argmax(p_tracks))
-        deciding = scorable[k]
-        p_video = float(p_tracks[k])
-        timeline = [{"frame": int(c.frame), "slot": int(c.slot), "p_fake": float(per_slot[k, c.slot])}
-                    for c in deciding["used"]]
-        result.update(status="ok", p_fake=p_video,
-                      label="FAKE" if p_video >= self.threshold else "REAL",
-                      deciding_track=deciding["track"], timeline=timeline,
-                      frames_used=len(deciding["used"]))
+        # one clip per (track, window with a face): its used slots and their crops, as arrays
+        clips = [(ti, ws) for ti, t in enumerate(scorable) for ws in t["per_window"] if ws]
+        slots = [[(s, crop_of[scorable[ti]["track"]][s.frame]) for s in ws] for ti, ws in clips]
+        p_clip, per_slot = self._predict(slots)  # (B,), (B, T)
+        for ti, t in enumerate(scorable):
+            mine = [c for c, (cti, _) in enumerate(clips) if cti == ti]
+            n = np.array([len(clips[c][1]) for c in mine], dtype=np.float64)
+            t["p_fake"] = float(np.dot(n, p_clip[mine]) / n.sum())  # frames-weighted mean of windows
+            t["clips"] = mine
+            t["summary"]["p_fake"] = t["p_fake"]
+        deciding = max(scorable, key=lambda t: t["p_fake"])
+        p_video = deciding["p_fake"]
+        timeline, by_window = [], {}
+        for c in deciding["clips"]:
+            ws = clips[c][1]
+            by_window[ws[0].window] = (float(p_clip[c]), len(ws))
+            timeline += [{"frame": int(s.frame), "slot": int(s.slot), "window": int(s.window),
+                          "time_s": None if fps is None else round(s.frame / fps, 3),
+                          "p_fake": float(per_slot[c, s.slot])} for s in ws]
+        result.update(
+            status="ok", p_fake=p_video, label="FAKE" if p_video >= self.threshold else "REAL",
+            deciding_track=deciding["track"], verdict_rule=VIDEO_RULE, timeline=timeline,
+            frames_used=deciding["used"],
+            low_evidence=deciding["used"] < self.low_evidence_frames,
+            windows=[w.summary(fps, *by_window.get(w.index, (None, 0))) for w in windows])
         if explain_dir is not None:
-            self._explain(Path(explain_dir), result, deciding, clip[k:k + 1], mask[k:k + 1],
-                          faces.crops, display_name)
+            fake = result["label"] == "FAKE"  # Grad-CAM on the window leaning furthest that way
+            c = max(deciding["clips"], key=lambda i: p_clip[i] if fake else -p_clip[i])
+            video_sheet(self, Path(explain_dir), result, deciding, slots[c], float(p_clip[c]),
+                        display_name)
 
-    def _inputs(self, tracks: list[dict], crops: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model input for each track: (B, T, C, H, W) clips and (B, T) masks (gaps zero)."""
-        b, t, s = len(tracks), self.n_slots, self.image_size
+    def _predict(self, slots: list[list[tuple[WindowSlot, np.ndarray]]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """p_fake per clip (B,) and per slot (B, T), ``CLIPS_PER_PASS`` clips per forward pass."""
+        p_clip, per_slot = [], []
+        for i in range(0, len(slots), CLIPS_PER_PASS):
+            chunk = slots[i:i + CLIPS_PER_PASS]
+            where = [(c, s.slot) for c, clip in enumerate(chunk) for s, _ in clip]
+            clip, mask = self._inputs(where, [crop for clip in chunk for _, crop in clip])
+            with torch.no_grad():
+                ps = self._per_slot(clip, mask)  # (b, T)
+                if model_spec(self.card["scored_as"]).per_frame:  # the frame_mean rule
+                    p = frame_mean_p(torch.from_numpy(ps), mask.cpu()).numpy()  # (b,)
+                else:
+                    p = engine.probabilities(self.model(clip, mask)).cpu().numpy()  # (b,)
+            p_clip.append(p)
+            per_slot.append(ps)
+        return np.concatenate(p_clip), np.concatenate(per_slot)
+
+    def _inputs(self, where: list[tuple[int, int]], crops: list[np.ndarray]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crops placed at ``(clip, slot)``: (B, T, C, H, W) clips and (B, T) masks (gaps 0)."""
+        b, t, s = max(c for c, _ in where) + 1, self.n_slots, self.image_size
         clip = torch.zeros(b, t, 3, s, s)
         mask = torch.zeros(b, t)
-        for i, tr in enumerate(tracks):
-            slots = [c.slot for c in tr["used"]]
-            x = crops_to_tensor([crops[int(c.crop_path)] for c in tr["used"]], s,
-                                self.mean, self.std)  # (n, C, H, W)
-            clip[i, slots] = x
-            mask[i, slots] = 1.0
+        x = crops_to_tensor(crops, s, self.mean, self.std)  # (n, C, H, W)
+        idx_b = torch.tensor([c for c, _ in where])
+        idx_t = torch.tensor([k for _, k in where])
+        clip[idx_b, idx_t] = x
+        mask[idx_b, idx_t] = 1.0
         return clip.to(self.device), mask.to(self.device)
 
     def _per_slot(self, clip: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """(B, T) per-slot p_fake: frame models score each frame; cnn_lstm gives running verdicts."""
+        """(B, T) per-slot p_fake: frame models score each frame (gaps 0); cnn_lstm gives running
+        verdicts."""
         b, t = mask.shape
-        if self.card["scored_as"] == "frame_mean":
-            logits = self.model.frame(clip.reshape(b * t, *clip.shape[2:]))  # (B*T,)
-            return engine.probabilities(logits).reshape(b, t).float().cpu().numpy()  # (B, T)
+        if model_spec(self.card["scored_as"]).per_frame:
+            valid = mask.bool()  # (B, T)
+            out = torch.zeros(b, t)
+            out[valid.cpu()] = engine.probabilities(self.model.frame(clip[valid])).cpu()  # (n,)
+            return out.numpy()  # (B, T)
         feats = self.model.encoder(clip)  # (B, T, F), once
         out = np.zeros((b, t), dtype=np.float32)
         for s in range(t):
@@ -344,57 +385,19 @@ class VideoScorer:
             out[:, s] = engine.probabilities(logits).float().cpu().numpy()
         return out
 
-    def _explain(self, out_dir: Path, result: dict, track: dict, clip: torch.Tensor,
-                 mask: torch.Tensor, crops: list[np.ndarray], display_name: str) -> None:
-        from pipeline.explain import grad_cam, render_html, render_sheet
-
-        used = track["used"]
-        faces = [crops[int(c.crop_path)] for c in used]
-        # maps at the crops' own size (the model may see them smaller); grad_cam touches no
-        # shared state (no .grad, its hook only sees this thread's forward), so concurrent
-        # requests on one scorer get their own maps
-        cams = grad_cam(lambda: self.model(clip, mask), self.model, faces[0].shape[:2])  # (T, h, w)
-        timeline = result["timeline"]
-        scores = np.array([p["p_fake"] for p in timeline])
-        if self.card["scored_as"] == "frame_mean":
-            # the frames whose own score is furthest towards the verdict
-            order = np.argsort(-scores if result["label"] == "FAKE" else scores)
-        else:
-            # the frames after which the running verdict moved most towards the final one
-            steps = np.diff(np.concatenate([[0.5], scores]))
-            order = np.argsort(-steps if result["label"] == "FAKE" else steps)
-        picks = sorted(int(i) for i in order[:N_EVIDENCE])
-        heat = [(int(used[i].frame), faces[i], cams[used[i].slot]) for i in picks]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = evidence_stem(result["path"])
-        png = render_sheet(
-            out_dir / f"{stem}.png",
-            title=f"{display_name}  ·  model {self.card['scored_as']} ({self.card['backbone']}), "
-                  f"checkpoint {self.card['checkpoint_id']}\ntrained on {self.card['trained_on']}",
-            verdict=f"{result['label']}  p_fake = {result['p_fake']:.3f}  "
-                    f"(threshold {self.threshold:.3f}; track {track['track']} of "
-                    f"{len(result['tracks'])})",
-            faces=faces, frames=[c.frame for c in used], timeline=timeline,
-            threshold=self.threshold, heatmaps=heat,
-            timeline_label="p_fake of the frame" if self.card["scored_as"] == "frame_mean"
-            else "running p_fake (LSTM)",
-        )
-        result["evidence_png"] = str(png)
-        html = render_html(out_dir / f"{stem}.html", {**result, "path": display_name}, png.name)
-        result["evidence_html"] = str(html)
-
 
 def track_statuses(faces: list[int], used: list[int], n_face_frames: int, min_share: float,
                    min_frames: int) -> list[str]:
-    """Per track: ``ok`` (an identity that fills ``min_frames`` slots), ``too_few_frames``, or
-    ``brief`` (fewer than ``min_share`` of the frames with a face, and not the longest track).
+    """Per track: ``ok`` (an identity in at least ``min_frames`` sampled frames),
+    ``too_few_frames``, or ``brief`` (fewer than ``min_share`` of the frames with a face, and not
+    the longest track).
 
     Args:
         faces: face crops per track.
-        used: sampled slots that got a face, per track.
+        used: sampled frames that got the track's face, per track.
         n_face_frames: frames with at least one face (the share's denominator).
         min_share: minimum share of ``n_face_frames`` for a real identity.
-        min_frames: minimum used slots for a track to be scored.
+        min_frames: minimum sampled frames for a track to be scored.
     """
     longest = max(faces, default=0)
     out = []
@@ -404,299 +407,3 @@ def track_statuses(faces: list[int], used: list[int], n_face_frames: int, min_sh
         else:
             out.append("ok" if u >= min_frames else "too_few_frames")
     return out
-
-
-def evidence_stem(path: str | os.PathLike) -> str:
-    """File stem of a video's evidence sheet: ``<stem>-<8 hex of its resolved path>``.
-
-    ``a/clip.mp4`` and ``b/clip.mp4`` get different sheets in one ``--explain`` folder, and the
-    same video gets the same name on every rerun.
-    """
-    p = Path(path)
-    digest = hashlib.sha256(str(p.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
-    return f"{p.stem}-{digest[:8]}"
-
-
-def _file_id(path: str) -> str:
-    """Short content id of a checkpoint file (first 12 hex of its SHA-256)."""
-    return sha256_file(path)[:12]
-
-
-def _count(v: Any) -> str:
-    return f"{v:,}" if isinstance(v, int) else "?"
-
-
-def _trained_on(data: dict[str, Any]) -> str:
-    """E.g. ``real data: DFDC face crops (dfdc_faces), 4,820 REAL / 8,945 FAKE training videos``."""
-    if not data:
-        return "unknown"
-    counts = data.get("counts", {}).get("train", {})
-    kind = {True: "SYNTHETIC data", False: "real data"}.get(data.get("synthetic"), "data of unknown origin")
-    what = data.get("description") or data.get("source") or ""
-    what = f" {what}," if what else ""
-    return (f"{kind}:{what} {_count(counts.get('REAL'))} REAL / {_count(counts.get('FAKE'))} FAKE "
-            "training videos")
-
-
-def _card_title(card: Any) -> str:
-    """First non-empty line of a model card (markdown ``#`` stripped); "" without a card."""
-    for line in str(card or "").splitlines():
-        if line.strip():
-            return line.strip().lstrip("#").strip()
-    return ""
-
-
-# ------------------------------------------------------------------------------------ batch
-
-
-def discover_videos(inputs: tuple[str, ...] | list[str]) -> list[Path]:
-    """Video files named directly or found (recursively) in folders, sorted by path.
-
-    Every distinct input path is kept, also two paths of one file (a symlink, a hard link):
-    ``find_duplicates`` says which ones are the same file. Only the same path named twice (a
-    folder and a file in it) is listed once.
-    """
-    found: list[Path] = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            # a sub-folder that cannot be listed becomes an item of its own (scored as read_error)
-            unlisted: list[Path] = []
-            for folder, _, files in os.walk(p, onerror=lambda e, u=unlisted: u.append(Path(e.filename))):
-                found += [Path(folder) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS
-                          and (Path(folder) / f).is_file()]
-            found += unlisted
-        else:
-            found.append(p)  # a missing or odd file still gets a result row with its reason
-    seen, out = set(), []
-    for p in sorted(found, key=lambda q: str(q)):
-        key = os.path.normpath(os.path.abspath(p))
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
-
-
-def find_duplicates(videos: list[Path]) -> dict[Path, Path]:
-    """``{duplicate path: the path it is scored under}`` for paths that are one file.
-
-    One file = same device and inode (symlinks followed, hard links too). The path scored is a
-    real file rather than a symlink, then the first by path; files that cannot be stat'ed are
-    never duplicates (they get their own error row).
-    """
-    groups: dict[tuple[int, int], list[Path]] = {}
-    for p in videos:
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        if p.is_file():
-            groups.setdefault((st.st_dev, st.st_ino), []).append(p)
-    out: dict[Path, Path] = {}
-    for paths in groups.values():
-        if len(paths) > 1:
-            primary = min(paths, key=lambda q: (q.is_symlink(), str(q)))
-            out.update({q: primary for q in paths if q != primary})
-    return out
-
-
-def duplicate_row(path: Path, primary: Path) -> dict[str, Any]:
-    """The result row of a path that is the same file as ``primary`` (not scored again)."""
-    return {"path": str(path), "video_id": path.stem, "status": "duplicate",
-            "reason": f"{path}: same file as {primary} (scored under that path)",
-            "duplicate_of": str(primary), "p_fake": None, "label": None, "tracks": []}
-
-
-def crashed_row(path: str, row: dict) -> dict[str, Any]:
-    """The result row of a video whose worker failed outside ``VideoScorer.score`` (the
-    executor's safety net: a worker process that died, an exception that escaped)."""
-    reason = str(row.get("reason") or "worker failed")
-    return {"path": path, "video_id": Path(path).stem, "status": "error",
-            "reason": f"{path}: {reason}", "p_fake": None, "label": None, "tracks": []}
-
-
-def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What a result depends on: the checkpoint's content id and the scoring settings."""
-    scored_as = "frame_mean" if ckpt["model"]["name"] == "frame" else ckpt["model"]["name"]
-    threshold = (cfg.threshold if cfg.threshold is not None
-                 else checkpoint_threshold(ckpt, scored_as, cfg.checkpoint))
-    return {"checkpoint_id": _file_id(cfg.checkpoint), "threshold": float(threshold),
-            "detect": cfg.detect, "min_frames": cfg.min_frames,
-            "min_track_share": cfg.min_track_share, "decoder": cfg.decoder,
-            "explain": str(Path(cfg.explain).resolve()) if cfg.explain else None}
-
-
-def score_key(settings: dict[str, Any]) -> str:
-    """Short id of ``score_settings`` (12 hex): stored in every result row."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def config_path(out: Path) -> Path:
-    """The resolved config beside the results: ``<out>.config.json``."""
-    return out.with_name(out.name + ".config.json")
-
-
-class ScoreWorker:
-    """Per-process worker for the executors: loads the checkpoint and MTCNN once."""
-
-    def __init__(self, cfg: ScoreConfig) -> None:
-        self.cfg = cfg
-        self.scorer = VideoScorer.from_checkpoint(
-            cfg.checkpoint, device=cfg.device, detect=cfg.detect, min_frames=cfg.min_frames,
-            decoder=cfg.decoder, threshold=cfg.threshold, min_track_share=cfg.min_track_share)
-
-    def __call__(self, item: dict) -> dict:
-        res = self.scorer.score(item["path"], explain_dir=self.cfg.explain)
-        res["id"] = item["id"]
-        return res
-
-
-def journal_path(out: Path) -> Path:
-    """Where results accumulate line by line (the output itself for .jsonl)."""
-    return out if out.suffix == ".jsonl" else out.with_name(out.name + ".journal.jsonl")
-
-
-def read_journal(path: Path) -> list[dict]:
-    """Valid result lines of a journal; a torn last line (killed mid-write) is dropped."""
-    if not path.is_file():
-        return []
-    rows, torn = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            torn = True
-    if torn:
-        log.warning("%s: dropped a partial line left by an interrupted run", path)
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=_json_default) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
-
-
-CSV_COLUMNS = ["path", "video_id", "status", "reason", "p_fake", "label", "threshold",
-               "frames_used", "faces_found", "n_tracks", "track_scores", "seconds", "checkpoint_id",
-               "model", "card_title", "trained_on", "evidence_png", "duplicate_of"]
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """The results as CSV (nested fields flattened: track scores as ``track:p`` pairs)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({
-            **{k: r.get(k, "") for k in CSV_COLUMNS},
-            "p_fake": "" if r.get("p_fake") is None else f"{r['p_fake']:.6f}",
-            "label": r.get("label") or "",
-            "n_tracks": len(r.get("tracks", [])),
-            "track_scores": " ".join(f"{t['track']}:{t['p_fake']:.4f}" for t in r.get("tracks", [])
-                                     if t.get("p_fake") is not None),
-            "checkpoint_id": r.get("checkpoint", {}).get("id", ""),
-            "model": r.get("checkpoint", {}).get("model", ""),
-            "card_title": r.get("checkpoint", {}).get("card_title", ""),
-            "trained_on": r.get("checkpoint", {}).get("trained_on", ""),
-            "evidence_png": r.get("evidence_png", ""),
-            "duplicate_of": r.get("duplicate_of", ""),
-        })
-    atomic_write_text(path, buf.getvalue())
-
-
-def _check_resumable(journal: Path, rows: list[dict], key: str, settings: dict[str, Any],
-                     out: Path) -> None:
-    """Refuse to resume a journal written by another checkpoint or other settings."""
-    other = [r for r in rows if r.get("score_key") != key]
-    if not other:
-        return
-    before = {}
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        meta = json.loads(config_path(out).read_text(encoding="utf-8"))
-        if meta.get("score_key") == other[0].get("score_key"):
-            before = meta.get("settings", {})
-    changed = ", ".join(f"{k} {before[k]} -> {v}" for k, v in settings.items()
-                        if k in before and before[k] != v)
-    if not changed:
-        old = other[0].get("score_key")
-        changed = f"score key {old} -> {key}" if old else "written without a score key"
-    raise ConfigError(
-        f"{journal}: {len(other)} result(s) were scored with another checkpoint or settings "
-        f"({changed}); pass --overwrite to rescore them, or write to another --out")
-
-
-def run(cfg: ScoreConfig) -> int:
-    """Score every input video; resumable; exit 1 when any video failed (not for no_face)."""
-    from pipeline.executors import run_items
-
-    if not cfg.inputs:
-        raise ConfigError("dfpipe score needs at least one video file or folder")
-    from pipeline.shards import in_shard, parse_shard
-
-    parse_shard(cfg.shard)  # a malformed --shard fails before the slow part
-    cfg = replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))  # "" / default: shipped model
-    # fail fast, in the parent, with the checkpoint's own error
-    settings = score_settings(cfg, load_checkpoint(cfg.checkpoint))
-    key = score_key(settings)
-    out = Path(cfg.out)
-    if out.suffix not in (".jsonl", ".csv"):
-        raise ConfigError(f"{out}: results file must end in .jsonl or .csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    journal = journal_path(out)
-    if cfg.overwrite and journal.exists():
-        journal.unlink()
-    previous = read_journal(journal)
-    _check_resumable(journal, previous, key, settings, out)
-    atomic_write_json(config_path(out), {"config": to_dict(cfg), "settings": settings,
-                                         "score_key": key, "dfpipe": __version__})
-    done = {r["path"]: r for r in previous}
-    shard = parse_shard(cfg.shard)
-    videos = [p for p in discover_videos(cfg.inputs) if in_shard(str(p), shard)]
-    dups = find_duplicates(videos)
-    for p, primary in dups.items():
-        if str(p) not in done:
-            row = {**duplicate_row(p, primary), "score_key": key}
-            _append(journal, row)
-            done[row["path"]] = row
-    todo = [{"id": str(p), "path": str(p)} for p in videos if str(p) not in done]
-    log.info("%d video(s): %d already scored in %s, %d duplicate path(s), %d to score",
-             len(videos), len(videos) - len(todo) - len(dups), journal, len(dups), len(todo))
-    for row in run_items(ScoreWorker, (cfg,), todo, engine=cfg.engine, workers=cfg.workers,
-                         address=cfg.address, max_in_flight=cfg.max_in_flight, desc="score"):
-        item_id = str(row.pop("id", ""))
-        if "path" not in row:  # the executor's safety net: the worker died or raised
-            row = crashed_row(item_id, row)
-        row["score_key"] = key
-        _append(journal, row)
-        done[row["path"]] = row
-        if row["status"] not in OUTCOME_STATUSES:
-            log.error("%s", row["reason"])
-    rows = [done[str(p)] for p in videos if str(p) in done]
-    if out.suffix == ".csv":
-        write_csv(out, rows)
-    statuses: dict[str, int] = {}
-    for r in rows:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    n_fake = sum(1 for r in rows if r.get("label") == "FAKE")
-    n_real = sum(1 for r in rows if r.get("label") == "REAL")
-    failed = sum(n for s, n in statuses.items() if s not in OUTCOME_STATUSES)
-    failed += len(videos) - len(rows)  # a video without a row has failed too (never expected)
-    log.info("scored %d video(s): %d FAKE, %d REAL; statuses %s; results in %s",
-             len(rows), n_fake, n_real, statuses, out)
-    for r in rows:
-        p = r.get("p_fake")
-        verdict = f"{r['label']} p_fake={p:.3f}" if p is not None and not math.isnan(p) \
-            else f"{r['status']}: {r.get('reason', '')}"
-        print(f"{r['path']}\t{verdict}")
-    return 1 if failed else 0

@@ -8,8 +8,8 @@ Array jobs (SLURM ``--array``, Kubernetes indexed jobs) run the same command N t
 ``--shard 0/N`` ... ``--shard N-1/N``. A video belongs to shard ``int(sha256(video_id)[:16], 16)
 % N``: stable across machines, Python versions and input order, so a rerun of one shard redoes
 exactly its own videos. Each extract shard writes its faces into the shared ``--out`` folder
-(per-video folders, so shards never write the same file) and its own ``videos.csv`` /
-``faces.csv`` into its own ``--manifest-dir``; ``dfpipe merge SHARD_DIR... --manifest-dir M``
+(per-video folders, so shards never write the same file) and its own ``videos`` /
+``faces`` manifests into its own ``--manifest-dir``; ``dfpipe merge SHARD_DIR... --manifest-dir M``
 checks that the shards are one complete set (same N, every index once, the same extraction
 parameters, no video twice) and writes the merged manifests, identical to one unsharded run's.
 """
@@ -17,10 +17,13 @@ parameters, no video twice) and writes the merged manifests, identical to one un
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, ManifestError
@@ -94,15 +97,40 @@ def _extract_params(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: conf.get(k) for k in RESULT_PARAMS}
 
 
+def _video_runs(path: Path, root: Path | None, common: Path | None) -> Iterator[tuple[str, Any]]:
+    """(video_id, its face rows as a DataFrame) of one shard's faces manifest, in file order,
+    one row group at a time (a video split across row groups is yielded whole)."""
+    from pipeline import manifest
+
+    carry = None
+    for chunk in manifest.iter_manifest(path, "faces", absolute_paths=False):
+        if common is None:  # no shared root: absolute paths
+            chunk = chunk.assign(crop_path=manifest.absolute_crop_paths(chunk["crop_path"], root))
+        if carry is not None:
+            chunk = pd.concat([carry, chunk], ignore_index=True)
+        ids = chunk["video_id"].to_numpy(dtype=object)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
+        ends = np.r_[starts[1:], len(ids)]
+        for lo, hi in zip(starts[:-1], ends[:-1], strict=True):
+            yield ids[lo], chunk.iloc[lo:hi]
+        carry = chunk.iloc[starts[-1]:] if len(starts) else None
+    if carry is not None and len(carry):
+        yield carry["video_id"].iloc[0], carry
+
+
 def merge_extract(shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     """Merge the ``videos``/``faces`` manifests of extract shards into ``out_dir``.
+
+    Face rows are merged video by video from the shards' row groups (a k-way merge on the
+    sorted video ids: memory does not grow with the number of face rows); crop paths stay
+    relative to the shards' common faces root.
 
     Raises:
         ManifestError: not one complete, consistent set of shards.
     """
     from pipeline import manifest
 
-    entries, videos, faces = [], [], []
+    entries, videos = [], []
     for d in shard_dirs:
         vpath = manifest.manifest_path(d, "videos")
         meta = manifest.read_meta(vpath)
@@ -110,25 +138,41 @@ def merge_extract(shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     total = check_shard_set(entries, "manifest folders")
     for d in shard_dirs:
         videos.append(manifest.read_manifest(manifest.manifest_path(d, "videos"), "videos"))
-        faces.append(manifest.read_manifest(manifest.manifest_path(d, "faces"), "faces"))
     v = pd.concat(videos, ignore_index=True)
     dup = v["video_id"][v["video_id"].duplicated()].unique().tolist()
     if dup:
         raise ManifestError(f"merge: video id(s) {dup[:5]} in more than one shard")
     v = v.sort_values(["video_id", "path"], kind="stable").reset_index(drop=True)
-    f = pd.concat(faces, ignore_index=True)
-    f = f.sort_values(["video_id", "frame", "track"], kind="stable").reset_index(drop=True)
-    statuses = v["status"].value_counts().to_dict()
-    counts = {"videos": len(v), "faces": len(f), "status": dict(sorted(statuses.items())),
-              "merged_from": [str(d) for d in shard_dirs], "shards": total}
+    faces_paths = [manifest.manifest_path(d, "faces") for d in shard_dirs]
+    roots = [manifest.faces_root(manifest.read_meta(p), p) for p in faces_paths]
+    # shards of one FACES_DIR share its root: keep the paths relative to it
+    common = roots[0] if roots[0] is not None and all(r == roots[0] for r in roots) else None
     conf = dict(manifest.read_meta(manifest.manifest_path(shard_dirs[0], "videos")).get("config")
                 or {})
     conf["shard"] = ""
     inputs = [manifest.manifest_path(d, k) for d in shard_dirs for k in ("videos", "faces")]
-    manifest.write_manifest(v, manifest.manifest_path(out_dir, "videos"), "videos", config=conf,
-                            counts=counts, inputs=inputs)
-    manifest.write_manifest(f, manifest.manifest_path(out_dir, "faces"), "faces", config=conf,
-                            counts=counts, inputs=inputs)
+    statuses = v["status"].value_counts().to_dict()
+    counts: dict[str, Any] = {"videos": len(v), "faces": 0,
+                              "status": dict(sorted(statuses.items())),
+                              "merged_from": [str(d) for d in shard_dirs], "shards": total}
+    streams = [_video_runs(p, r, common) for p, r in zip(faces_paths, roots, strict=True)]
+    merged = heapq.merge(*streams, key=lambda item: item[0])
+    with manifest.ManifestWriter(manifest.manifest_path(out_dir, "faces").with_suffix(".parquet"),
+                                 "faces", config=conf, inputs=inputs, faces_root=common) as w:
+        batch: list[pd.DataFrame] = []
+        n_batch = 0
+        for _vid, rows in merged:
+            batch.append(rows)  # a shard's rows of one video are in (frame, track) order
+            n_batch += len(rows)
+            if n_batch >= 250_000:
+                w.write(pd.concat(batch, ignore_index=True))
+                batch, n_batch = [], 0
+        if batch:
+            w.write(pd.concat(batch, ignore_index=True))
+        counts["faces"] = w.rows
+        manifest.write_manifest(v, manifest.manifest_path(out_dir, "videos").with_suffix(
+            ".parquet"), "videos", config=conf, counts=counts, inputs=inputs)
+        w.close(counts)
     return counts
 
 

@@ -96,9 +96,17 @@ def union_groups(links: Iterable[Sequence[str]]) -> dict[str, str]:
 
 def _merged(videos: pd.DataFrame, merge: str) -> tuple[list[str], dict[str, list[str]]]:
     """(merged group name per row, merged group name -> the original-groups it joins)."""
-    orig = videos["original"].astype("string").fillna("")
-    links = [identities_of(str(v), str(lab), o, merge)
-             for v, lab, o in zip(videos["video_id"], videos["label"], orig, strict=True)]
+    if merge not in MERGE_MODES:
+        raise ConfigError(f"merge_groups must be one of {list(MERGE_MODES)}, got {merge!r}")
+    vid = videos["video_id"].astype(str).to_numpy(dtype=object)
+    lab = videos["label"].astype(str).to_numpy(dtype=object)
+    orig = videos["original"].astype("string").fillna("").astype(str).to_numpy(dtype=object)
+    base = np.where((lab == "FAKE") & (orig != ""), orig, vid)  # group_of, columnar
+    ffpp = (lab == "FAKE") & pd.Series(vid).str.match(FFPP_FAKE.pattern).to_numpy(dtype=bool)
+    if merge == "off" or not ffpp.any():  # no video ties two identities: one group per original
+        names = base.tolist()
+        return names, {b: [b] for b in sorted(set(names))}
+    links = [identities_of(v, la, o, merge) for v, la, o in zip(vid, lab, orig, strict=True)]
     root = union_groups(links)
     members: dict[str, set[str]] = {}
     for ids in links:
@@ -149,9 +157,10 @@ def _group_table(videos: pd.DataFrame, merge: str) -> pd.DataFrame:
     dup = df.loc[df["video_id"].duplicated(), "video_id"].unique().tolist()
     if dup:
         raise SplitError(f"duplicate video_id(s) {dup[:5]}")
-    g = df.groupby("group", sort=True)["label"].agg(
-        n_real=lambda s: int((s == "REAL").sum()), n_fake=lambda s: int((s == "FAKE").sum())
-    )
+    counts = pd.DataFrame({"group": df["group"],
+                           "n_real": (df["label"] == "REAL").astype("int64"),
+                           "n_fake": (df["label"] == "FAKE").astype("int64")})
+    g = counts.groupby("group", sort=True)[["n_real", "n_fake"]].sum()  # columnar, no lambdas
     g["stratum"] = np.where(
         (g["n_real"] > 0) & (g["n_fake"] > 0), "mixed",
         np.where(g["n_real"] > 0, "real_only", "fake_only"),

@@ -26,10 +26,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import math
-import os
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +40,28 @@ from pipeline import checkpoint as ckpt_io
 from pipeline import engine
 from pipeline.config import TrainConfig, from_dict, to_dict
 from pipeline.data import ClipDataset, build_records, read_clips_and_split
+from pipeline.distributed import (
+    Dist,
+    mean_over_ranks,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+)
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureDataset, HeadOnly, cached_features, record_paths
 from pipeline.fsutil import atomic_write_json, atomic_write_text, sha256_file
-from pipeline.manifest import manifest_path, read_meta
-from pipeline.models import apply_preset, create_model
+from pipeline.manifest import manifest_path
+from pipeline.models import (
+    backbone_of,
+    create_model,
+    list_models,
+    model_kwargs_from,
+    model_spec,
+)
 from pipeline.models.backbones import normalization
-from pipeline.splits import check_checkpoint_split, split_fingerprint
+from pipeline.provenance import data_summary, train_crop
+from pipeline.splits import check_checkpoint_split
 
 logger = logging.getLogger(__name__)
 
@@ -59,156 +71,10 @@ RESUME_OVERRIDES = ("epochs", "patience", "workers", "device", "amp", "max_steps
 HISTORY_PLOT_KEYS = ("train_loss", "val_loss", "val_roc_auc", "val_balanced_accuracy")
 
 
-@dataclass
-class Dist:
-    """Where this process sits: rank, world size, device."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        """True on the process that writes files and logs progress."""
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        """True under torchrun with more than one process."""
-        return self.world_size > 1
-
-
-def setup_distributed(cfg: TrainConfig) -> Dist:
-    """Pick the device; under torchrun initialize the process group (gloo CPU / nccl CUDA)."""
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
-    if want_cuda:
-        torch.cuda.set_device(device)
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(world, 1))
-    torch.set_num_threads(threads)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-    return Dist(rank, world, local, device)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """RNG states as plain types/tensors (checkpoint-safe)."""
-    np_state = np.random.get_state(legacy=False)
-    state = {"python": ckpt_io.plain(random.getstate()), "torch": torch.get_rng_state(),
-             "numpy": ckpt_io.plain(np_state)}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of ``rng_state``."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    np_state = dict(state["numpy"])
-    np_state["state"] = {**np_state["state"],
-                         "key": np.asarray(np_state["state"]["key"], dtype=np.uint32)}
-    np.random.set_state(np_state)
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
 def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """Plain-typed registry kwargs for the configured model (preset applied)."""
-    if cfg.model == "cnn_lstm":
-        kw: dict[str, Any] = {"backbone": cfg.backbone, "lstm_hidden": cfg.lstm_hidden,
-                              "lstm_layers": cfg.lstm_layers, "bidirectional": cfg.bidirectional,
-                              "dense": cfg.dense, "dropout": cfg.dropout, "readout": cfg.readout}
-        if cfg.lstm_sizes:
-            kw["lstm_sizes"] = list(cfg.lstm_sizes)
-        return apply_preset(cfg.preset, kw)
-    if cfg.preset:
-        raise ConfigError(f"preset '{cfg.preset}' applies to cnn_lstm, not {cfg.model}")
-    return {"backbone": cfg.backbone, "dropout": cfg.dropout}
-
-
-def detect_synthetic(manifest_dir: Path) -> tuple[bool | None, str]:
-    """Was the training data synthetic? (flag, how we know).
-
-    ``dfpipe synth`` writes ``synth_truth.json`` at the dataset root: a video whose folder or
-    parent folder holds one is synthetic. Without a videos manifest, a ``synthetic`` key in the
-    clips manifest's recorded config decides; otherwise unknown (None).
-    """
-    videos = manifest_path(manifest_dir, "videos")
-    if videos.is_file():
-        from pipeline.manifest import read_manifest
-
-        folders = {Path(p).parent for p in read_manifest(videos, "videos")["path"] if p}
-        for folder in folders:
-            for d in (folder, folder.parent):
-                if (d / "synth_truth.json").is_file():
-                    return True, f"{d / 'synth_truth.json'} (written by dfpipe synth)"
-        return False, f"no synth_truth.json beside the videos of {videos}"
-    conf = read_meta(manifest_path(manifest_dir, "clips")).get("config", {})
-    if "synthetic" in conf:
-        return bool(conf["synthetic"]), "clips manifest sidecar config"
-    return None, "unknown: no videos manifest and no flag in the clips sidecar"
-
-
-def data_summary(manifest_dir: Path, clips: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any]:
-    """What the model was trained on: checksums, counts per split and label, synthetic flag."""
-    counts = {s: {lab: int(((split["split"] == s) & (split["label"] == lab)).sum())
-                  for lab in ("REAL", "FAKE")} for s in ("train", "val", "test")}
-    synthetic, source = detect_synthetic(manifest_dir)
-    return {"manifest_dir": str(manifest_dir),
-            "clips_sha256": sha256_file(manifest_path(manifest_dir, "clips")),
-            "split_sha256": sha256_file(manifest_path(manifest_dir, "split")),
-            # what evaluate and --resume compare: which video is in which split
-            "split_fingerprint": split_fingerprint(split),
-            "prepare_id": read_meta(manifest_path(manifest_dir, "split")).get("prepare_id"),
-            "counts": counts, "n_slots": int(clips.groupby("video_id").size().max()),
-            "source": data_source(manifest_dir),
-            "synthetic": synthetic, "synthetic_source": source,
-            # the sampling rules the clips were made with: scoring must use the same ones
-            "prepare": read_meta(manifest_path(manifest_dir, "clips")).get("config", {})}
-
-
-def data_source(manifest_dir: Path) -> str:
-    """Short names of the folders the training videos came from (the extract config's inputs)."""
-    conf = read_meta(manifest_path(manifest_dir, "videos")).get("config") or {}
-    names = [f"{Path(p).parent.name}/{Path(p).name}" if Path(p).parent.name else Path(p).name
-             for p in conf.get("inputs") or []]
-    if len(names) > 3:
-        names = [*names[:3], f"... ({len(names)} inputs)"]
-    return ", ".join(names)
-
-
-def train_crop(manifest_dir: Path) -> dict[str, Any] | None:
-    """The crop recipe of the training crops, from the videos manifest's extract config.
-
-    ``{"margin", "size", "square", "jpeg_quality", "source"}``; None when unknown (no videos
-    manifest, or faces imported with ``--from-faces``: their crops were made elsewhere).
-    """
-    videos = manifest_path(manifest_dir, "videos")
-    conf = read_meta(videos).get("config") or {}
-    if conf.get("from_faces"):
-        logger.warning("%s: faces imported with --from-faces were cropped elsewhere: the "
-                       "checkpoint records no crop recipe (set one when exporting it for release)",
-                       videos)
-        return None
-    if "margin" not in conf:
-        return None
-    return {"margin": float(conf["margin"]), "size": int(conf["crop_size"]),
-            "square": bool(conf.get("square", True)), "jpeg_quality": int(conf["jpeg_quality"]),
-            "source": f"extract config of {videos}"}
+    """Plain-typed registry kwargs for the configured model (its spec's ``kwargs_from``,
+    preset applied where the model takes presets)."""
+    return model_kwargs_from(cfg)
 
 
 def init_encoder(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
@@ -233,17 +99,11 @@ def init_encoder(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
         logger.warning("%s: its encoder was trained at %s px, this run uses %d px", path, size,
                        cfg.image_size)
     source = ckpt_io.build_model(src)
-    _backbone(model).load_state_dict(_backbone(source).state_dict())
+    backbone_of(model).load_state_dict(backbone_of(source).state_dict())
     logger.info("encoder initialized from %s (%s/%s, epoch %s)", path, name, backbone,
                 src.get("epoch"))
     return {"path": str(path), "checkpoint_id": sha256_file(path)[:12], "model": name,
             "backbone": str(backbone)}
-
-
-def _backbone(model: nn.Module) -> nn.Module:
-    """The backbone inside a model: ``frame``'s encoder, or the one ``cnn_lstm``'s wraps."""
-    enc = model.encoder
-    return enc.encoder if hasattr(enc, "encoder") else enc
 
 
 def resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -287,41 +147,30 @@ def write_history(folder: Path, history: list[dict[str, Any]], title: str) -> No
     plots.training_curves_plot({title: rows}, folder / "training_curve.png")
 
 
-def reduce_device(d: Dist) -> torch.device:
-    """Where a tensor must live for a collective of this process group: nccl only takes CUDA
-    tensors (on this rank's device), gloo takes CPU ones."""
-    return d.device if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def frame_mean_threshold(model: nn.Module, loader: Any, device: torch.device, rule: str,
-                         target_fpr: float) -> dict[str, Any]:
-    """Threshold and validation metrics of a frame model used as ``frame_mean`` (every valid
-    frame, probabilities averaged: how ``dfpipe score`` uses a frame checkpoint).
+def derived_thresholds(model: nn.Module, loader: Any, device: torch.device, rule: str,
+                       target_fpr: float) -> dict[str, dict[str, Any]]:
+    """Threshold and validation metrics of each derived scorer the model offers (a frame model
+    as ``frame_mean``: every valid frame, probabilities averaged, as ``dfpipe score`` uses it).
 
     Args:
-        model: the frame model (its current weights).
+        model: the trained model (its current weights).
         loader: validation clips (``clip`` mode: all slots and their mask).
+
+    Returns:
+        derived name -> ``{"threshold", "metrics"}`` (empty when the model offers none).
     """
     from pipeline import metrics as M
-    from pipeline.evaluation import _frame_pass  # the one frame_mean computation evaluate uses
 
-    videos, _ = _frame_pass(model, loader, device)
-    labels = pd.Series({r.video_id: r.label for r in loader.dataset.records})  # 0/1, 1 = FAKE
-    y = labels.loc[videos["video_id"]].to_numpy()
-    p = videos["p_fake"].to_numpy(float)
-    threshold = M.choose_threshold(y, p, rule=rule, target_fpr=target_fpr)
-    metrics = {k: float(v) for k, v in M.video_metrics(y, p, threshold).items()}
-    return {"threshold": float(threshold), "metrics": metrics}
-
-
-def _mean_over_ranks(total: float, n: int, d: Dist) -> float:
-    """Sum of ``total`` over the ranks divided by the sum of ``n`` (``total / n`` alone)."""
-    if not d.enabled:
-        return total / max(n, 1)
-    t = torch.tensor([total, float(n)], dtype=torch.float64, device=reduce_device(d))
-    dist.all_reduce(t)
-    t = t.cpu()
-    return float(t[0] / t[1].clamp_min(1))
+    out: dict[str, dict[str, Any]] = {}
+    for name in model_spec(model.model_name).derived:
+        videos, _ = engine.frame_pass(model, loader, device)  # the per-frame mean evaluate uses
+        labels = pd.Series({r.video_id: r.label for r in loader.dataset.records})  # 1 = FAKE
+        y = labels.loc[videos["video_id"]].to_numpy()
+        p = videos["p_fake"].to_numpy(float)
+        threshold = M.choose_threshold(y, p, rule=rule, target_fpr=target_fpr)
+        metrics = {k: float(v) for k, v in M.video_metrics(y, p, threshold).items()}
+        out[name] = {"threshold": float(threshold), "metrics": metrics}
+    return out
 
 
 def freeze_stages(model: nn.Module, train_blocks: int) -> nn.Module | None:
@@ -352,8 +201,10 @@ def feature_datasets(cfg: TrainConfig, model: nn.Module, train_rec: list, val_re
                      mean: tuple[float, ...], std: tuple[float, ...],
                      d: Dist) -> tuple[FeatureDataset, FeatureDataset]:
     """Train/val ``FeatureDataset``s of cached encoder features (``--feature-cache``)."""
-    if cfg.model != "frame":
-        raise ConfigError(f"--feature-cache trains a frame model's head, not a {cfg.model}")
+    if not model_spec(cfg.model).feature_cache:
+        takes = [n for n in list_models() if model_spec(n).feature_cache]
+        raise ConfigError(f"--feature-cache trains a frame model's head ({', '.join(takes)}), "
+                          f"not a {cfg.model}")
     if cfg.train_blocks or 0 < cfg.freeze_backbone_epochs < cfg.epochs:
         raise ConfigError("--feature-cache keeps the encoder frozen for the whole run: drop "
                           "--train-blocks / --freeze-backbone-epochs")
@@ -407,7 +258,7 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     model = model.to(d.device, memory_format=torch.channels_last)
     seed_everything(cfg.seed + d.rank)  # dropout differs per rank; the order is in the sampler
     mode = engine.input_key(model)
-    mean, std = normalization(model.encoder)  # the backbone's own input statistics
+    mean, std = normalization(backbone_of(model))  # the backbone's own input statistics
     tail_frozen = freeze_stages(model, cfg.train_blocks)
     if cfg.feature_cache:  # head only, on features encoded once
         train_ds, val_ds = feature_datasets(cfg, model, train_rec, val_rec, mean, std, d)
@@ -424,9 +275,11 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     train_loader = engine.make_loader(train_ds, cfg.batch_size, sampler=sampler,
                                       workers=workers, pin_memory=pin)
     val_loader = engine.make_loader(val_ds, cfg.batch_size, workers=workers, pin_memory=pin)
-    # a frame model is scored as frame_mean (all frames): its threshold is chosen on that too
+    # a model with derived scorers (frame -> frame_mean, all frames) is scored as one: their
+    # thresholds are chosen on validation clips too
+    spec = model_spec(cfg.model)
     mean_loader = None
-    if mode == "image" and d.main:
+    if spec.derived and d.main:
         mean_loader = engine.make_loader(
             ClipDataset(val_rec, "clip", cfg.image_size, cfg.frame_index, mean=mean, std=std),
             cfg.batch_size, workers=cfg.workers, pin_memory=pin)
@@ -490,7 +343,7 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         tr = engine.train_one_epoch(net, train_loader, optimizer, criterion, d.device, epoch=epoch,
                                     amp=use_amp, scaler=scaler, max_steps=cfg.max_steps,
                                     progress=d.main, frozen=frozen)
-        train_loss = _mean_over_ranks(tr["loss"] * tr["samples"], tr["samples"], d)
+        train_loss = mean_over_ranks(tr["loss"] * tr["samples"], tr["samples"], d)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         ev = engine.evaluate(net_model, val_loader, d.device, amp=use_amp,
@@ -507,16 +360,15 @@ def main(cfg: TrainConfig, d: Dist) -> int:
             stopper.update(best_loss=metrics["loss"], best_epoch=epoch + 1, bad_epochs=0)
             best = {"epoch": epoch + 1, "loss": metrics["loss"], "metrics": metrics}
             if mean_loader is not None:
-                best["frame_mean"] = frame_mean_threshold(model, mean_loader, d.device,
-                                                          cfg.threshold_rule, cfg.target_fpr)
+                best.update(derived_thresholds(model, mean_loader, d.device,
+                                               cfg.threshold_rule, cfg.target_fpr))
         else:
             stopper["bad_epochs"] += 1
         if d.main:
             own = best.get("metrics", metrics)["threshold"]
             # one threshold per way the model is used (score uses frame_mean for a frame model)
             thresholds = {cfg.model: own}
-            if "frame_mean" in best:
-                thresholds["frame_mean"] = best["frame_mean"]["threshold"]
+            thresholds.update({n: best[n]["threshold"] for n in spec.derived if n in best})
             state = {**common, "state_dict": model.state_dict(), "epoch": epoch + 1,
                      "metrics": metrics, "history": history, "best": best,
                      "threshold": own, "thresholds": thresholds, "stopper": stopper}

@@ -51,7 +51,7 @@ def test_frame_checkpoint_rebuilds_as_frame_mean(tmp_path):
     with torch.no_grad():
         p = torch.sigmoid(frame(clip[0])).mean()
         torch.testing.assert_close(torch.sigmoid(fm(clip))[0], p)
-    with pytest.raises(CheckpointError, match="only frame -> frame_mean"):
+    with pytest.raises(CheckpointError, match="cnn_lstm.* cannot be used as .frame_mean. \\(it offers: none\\)"):
         C.build_model({**ckpt, "model": {"name": "cnn_lstm", "kwargs": {"lstm_hidden": 4}},
                        "state_dict": create_model("cnn_lstm", lstm_hidden=4).state_dict()},
                       as_model="frame_mean")

@@ -63,7 +63,7 @@ def test_every_subcommand_parses_its_defaults(name):
     parser = cli.build_parser()
     positional = [f for f in dataclasses.fields(cls) if f.metadata.get("positional")]
     argv = [name] + ["x"] * len(positional)
-    cfg = config.from_namespace(cls, parser.parse_args(argv))
+    cfg = cli.from_namespace(cls, parser.parse_args(argv))
     defaults = cls()
     for f in dataclasses.fields(cls):
         if f.metadata.get("positional"):
@@ -75,7 +75,7 @@ def test_flags_map_onto_fields():
     parser = cli.build_parser()
     ns = parser.parse_args(["extract", "a", "b", "--workers", "3", "--detect-every", "5",
                             "--overwrite", "--engine", "inline"])
-    cfg = config.from_namespace(config.ExtractConfig, ns)
+    cfg = cli.from_namespace(config.ExtractConfig, ns)
     assert cfg.inputs == ("a", "b") and cfg.workers == 3 and cfg.detect_every == 5
     assert cfg.overwrite is True and cfg.engine == "inline"
 
@@ -83,11 +83,11 @@ def test_flags_map_onto_fields():
 def test_repeated_list_flags_accumulate_and_replace_the_default():
     parser = cli.build_parser()
     ns = parser.parse_args(["evaluate", "--checkpoint", "a.pt", "--checkpoint", "b.pt", "c.pt"])
-    assert config.from_namespace(config.EvaluateConfig, ns).checkpoint == ("a.pt", "b.pt", "c.pt")
+    assert cli.from_namespace(config.EvaluateConfig, ns).checkpoint == ("a.pt", "b.pt", "c.pt")
     ns = parser.parse_args(["train", "--augment", "jpeg"])
-    assert config.from_namespace(config.TrainConfig, ns).augment == ("jpeg",)
+    assert cli.from_namespace(config.TrainConfig, ns).augment == ("jpeg",)
     ns = parser.parse_args(["train"])
-    assert config.from_namespace(config.TrainConfig, ns).augment == config.TrainConfig().augment
+    assert cli.from_namespace(config.TrainConfig, ns).augment == config.TrainConfig().augment
 
 
 def test_from_dict_refuses_unknown_keys():

@@ -129,6 +129,21 @@ def test_training_records_the_backbone_normalization(lite_run):
     assert ckpt["preprocess"]["std"] == pytest.approx(list(LITE_STD))
 
 
+def test_a_clip_model_records_its_backbone_normalization_too(tmp_path):
+    """cnn_lstm wraps the backbone in TimeDistributed: the statistics are the backbone's."""
+    from pipeline.training import run as train_run
+
+    manifests = make_manifests(tmp_path, n_frames=2, size=32, seed=1)
+    rc = train_run(TrainConfig(model="cnn_lstm", backbone="efficientnet_lite0", lstm_hidden=4,
+                               manifest_dir=str(manifests), out_dir=str(tmp_path / "ckpt"),
+                               run_name="r", image_size=32, epochs=1, batch_size=4, threads=1,
+                               max_steps=1))
+    assert rc == 0
+    ckpt = C.load_checkpoint(tmp_path / "ckpt" / "r" / "best.pt")
+    assert ckpt["preprocess"]["mean"] == pytest.approx(list(LITE_MEAN))
+    assert ckpt["preprocess"]["std"] == pytest.approx(list(LITE_STD))
+
+
 def test_evaluation_uses_the_checkpoint_normalization(tiny_frame_checkpoint, tmp_path):
     """Same weights, other recorded statistics -> other test probabilities: evaluate reads them."""
     import pandas as pd

@@ -156,3 +156,30 @@ def test_weights_file_is_loaded_and_a_bad_one_is_refused(tmp_path):
         create_backbone("resnet18", weights=str(tmp_path / "bad.pt"))
     with pytest.raises(ConfigError, match="no published pretrained"):
         create_backbone("tiny", pretrained=True)
+
+
+def test_frame_mean_p_is_the_masked_mean_clamped_in_the_input_dtype():
+    from pipeline.models.temporal import FRAME_EPS, frame_mean_p
+
+    probs = torch.tensor([[0.2, 0.4, 0.9, 0.6], [1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]],
+                         dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 1], [1, 1, 0, 1], [0, 0, 0, 0]])
+    got = frame_mean_p(probs, mask)
+    assert got.dtype == torch.float64
+    assert got.tolist() == pytest.approx([0.4, 1 - FRAME_EPS, FRAME_EPS])  # no valid frame: 0/1
+    assert frame_mean_p(probs[:1]).tolist() == pytest.approx([0.525])  # no mask: every slot
+
+
+def test_the_registry_answers_what_callers_used_to_ask_by_name():
+    from pipeline.models import backbone_of, model_spec, scorer_name, trainable_models
+
+    assert model_spec("frame").input_key == "image" and model_spec("cnn_lstm").input_key == "clip"
+    assert model_spec("frame").derived == ("frame_mean",) and model_spec("cnn_lstm").derived == ()
+    assert scorer_name("frame") == "frame_mean" and scorer_name("cnn_lstm") == "cnn_lstm"
+    assert model_spec("frame_mean").per_frame and not model_spec("cnn_lstm").per_frame
+    assert trainable_models() == ["cnn_lstm", "frame"]  # frame_mean has no training of its own
+    lstm, frame = create_model("cnn_lstm"), create_model("frame")
+    assert backbone_of(lstm) is lstm.encoder.encoder and backbone_of(frame) is frame.encoder
+    assert backbone_of(FrameMean.from_frame(frame)) is frame.encoder
+    with pytest.raises(ConfigError, match="known: cnn_lstm, frame"):
+        model_spec("nope")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli, manifest
 
 
-def write_inputs(d, videos: list[dict], faces: dict[str, list[tuple[int, int]]]) -> None:
+def write_inputs(d, videos: list[dict], faces: dict[str, list[tuple[int, int]]],
+                 suffix: str = ".csv") -> None:
     """videos: dicts with video_id, label, original, n_frames[, status, n_faces]; faces: id -> rows."""
     vrows = []
     for v in videos:
@@ -24,8 +27,9 @@ def write_inputs(d, videos: list[dict], faces: dict[str, list[tuple[int, int]]])
     frows = [{"video_id": vid, "frame": f, "track": t, "x1": 1.0, "y1": 2.0, "x2": 50.0,
               "y2": 60.0, "prob": 0.99, "crop_path": f"/faces/{vid}/{f:04d}_{t}.jpg"}
              for vid, rows in faces.items() for f, t in rows]
-    manifest.write_manifest(pd.DataFrame(vrows), d / "videos.csv", "videos")
-    manifest.write_manifest(pd.DataFrame(frows), d / "faces.csv", "faces")
+    # default: the legacy CSV format of earlier versions (read, converted on read, by prepare)
+    manifest.write_manifest(pd.DataFrame(vrows), d / f"videos{suffix}", "videos")
+    manifest.write_manifest(pd.DataFrame(frows), d / f"faces{suffix}", "faces")
 
 
 def dataset(n_originals: int = 6, fakes: int = 2):
@@ -43,7 +47,8 @@ def dataset(n_originals: int = 6, fakes: int = 2):
 
 
 def read_all(d):
-    return {k: manifest.read_manifest(d / f"{k}.csv", k) for k in ("outliers", "clips", "gaps", "split")}
+    return {k: manifest.read_manifest(d / f"{k}.parquet", k)
+            for k in ("outliers", "clips", "gaps", "split")}
 
 
 def test_prepare_cli_writes_four_manifests_with_sidecars(tmp_path):
@@ -88,7 +93,7 @@ def test_prepare_cli_writes_four_manifests_with_sidecars(tmp_path):
         assert set(sp.loc[sp["split"] == s, "label"]) == {"REAL", "FAKE"}
 
     for kind in ("outliers", "clips", "gaps", "split"):
-        meta = manifest.read_meta(tmp_path / f"{kind}.csv")
+        meta = manifest.read_meta(tmp_path / f"{kind}.parquet")
         assert meta["kind"] == kind and meta["config"]["min_faces"] == 200
         assert set(meta["inputs"]) == {str(tmp_path / "videos.csv"), str(tmp_path / "faces.csv")}
         c = meta["counts"]
@@ -117,7 +122,7 @@ def test_prepare_pad_mode_masks_and_keep_orphans(tmp_path):
     c0 = m["clips"][m["clips"]["video_id"] == "o0"]
     assert c0["mask"].tolist() == [1] * 15 + [0] * 15
     assert len(m["clips"]) == 30 * 18
-    meta = manifest.read_meta(tmp_path / "clips.csv")["counts"]
+    meta = manifest.read_meta(tmp_path / "clips.parquet")["counts"]
     assert meta["short_clips_padded"] == 2 and meta["padded_rows"] == 18
 
 
@@ -125,15 +130,15 @@ def test_prepare_uniform_sampler(tmp_path):
     videos, faces = dataset(3, 1)
     write_inputs(tmp_path, videos, faces)
     assert cli.main(["prepare", "--manifest-dir", str(tmp_path), "--sampler", "uniform"]) == 0
-    clips = manifest.read_manifest(tmp_path / "clips.csv", "clips")
+    clips = manifest.read_manifest(tmp_path / "clips.parquet", "clips")
     frames = clips.loc[clips["video_id"] == "o0", "frame"].tolist()
     assert frames[0] == 0 and frames[-1] == 299 and frames[1] == 10 and frames[2] == 21
 
 
 def test_prepare_missing_inputs_exit_2(tmp_path, capsys):
     assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 2
-    assert "videos.csv: manifest not found" in capsys.readouterr().err
-    assert not (tmp_path / "split.csv").exists()
+    assert "videos.parquet: manifest not found" in capsys.readouterr().err
+    assert not (tmp_path / "split.parquet").exists()
 
 
 def test_prepare_impossible_split_exit_2(tmp_path, capsys):
@@ -141,8 +146,8 @@ def test_prepare_impossible_split_exit_2(tmp_path, capsys):
     write_inputs(tmp_path, videos, faces)
     assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 2
     assert "only 2 group(s) contain a REAL video" in capsys.readouterr().err
-    assert not (tmp_path / "split.csv").exists() and not (tmp_path / "clips.csv").exists()
-    assert manifest.read_manifest(tmp_path / "outliers.csv", "outliers").empty
+    assert not (tmp_path / "split.parquet").exists() and not (tmp_path / "clips.parquet").exists()
+    assert manifest.read_manifest(tmp_path / "outliers.parquet", "outliers").empty
 
 
 def test_prepare_count_mismatch_is_an_outlier_and_exit_1(tmp_path):
@@ -150,9 +155,9 @@ def test_prepare_count_mismatch_is_an_outlier_and_exit_1(tmp_path):
     videos[0]["n_faces"] = 250  # faces.csv has 300 rows for o0
     write_inputs(tmp_path, videos, faces)
     assert cli.main(["prepare", "--manifest-dir", str(tmp_path)]) == 1
-    out = manifest.read_manifest(tmp_path / "outliers.csv", "outliers")
+    out = manifest.read_manifest(tmp_path / "outliers.parquet", "outliers")
     assert out["reason"].tolist()[:2] == [
-        "faces_mismatch: videos.csv n_faces 250, faces.csv has 300 rows",
+        "faces_mismatch: videos manifest n_faces 250, faces manifest has 300 rows",
         "orphan_fake: original o0 was left out",
     ]
 
@@ -163,9 +168,9 @@ def test_prepare_deterministic(tmp_path, seed):
     write_inputs(tmp_path, videos, faces)
     argv = ["prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed)]
     assert cli.main(argv) == 0
-    first = (tmp_path / "split.csv").read_text()
+    first = (tmp_path / "split.parquet").read_bytes()
     assert cli.main(argv) == 0
-    assert (tmp_path / "split.csv").read_text() == first
+    assert (tmp_path / "split.parquet").read_bytes() == first
     meta = json.loads((tmp_path / "split.meta.json").read_text())
     assert meta["config"]["seed"] == seed
 
@@ -184,7 +189,7 @@ def test_prepare_merges_groups_that_share_an_identity(tmp_path):
     apart = 0
     for seed in range(6):
         assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed)]) == 0
-        split = manifest.read_manifest(tmp_path / "split.csv", "split").set_index("video_id")
+        split = manifest.read_manifest(tmp_path / "split.parquet", "split").set_index("video_id")
         assert split.loc[ids, "group"].tolist() == ["004"] * 4
         assert split.loc[ids, "split"].nunique() == 1
         groups = json.loads((tmp_path / "split.meta.json").read_text())["counts"]["groups"]
@@ -194,7 +199,7 @@ def test_prepare_merges_groups_that_share_an_identity(tmp_path):
 
         assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path), "--seed", str(seed),
                          "--merge-groups", "off"]) == 0
-        off = manifest.read_manifest(tmp_path / "split.csv", "split").set_index("video_id")
+        off = manifest.read_manifest(tmp_path / "split.parquet", "split").set_index("video_id")
         assert off.loc[ids, "group"].tolist() == ["004", "982", "004", "982"]
         apart += off.loc["004", "split"] != off.loc["982", "split"]
     assert apart > 0
@@ -328,9 +333,9 @@ def test_prepare_after_real_extract_on_synth_dir(synth_dir, tmp_path):
     assert cli.main(argv) == 2
     truth = load_truth(synth_dir)
     reasons, gaps, _ = expected_from_truth(truth, lo=40, hi=100, n=6, pad=True)
-    out = manifest.read_manifest(m / "outliers.csv", "outliers")
+    out = manifest.read_manifest(m / "outliers.parquet", "outliers")
     assert out.set_index("video_id")["reason"].to_dict() == reasons
-    got = manifest.read_manifest(m / "gaps.csv", "gaps")
+    got = manifest.read_manifest(m / "gaps.parquet", "gaps")
     assert sorted(got.astype({"start_frame": "int64"}).values.tolist()) == sorted(gaps)
     assert {g[3] for g in gaps} == {"no_face", "multi_face"}
 
@@ -354,19 +359,76 @@ def test_the_four_manifests_are_one_set_and_clips_split_are_checked_together(tmp
     assert set(clips["video_id"]) == set(split["video_id"])
 
     # b's split (another seed) beside a's clips: refused, naming both files
-    for name in ("split.csv", "split.meta.json"):
+    for name in ("split.parquet", "split.meta.json"):
         shutil.copy(tmp_path / "b" / name, tmp_path / "a" / name)
     with pytest.raises(ManifestError, match="not from one `dfpipe prepare` run") as e:
         read_clips_and_split(tmp_path / "a")
-    assert str(tmp_path / "a" / "clips.csv") in str(e.value)
-    assert str(tmp_path / "a" / "split.csv") in str(e.value)
+    assert str(tmp_path / "a" / "clips.parquet") in str(e.value)
+    assert str(tmp_path / "a" / "split.parquet") in str(e.value)
 
-    # a split.csv edited by hand after prepare (its sidecar no longer matches): refused
+    # a split edited by hand after prepare (its sidecar no longer matches): refused
     assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / "a")]) == 0
-    text = (tmp_path / "a" / "split.csv").read_text()
-    (tmp_path / "a" / "split.csv").write_text(text.replace(",test\n", ",train\n", 1))
+    edited = manifest.read_manifest(tmp_path / "a" / "split.parquet", "split")
+    edited.loc[edited.index[edited["split"] == "test"][:1], "split"] = "train"
+    pq.write_table(pa.Table.from_pandas(edited, preserve_index=False),
+                   tmp_path / "a" / "split.parquet")
     with pytest.raises(ManifestError, match="changed after `dfpipe prepare` wrote it"):
         read_clips_and_split(tmp_path / "a")
     # and through the CLI: a one-line error, exit 2
     assert cli.main(["-q", "train", "--manifest-dir", str(tmp_path / "a"), "--out-dir",
                      str(tmp_path / "ck"), "--epochs", "1"]) == 2
+
+
+def test_legacy_csv_folder_gives_the_same_result_as_parquet(tmp_path):
+    """A manifest folder written by an earlier version (videos.csv + faces.csv + sidecars) is
+    converted on read: prepare writes the same four manifests as from the Parquet folder."""
+    videos, faces = dataset(8, 2)
+    faces["o1"] = [(f, 0) for f in range(0, 300, 2)] + [(f, 1) for f in range(0, 300, 7)]
+    faces["o2_f0"] = [(f, 0) for f in range(250)]  # short: dropped
+    faces["o3"] = sorted(faces["o3"] + [(10, 1), (20, 1)])  # multi-face frames: advanced slots
+    for d, suffix in (("legacy", ".csv"), ("new", ".parquet")):
+        write_inputs(tmp_path / d, videos, faces, suffix)
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / d)]) == 0
+    assert (tmp_path / "legacy" / "faces.csv").is_file()
+    assert not (tmp_path / "legacy" / "faces.parquet").exists()
+    old, new = read_all(tmp_path / "legacy"), read_all(tmp_path / "new")
+    for kind in old:
+        pd.testing.assert_frame_equal(old[kind], new[kind], obj=kind)
+    assert manifest.read_meta(tmp_path / "new" / "clips.parquet")["counts"]["advanced_slots"] > 0
+    assert len(old["outliers"]) and len(old["gaps"])
+
+
+def test_prepare_samples_in_batches_with_the_same_result(tmp_path, monkeypatch):
+    """Videos are sampled in batches (bounded memory): batches of 3 videos give the manifests
+    one batch gives."""
+    from pipeline import prepare
+
+    videos, faces = dataset(8, 2)
+    faces["o1"] = [(f, 0) for f in range(150)]  # slots 15..29 are gaps: padded
+    faces["o4_f1"] = sorted(faces["o4_f1"] + [(30, 1), (40, 1)])
+    for d, batch in (("one", 10_000), ("many", 3)):
+        write_inputs(tmp_path / d, videos, faces, ".parquet")
+        monkeypatch.setattr(prepare, "SAMPLE_BATCH", batch)
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / d), "--short-clips",
+                         "pad", "--min-faces", "100"]) == 0
+    one, many = read_all(tmp_path / "one"), read_all(tmp_path / "many")
+    for kind in one:
+        pd.testing.assert_frame_equal(one[kind], many[kind], obj=kind)
+    assert (one["clips"]["mask"] == 0).any()
+
+
+def test_face_rows_out_of_order_are_sorted_on_read(tmp_path):
+    """A faces manifest whose rows are not in (video, frame, track) order (hand-written, or
+    concatenated) gives the same result as the sorted one."""
+    videos, faces = dataset(6, 2)
+    faces["o2"] = sorted(faces["o2"] + [(20, 1)])
+    write_inputs(tmp_path / "sorted", videos, faces, ".parquet")
+    write_inputs(tmp_path / "shuffled", videos, faces, ".parquet")
+    f = manifest.read_manifest(tmp_path / "shuffled" / "faces.parquet", "faces")
+    manifest.write_manifest(f.sample(frac=1, random_state=1), tmp_path / "shuffled" /
+                            "faces.parquet", "faces")
+    for d in ("sorted", "shuffled"):
+        assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / d)]) == 0
+    a, b = read_all(tmp_path / "sorted"), read_all(tmp_path / "shuffled")
+    for kind in a:
+        pd.testing.assert_frame_equal(a[kind], b[kind], obj=kind)

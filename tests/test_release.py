@@ -5,6 +5,7 @@ step. Tiny checkpoints only; the real shipped model is tested when its file is p
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -270,9 +271,9 @@ def _train_cfg(tiny_frame_checkpoint, tmp_path, **kw):
 
 
 def _backbone_state(model):
-    from pipeline.training import _backbone
+    from pipeline.models import backbone_of
 
-    return {k: v.clone() for k, v in _backbone(model).state_dict().items()}
+    return {k: v.clone() for k, v in backbone_of(model).state_dict().items()}
 
 
 def test_init_encoder_copies_the_frame_encoder(tiny_frame_checkpoint, tmp_path):
@@ -418,14 +419,15 @@ def test_shipped_model_scores_a_real_clip(real_samples, tmp_path):
 # ------------------------------------------------------------------------ the demo
 
 
-def test_demo_scores_with_the_shipped_model_when_present(release_dir, clip, tmp_path, capsys):
+def test_demo_scores_with_the_shipped_model_when_present(release_dir, clip, tmp_path, capsys,
+                                                        caplog):
     from pipeline.run import score_with_shipped
 
     out = tmp_path / "shipped"
-    assert score_with_shipped((str(clip),), out, synthetic=True) == 0
-    printed = capsys.readouterr().out
-    assert "shipped real model dfdc_frame_lite0.pt: tiny_release" in printed
-    assert "mean little" in printed and f"{clip}\t" in printed
+    with caplog.at_level(logging.INFO, logger="pipeline.run"):
+        assert score_with_shipped((str(clip),), out, synthetic=True) == 0
+    assert "shipped real model dfdc_frame_lite0.pt: tiny_release" in caplog.text
+    assert "mean little" in caplog.text and f"{clip}\t" in capsys.readouterr().out
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert row["checkpoint"]["path"] == str(release_dir / release.DEFAULT_CHECKPOINT)
     assert Path(row["evidence_png"]).is_file() and Path(row["evidence_png"]).parent == out / "evidence"

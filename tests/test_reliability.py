@@ -200,7 +200,7 @@ def test_unreadable_folder_is_a_row_not_a_crash(tiny_checkpoint, monkeypatch):
                                   capture_output=True, text=True, timeout=300, **kw).returncode
                    for a in (extract_argv, score_argv)]
         assert rcs == [1, 1]
-        v = pd.read_csv(outs / "m" / "videos.csv", keep_default_na=False)
+        v = read_manifest(outs / "m" / "videos.parquet", "videos")
         assert dict(zip(v["video_id"], v["status"], strict=True)) == {"locked/": "read_error",
                                                                       "fine": "ok"}
         reason = v.set_index("video_id").loc["locked/", "reason"]

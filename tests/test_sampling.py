@@ -160,3 +160,42 @@ def test_clip_and_gap_rows_validate_against_schemas():
     ]
     ugaps = manifest.validate(gap_rows("v", sample_uniform(faces_table(rows[:10]), 12)), "gaps")
     assert ugaps["slot"].tolist() == [10, 11] and ugaps["start_frame"].isna().all()
+
+
+def _random_faces(rng, n_videos):
+    """Face rows of ``n_videos`` random videos (gaps, multi-face frames, frames past 300)."""
+    rows = []
+    for v in range(n_videos):
+        length = int(rng.integers(0, 420))
+        for f in range(length):
+            k = rng.choice([0, 1, 2], p=[0.25, 0.65, 0.10])
+            rows += [(v, f, t, f"v{v}/{f:04d}_{t}.jpg") for t in range(k)]
+    return pd.DataFrame(rows, columns=["code", "frame", "track", "crop_path"])
+
+
+@pytest.mark.parametrize("sampler,n_frames,stride", [("stride", 30, 10), ("stride", 7, 3),
+                                                      ("uniform", 30, 10), ("uniform", 1, 10)])
+def test_sample_columns_equals_sample_video(sampler, n_frames, stride):
+    """The columnar sampler (what prepare runs) gives sample_video's choice for every video."""
+    import numpy as np
+
+    from pipeline.sampling import REASONS, sample_columns
+
+    rng = np.random.default_rng(3)
+    faces = _random_faces(rng, 40)
+    videos = np.array([5, 0, 39, 12, 7, 41] + list(range(13, 30)))  # 41: a video without rows
+    lengths = np.array([np.nan if i % 3 else 250 for i in range(len(videos))])
+    got = sample_columns(faces["code"].to_numpy(), faces["frame"].to_numpy(),
+                         faces["track"].to_numpy(), videos, lengths, sampler, n_frames, stride)
+    for i, v in enumerate(videos):
+        vf = None if np.isnan(lengths[i]) else int(lengths[i])
+        want = sample_video(faces[faces["code"] == v], sampler, n_frames, stride, vf)
+        cells = slice(i * n_frames, (i + 1) * n_frames)
+        rows = got.row[cells]
+        assert [c.frame if c.frame is not None else -1 for c in want] == got.frame[cells].tolist()
+        assert [c.track if c.track is not None else -1 for c in want] == got.track[cells].tolist()
+        assert [c.reason for c in want] == [REASONS[r] for r in got.reason[cells]]
+        assert [c.start_frame if c.start_frame is not None else -1 for c in want] == \
+            got.start[cells].tolist()
+        crops = [faces["crop_path"].iloc[r] if r >= 0 else None for r in rows]
+        assert [c.crop_path for c in want] == crops

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline.scoring import VideoScorer, discover_videos, read_journal
+from pipeline.discovery import discover_paths
+from pipeline.sampling import uniform_positions
+from pipeline.scoring import VideoScorer, read_journal
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,10 @@ def test_one_face_clip_gets_a_verdict(scorer, clips):
     assert r["status"] == "ok", r["reason"]
     assert 0.0 <= r["p_fake"] <= 1.0
     assert r["label"] == ("FAKE" if r["p_fake"] >= r["threshold"] else "REAL")
-    assert r["frames_used"] == 15  # 150 frames, slots at 0, 10, ..., 140
-    assert [p["frame"] for p in r["timeline"]] == list(range(0, 150, 10))
+    # 150 frames = 5 s, shorter than the model's 10 s window: its 30 slots spread over all frames
+    assert r["frames_used"] == 30 and r["low_evidence"] is False
+    assert [p["frame"] for p in r["timeline"]] == uniform_positions(150, 30)
+    assert len(r["windows"]) == 1 and r["windows"][0]["p_fake"] == pytest.approx(r["p_fake"])
     assert all(0.0 <= p["p_fake"] <= 1.0 for p in r["timeline"])
     assert len(r["tracks"]) == 1 and r["tracks"][0]["p_fake"] == pytest.approx(r["p_fake"])
     assert r["checkpoint"]["model"] == "cnn_lstm" and len(r["checkpoint"]["id"]) == 12
@@ -72,11 +76,17 @@ def test_failures_have_a_status_and_no_score(scorer, clips):
     assert r["status"] == "missing_file" and r["p_fake"] is None
 
 
-def test_too_few_frames_when_no_track_fills_min_frames(tiny_checkpoint, clips):
-    strict = VideoScorer.from_checkpoint(tiny_checkpoint, device="cpu", min_frames=20)
-    r = strict.score(clips["one"])  # only 15 slots exist in a 150-frame clip
+def test_too_few_frames_only_when_almost_no_face(scorer, tiny_checkpoint, tmp_path):
+    from pipeline.synth import make_clip
+
+    clip = tmp_path / "glimpse.mp4"
+    make_clip(clip, n_frames=60, seed=5, gap=(2, 60))  # the face in frames 0 and 1 only
+    r = scorer.score(clip)  # slots at 0, 2, 4, ...: one sampled frame has the face (< 3)
     assert r["status"] == "too_few_frames" and r["p_fake"] is None
-    assert "20" in r["reason"]
+    assert "3 sampled frames" in r["reason"] and "best: 1 of 30" in r["reason"]
+    loose = VideoScorer.from_checkpoint(tiny_checkpoint, device="cpu", min_frames=1)
+    r = loose.score(clip)
+    assert r["status"] == "ok" and r["frames_used"] == 1 and r["low_evidence"] is True
 
 
 def test_frame_checkpoint_scores_as_frame_mean(tiny_frame_checkpoint, clips):
@@ -152,14 +162,13 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path, clips, capfd):
     assert len(err) == 1 and "bad.pt" in err[0]
 
 
-def test_discover_videos(tmp_path):
+def test_discover_paths_finds_videos_and_images(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.mp4").write_bytes(b"1")
-    (tmp_path / "a" / "notes.txt").write_text("x")
-    (tmp_path / "b.MOV").write_bytes(b"1")
-    found = discover_videos([str(tmp_path), str(tmp_path / "a" / "x.mp4")])
-    assert [p.name for p in found] == ["x.mp4", "b.MOV"] or [p.name for p in found] == ["b.MOV", "x.mp4"]
-    assert len(found) == 2
+    for name in ("a/x.mp4", "a/notes.txt", "b.MOV", "c.JPG", "a/d.webp", "e.png", "f.gif"):
+        (tmp_path / name).write_bytes(b"1")
+    found = discover_paths([str(tmp_path), str(tmp_path / "a" / "x.mp4")])
+    assert [str(p.relative_to(tmp_path)) for p in found] == [
+        "a/d.webp", "a/x.mp4", "b.MOV", "c.JPG", "e.png"]
 
 
 @pytest.mark.slow
@@ -211,7 +220,7 @@ class DyingScoreWorker:
     def __call__(self, item: dict) -> dict:
         import os
 
-        from pipeline.scoring import ScoreWorker
+        from pipeline.score_batch import ScoreWorker
 
         if Path(item["path"]).name.startswith("die"):
             os.kill(os.getpid(), 9)
@@ -223,9 +232,9 @@ class DyingScoreWorker:
 def test_a_dead_worker_gives_its_video_an_error_row_and_exit_1(tiny_checkpoint, clips, tmp_path,
                                                                  monkeypatch):
     """Issue #12.1: the crashed worker's row kept its path and the run exits 1."""
-    from pipeline import scoring
+    from pipeline import score_batch
 
-    monkeypatch.setattr(scoring, "ScoreWorker", DyingScoreWorker)
+    monkeypatch.setattr(score_batch, "ScoreWorker", DyingScoreWorker)
     folder = tmp_path / "videos"
     folder.mkdir()
     for name in ("die.mp4", "one.mp4"):
@@ -282,9 +291,9 @@ def test_duplicate_paths_each_get_a_row(tiny_checkpoint, clips, tmp_path):
     real = folder / "b_real.mp4"
     real.write_bytes(clips["one"].read_bytes())
     (folder / "a_link.mp4").symlink_to(real)
-    found = discover_videos([str(folder)])
+    found = discover_paths([str(folder)])
     assert [p.name for p in found] == ["a_link.mp4", "b_real.mp4"]
-    from pipeline.scoring import find_duplicates
+    from pipeline.score_batch import find_duplicates
 
     assert find_duplicates(found) == {folder / "a_link.mp4": real}
     out = tmp_path / "r.csv"
@@ -327,7 +336,7 @@ def test_track_statuses_rules():
 
 
 def test_a_brief_false_detection_never_decides_the_verdict(tiny_checkpoint, tmp_path):
-    """Issue #12.9: a second face in 3 of 15 slot frames is a brief track, reported, not scored."""
+    """Issue #12.9: a second face in 6 of 30 slot frames is a brief track, reported, not scored."""
     from pipeline.synth import make_clip
 
     clip = tmp_path / "blip.mp4"
@@ -340,8 +349,9 @@ def test_a_brief_false_detection_never_decides_the_verdict(tiny_checkpoint, tmp_
         by_status.setdefault(t["status"], []).append(t)
     assert len(by_status["ok"]) == 1 and len(by_status["brief"]) == 1, r["tracks"]
     main, blip = by_status["ok"][0], by_status["brief"][0]
-    assert blip["p_fake"] is None and blip["faces"] == 3 and blip["share"] == pytest.approx(0.2)
-    assert main["faces"] == 15 and main["share"] == 1.0
+    # slots at uniform_positions(150, 30): 6 of them (0, 5, ..., 26) fall in frames 0-29
+    assert blip["p_fake"] is None and blip["faces"] == 6 and blip["share"] == pytest.approx(0.2)
+    assert main["faces"] == 30 and main["share"] == 1.0
     assert r["deciding_track"] == main["track"] and r["p_fake"] == pytest.approx(main["p_fake"])
     # the same clip scored with the blip counted as an identity: two tracks are scored
     loose = VideoScorer.from_checkpoint(tiny_checkpoint, device="cpu", min_frames=3,
@@ -462,11 +472,11 @@ def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_chec
     assert VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu", threshold=0.4).threshold == 0.4
 
     old = {k: v for k, v in ck.items() if k != "thresholds"}
-    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.score_card"):
         assert checkpoint_threshold(old, "frame_mean", "old.pt") == 0.3
     assert "old.pt: no frame_mean threshold" in caplog.text and "middle-frame" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.score_card"):
         assert checkpoint_threshold(old, "frame", "old.pt") == 0.3
     assert caplog.text == ""
 
@@ -474,7 +484,7 @@ def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_chec
 def test_score_settings_hold_the_threshold_the_scorer_uses(tiny_checkpoint, tiny_frame_checkpoint):
     from pipeline.checkpoint import load_checkpoint
     from pipeline.config import ScoreConfig
-    from pipeline.scoring import score_key, score_settings
+    from pipeline.score_batch import score_key, score_settings
 
     for ck_path in (tiny_checkpoint, tiny_frame_checkpoint):
         ck = load_checkpoint(ck_path)

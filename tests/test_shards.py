@@ -109,3 +109,46 @@ def test_sharded_scoring_merges_to_the_unsharded_result(tiny_checkpoint, clip_fa
     assert cli.main(["merge", str(tmp_path / "r0.jsonl"), str(tmp_path / "t1.jsonl"),
                      *(str(tmp_path / f"r{i}.jsonl") for i in (2, 3)),
                      "--out", str(tmp_path / "bad.jsonl")]) == 2
+
+
+def test_merge_streams_faces_video_by_video_across_row_groups(tmp_path, monkeypatch):
+    """The merge interleaves the shards' sorted faces video by video (a k-way merge over their
+    row groups, a video split across two row groups included) and keeps crop paths relative
+    to the shared faces root."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline import manifest
+    from pipeline.extract import RESULT_PARAMS
+    from pipeline.shards import in_shard, merge_extract
+
+    monkeypatch.setattr(manifest, "ROW_GROUP_ROWS", 5)
+    root = tmp_path / "faces"
+    root.mkdir()
+    ids = [f"v{i:02d}" for i in range(12)]
+    rows = [(v, f, t) for v in ids for f in range(int(v[1:]) % 4 + 1) for t in (0, 1)]
+    for i in range(2):
+        mine = [v for v in ids if in_shard(v, (i, 2))]
+        conf = {"shard": f"{i}/2", **dict.fromkeys(RESULT_PARAMS, 1)}
+        videos = pd.DataFrame({"video_id": mine, "part": "", "path": "", "label": "REAL",
+                               "original": "", "fps": 25.0, "n_frames": 10, "width": 8,
+                               "height": 8, "n_face_frames": 1, "n_faces": 1,
+                               "n_multi_face_frames": 0, "n_tracks": 1, "status": "ok",
+                               "reason": "", "seconds": 0.0})
+        faces = pd.DataFrame([r for r in rows if r[0] in mine], columns=["video_id", "frame",
+                                                                          "track"])
+        faces = faces.assign(x1=1.0, y1=1.0, x2=2.0, y2=2.0, prob=np.nan,
+                             crop_path=[str(root / v / f"{f:04d}_{t}.jpg")
+                                        for v, f, t in faces.itertuples(index=False)])
+        d = tmp_path / f"m{i}"
+        manifest.write_manifest(videos, d / "videos.parquet", "videos", config=conf)
+        with manifest.ManifestWriter(d / "faces.parquet", "faces", config=conf, faces_root=root,
+                                     row_group_rows=5) as w:
+            w.write(faces.assign(crop_path=manifest.relative_crop_paths(faces["crop_path"], root)))
+            w.close()
+    counts = merge_extract([tmp_path / "m1", tmp_path / "m0"], tmp_path / "out")
+    assert counts["faces"] == len(rows)
+    got = manifest.read_manifest(tmp_path / "out" / "faces.parquet", "faces", absolute_paths=False)
+    assert list(got[["video_id", "frame", "track"]].itertuples(index=False, name=None)) == rows
+    assert got["crop_path"].iloc[0] == "v00/0000_0.jpg"
+    assert manifest.read_meta(tmp_path / "out" / "faces.parquet")["faces_root"] == str(root)

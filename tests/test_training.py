@@ -16,9 +16,10 @@ import torch
 from train_fixtures import make_manifests
 
 from pipeline import checkpoint as C
-from pipeline import cli, data, engine, training
+from pipeline import cli, data, distributed, engine, training
 from pipeline.config import TrainConfig
 from pipeline.errors import CheckpointError, ConfigError
+from pipeline.splits import split_fingerprint
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +174,7 @@ def test_resume_refuses_a_split_that_moved_videos(tmp_path):
     last = tmp_path / "ck" / "r" / "last.pt"
     recorded = C.load_checkpoint(last)["train_data"]
     split = read_manifest(mdir / "split.csv", "split")
-    assert recorded["split_fingerprint"] == training.split_fingerprint(split)
+    assert recorded["split_fingerprint"] == split_fingerprint(split)
 
     # the same assignment rewritten (rows reversed): not a different split
     write_manifest(split.iloc[::-1], mdir / "split.csv", "split")
@@ -192,7 +193,7 @@ def test_resume_refuses_a_split_that_moved_videos(tmp_path):
     assert training.run(dataclasses.replace(again, allow_other_split=True)) == 0
     state = C.load_checkpoint(last)
     assert state["epoch"] == 3
-    assert state["train_data"]["split_fingerprint"] == training.split_fingerprint(moved)
+    assert state["train_data"]["split_fingerprint"] == split_fingerprint(moved)
     [note] = state["train_data"]["other_split_on_resume"]
     assert note.startswith("after epoch 2: ") and str(mdir / "split.csv") in note
 
@@ -289,8 +290,8 @@ def _gloo_mean_worker(rank: int, store_file: str, out_dir: str) -> None:
     store = torch.distributed.FileStore(store_file, 2)
     torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2)
     try:
-        d = training.Dist(rank=rank, world_size=2)
-        mean = training._mean_over_ranks(float(rank + 1), 2 * rank + 1, d)
+        d = distributed.Dist(rank=rank, world_size=2)
+        mean = distributed.mean_over_ranks(float(rank + 1), 2 * rank + 1, d)
         Path(out_dir, f"rank{rank}.txt").write_text(repr(mean))
     finally:
         torch.distributed.destroy_process_group()
@@ -316,11 +317,11 @@ def test_mean_over_ranks_puts_the_tensor_on_the_rank_device_under_nccl(monkeypat
     monkeypatch.setattr(training.dist, "all_reduce", fake_all_reduce)
     # the meta device stands in for cuda:1, which this machine lacks; what matters is that the
     # tensor follows d.device instead of being built on the default (CPU) device
-    d = training.Dist(rank=1, world_size=2, local_rank=1, device=torch.device("meta"))
+    d = distributed.Dist(rank=1, world_size=2, local_rank=1, device=torch.device("meta"))
     with pytest.raises(NotImplementedError):  # a meta tensor cannot be copied back, as expected
-        training._mean_over_ranks(3.0, 4, d)
+        distributed.mean_over_ranks(3.0, 4, d)
     assert [t.device for t in seen] == [torch.device("meta")]
     monkeypatch.setattr(training.dist, "get_backend", lambda *a, **k: "gloo")
     seen.clear()
-    assert training._mean_over_ranks(3.0, 4, d) == 0.75
+    assert distributed.mean_over_ranks(3.0, 4, d) == 0.75
     assert [t.device for t in seen] == [torch.device("cpu")]

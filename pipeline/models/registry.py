@@ -27,6 +27,10 @@ class Registry:
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (unknown names are ignored)."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         """All registered names, sorted."""
         return sorted(self._items)

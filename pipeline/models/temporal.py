@@ -17,6 +17,8 @@ mask give identical outputs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,6 +26,17 @@ from pipeline.models import register_model
 from pipeline.models.backbones import create_backbone
 
 FRAME_EPS = 1e-6  # frame_mean clamps the mean probability into [eps, 1-eps]: finite logits
+
+
+def frame_mean_p(probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``frame_mean`` rule, the one place it is computed: per-frame p_fake (B, T) and mask
+    (B, T) -> (B,) mean over valid frames, clamped into [FRAME_EPS, 1 - FRAME_EPS].
+
+    Computes in ``probs``' dtype; padded slots (mask 0) do not count, whatever their value.
+    """
+    m = torch.ones_like(probs) if mask is None else mask.to(probs.dtype)  # (B, T)
+    p = (probs * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B,)
+    return p.clamp(FRAME_EPS, 1 - FRAME_EPS)
 
 
 def _memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -147,8 +160,9 @@ class FrameMean(nn.Module):
         self.frame = FrameModel(backbone, dropout, pretrained, weights)
 
     @classmethod
-    def from_frame(cls, frame_model: FrameModel) -> FrameMean:
-        """Wrap an existing (trained) frame model; shares its parameters."""
+    def from_frame(cls, frame_model: nn.Module) -> FrameMean:
+        """Wrap an existing (trained) image model (any ``input_key == "image"`` model: the
+        registered ``frame`` or another); shares its parameters."""
         obj = cls.__new__(cls)
         nn.Module.__init__(obj)
         obj.frame = frame_model
@@ -160,24 +174,35 @@ class FrameMean(nn.Module):
         b, t = clip.shape[:2]
         logits = self.frame(clip.reshape(b * t, *clip.shape[2:]))  # (B*T,)
         probs = torch.sigmoid(logits.float()).reshape(b, t)  # (B, T)
-        m = torch.ones_like(probs) if mask is None else mask.to(probs.dtype)
-        p = (probs * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B,)
-        return torch.logit(p.clamp(FRAME_EPS, 1 - FRAME_EPS))  # (B,)
+        return torch.logit(frame_mean_p(probs, mask))  # (B,)
 
 
-@register_model("cnn_lstm")
+def _cnn_lstm_kwargs(cfg: Any) -> dict[str, Any]:
+    """``TrainConfig`` -> ``cnn_lstm`` keyword arguments (``lstm_sizes`` only when given)."""
+    kw: dict[str, Any] = {"backbone": cfg.backbone, "lstm_hidden": cfg.lstm_hidden,
+                          "lstm_layers": cfg.lstm_layers, "bidirectional": cfg.bidirectional,
+                          "dense": cfg.dense, "dropout": cfg.dropout, "readout": cfg.readout}
+    if cfg.lstm_sizes:
+        kw["lstm_sizes"] = list(cfg.lstm_sizes)
+    return kw
+
+
+@register_model("cnn_lstm", input_key="clip", presets=True, kwargs_from=_cnn_lstm_kwargs,
+                backbone=lambda m: m.encoder.encoder)
 def cnn_lstm(**kwargs) -> nn.Module:
     """CNN per frame -> LSTM(s) -> (dense) -> head; the video model."""
     return CNNLSTM(**kwargs)
 
 
-@register_model("frame")
+@register_model("frame", input_key="image", derived=("frame_mean",), scores_as="frame_mean",
+                feature_cache=True)
 def frame(**kwargs) -> nn.Module:
     """Single-frame baseline (the middle slot in training)."""
     return FrameModel(**kwargs)
 
 
-@register_model("frame_mean")
+@register_model("frame_mean", input_key="clip", wraps="image", from_base=FrameMean.from_frame,
+                per_frame=True, trainable=False, backbone=lambda m: m.frame.encoder)
 def frame_mean(**kwargs) -> nn.Module:
     """Single-frame model on all frames, probabilities averaged (from a trained ``frame``)."""
     return FrameMean(**kwargs)
