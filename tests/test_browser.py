@@ -155,6 +155,7 @@ def test_upload_text_file_is_rejected_on_the_page(server, browser, tmp_path):
     assert "decision threshold" not in card.text  # no slider without a probability
 
 
+@pytest.fixture(scope="module")
 def face_media(tmp_path_factory) -> dict[str, Path]:
     """A synthetic face clip (150 frames) and one of its frames as a JPEG photo."""
     from PIL import Image
