@@ -401,14 +401,14 @@ def test_legacy_csv_folder_gives_the_same_result_as_parquet(tmp_path):
 def test_prepare_samples_in_batches_with_the_same_result(tmp_path, monkeypatch):
     """Videos are sampled in batches (bounded memory): batches of 3 videos give the manifests
     one batch gives."""
-    from pipeline import prepare
+    from pipeline import prepare_columns
 
     videos, faces = dataset(8, 2)
     faces["o1"] = [(f, 0) for f in range(150)]  # slots 15..29 are gaps: padded
     faces["o4_f1"] = sorted(faces["o4_f1"] + [(30, 1), (40, 1)])
     for d, batch in (("one", 10_000), ("many", 3)):
         write_inputs(tmp_path / d, videos, faces, ".parquet")
-        monkeypatch.setattr(prepare, "SAMPLE_BATCH", batch)
+        monkeypatch.setattr(prepare_columns, "SAMPLE_BATCH", batch)
         assert cli.main(["-q", "prepare", "--manifest-dir", str(tmp_path / d), "--short-clips",
                          "pad", "--min-faces", "100"]) == 0
     one, many = read_all(tmp_path / "one"), read_all(tmp_path / "many")
