@@ -23,26 +23,17 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench_extract import median_time as _median_time
 from pipeline.config import BenchConfig, ExtractConfig
 from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-
-def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(max(1, repeats)):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def _decode_all(path: str, backend: str) -> int:

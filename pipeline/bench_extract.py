@@ -40,7 +40,8 @@ MATCH_IOU = 0.3
 """Two tracks follow the same face when their boxes overlap this much on shared frames."""
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """The median wall time of ``repeats`` calls of ``fn`` (at least one), and its last result."""
     times, out = [], None
     for _ in range(max(1, repeats)):
         t = time.perf_counter()
@@ -149,7 +150,7 @@ def decode_floor(path: str, repeats: int = 1) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, fn in runs.items():
         try:
-            out[name] = round(_median_time(fn, repeats)[0], 3)
+            out[name] = round(median_time(fn, repeats)[0], 3)
         except Exception as e:  # noqa: BLE001 - a backend that cannot read the clip is reported
             out[name] = f"failed: {type(e).__name__}: {e}"
     timed = {k: v for k, v in out.items() if isinstance(v, float)}
@@ -198,7 +199,7 @@ def bench_extract(video: str | os.PathLike, repeats: int = 1, naive_frames: int 
              ("--detect-every 5", replace(cfg, detector_mode="full", detect_every=5))]
     timed: dict[str, tuple[float, Any]] = {}
     for name, c in modes:
-        timed[name] = _median_time(lambda c=c: extract_faces(path, det, c), repeats)
+        timed[name] = median_time(lambda c=c: extract_faces(path, det, c), repeats)
     ref = timed["--detector-mode full"][1]
     rows = [{"mode": "decode floor", "s_per_video": fl, "x_floor": 1.0,
              "note": f"fastest of {floor['backends']}: {floor['floor_backend']}"}]
@@ -206,7 +207,7 @@ def bench_extract(video: str | os.PathLike, repeats: int = 1, naive_frames: int 
     naive_det = MTCNNDetector(cfg.device, scale=1.0, retry_scale=1.0, min_prob=cfg.min_face_prob)
     naive_cfg = replace(cfg, detector_mode="full", batch_size=1, detect_every=1)
     sub = list(range(min(naive_frames, n)))
-    sec, vf = _median_time(lambda: extract_faces(path, naive_det, naive_cfg, frames=sub), repeats)
+    sec, vf = median_time(lambda: extract_faces(path, naive_det, naive_cfg, frames=sub), repeats)
     ref_sub = type(ref)(info=ref.info, records=[r for r in ref.records if r.frame < len(sub)])
     naive = _row("naive (full-res MTCNN per frame)", fl + sec / len(sub) * n, fl, vf, ref_sub,
                  len(sub), note=f"measured on frames 0-{len(sub) - 1}, scaled to {n}")
