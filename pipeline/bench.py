@@ -296,8 +296,7 @@ def run(cfg: BenchConfig) -> int:
             results[name.replace("-", "_")] = fn()
             atomic_write_json(out / "bench.json", results)  # partial results survive a crash
     atomic_write_text(out / "bench.md", _markdown_all(results))
-    logger.info("bench: results in %s", out)
-    print(_markdown_all(results))
+    logger.info("bench: results in %s (bench.md, bench.json)", out)
     return 0
 
 

@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                 "detect faces (MTCNN) in raw videos -> crops + videos/faces manifests"),
     "merge": (config.MergeConfig, "pipeline.shards:run",
               "merge the manifests of extract shards (--shard I/N) into one manifest folder"),
-    "manifest": (config.ManifestConfig, "pipeline.manifest_cli:run",
+    "manifest": (config.ManifestConfig, "pipeline.cli:manifest",
                  "show a manifest (schema, rows, metadata, head) or export it as CSV"),
     "prepare": (config.PrepareConfig, "pipeline.prepare:run",
                 "filter 200-400 face frames, subsample 30 frames, grouped train/val/test split"),
@@ -50,11 +50,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                  "compare checkpoints on one split -> report (metrics, plots)"),
     "export": (config.ExportConfig, "pipeline.checkpoint:run_export",
                "a trained checkpoint -> a small inference-only release file (fp16, card, crop recipe)"),
-    "score": (config.ScoreConfig, "pipeline.scoring:run",
+    "score": (config.ScoreConfig, "pipeline.cli:score",
               "score whole videos -> verdicts (+ evidence sheets with --explain)"),
     "serve": (config.ServeConfig, "pipeline.service.app:run",
               "web page + JSON API for analysts (loopback by default)"),
-    "bench": (config.BenchConfig, "pipeline.bench:run", "speed benchmarks (never part of tests)"),
+    "bench": (config.BenchConfig, "pipeline.cli:bench", "speed benchmarks (never part of tests)"),
     "run": (config.RunConfig, "pipeline.run:run",
             "the whole pipeline end to end (synthetic data when no input is given)"),
 }
@@ -198,6 +198,40 @@ def evaluate(cfg: config.EvaluateConfig) -> int:
     summary = evaluation.evaluate(cfg)
     print("\n".join(evaluation.summary_lines(summary, cfg.out)))
     return EXIT_OK
+
+
+def score(cfg: config.ScoreConfig) -> int:
+    """``dfpipe score``: the batch, then one ``path<TAB>verdict`` line per input on stdout."""
+    from pipeline import score_batch
+
+    rc, rows = score_batch.score_all(cfg)
+    if rows:
+        print("\n".join(score_batch.verdict_lines(rows)))
+    return rc
+
+
+def bench(cfg: config.BenchConfig) -> int:
+    """``dfpipe bench``: run the benchmarks, print the Markdown tables it wrote."""
+    from pathlib import Path
+
+    from pipeline import bench as bench_mod
+
+    rc = bench_mod.run(cfg)
+    print((Path(cfg.out) / "bench.md").read_text())
+    return rc
+
+
+def manifest(cfg: config.ManifestConfig) -> int:
+    """``dfpipe manifest show|export``: ``show`` prints the description on stdout."""
+    from pipeline import manifest as manifest_mod
+    from pipeline import manifest_cli
+
+    if cfg.action == "show":
+        path = manifest_mod.resolve_existing(cfg.path)
+        if path.is_file():
+            print(manifest_cli.describe(path, cfg.rows, cfg.absolute_paths))
+            return EXIT_OK
+    return manifest_cli.run(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

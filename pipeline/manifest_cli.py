@@ -85,7 +85,7 @@ def run(cfg: ManifestConfig) -> int:
     if not path.is_file():
         raise ManifestError(f"{cfg.path}: manifest not found")
     if cfg.action == "show":
-        print(describe(path, cfg.rows, cfg.absolute_paths))
+        logger.info("%s", describe(path, cfg.rows, cfg.absolute_paths))
         return 0
     if not cfg.to:
         raise ConfigError("manifest export: give --to FILE.csv")

@@ -205,7 +205,27 @@ def _check_resumable(journal: Path, rows: list[dict], key: str, settings: dict[s
 
 def run(cfg: ScoreConfig) -> int:
     """Score every input (videos and still images); resumable; exit 1 when any input failed
-    (not for no_face or too_few_frames: those are answers)."""
+    (not for no_face or too_few_frames: those are answers). The verdicts are logged; ``dfpipe
+    score`` prints them (``cli.score``)."""
+    rc, rows = score_all(cfg)
+    for line in verdict_lines(rows):
+        log.info("%s", line)
+    return rc
+
+
+def verdict_lines(rows: list[dict]) -> list[str]:
+    """One ``path<TAB>verdict`` line per result row (the command's stdout)."""
+    out = []
+    for r in rows:
+        p = r.get("p_fake")
+        verdict = f"{r['label']} p_fake={p:.3f}" if p is not None and not math.isnan(p) \
+            else f"{r['status']}: {r.get('reason', '')}"
+        out.append(f"{r['path']}\t{verdict}")
+    return out
+
+
+def score_all(cfg: ScoreConfig) -> tuple[int, list[dict]]:
+    """The batch: ``(exit status, result rows in input order)``; see ``run``."""
     from pipeline.batch_index import BatchIndex
     from pipeline.executors import run_items
 
@@ -268,9 +288,4 @@ def run(cfg: ScoreConfig) -> int:
     failed += len(videos) - len(rows)  # a video without a row has failed too (never expected)
     log.info("scored %d input(s): %d FAKE, %d REAL; statuses %s; results in %s",
              len(rows), n_fake, n_real, statuses, out)
-    for r in rows:
-        p = r.get("p_fake")
-        verdict = f"{r['label']} p_fake={p:.3f}" if p is not None and not math.isnan(p) \
-            else f"{r['status']}: {r.get('reason', '')}"
-        print(f"{r['path']}\t{verdict}")  # the command's stdout: one line per input
-    return 1 if failed else 0
+    return (1 if failed else 0), rows

@@ -419,15 +419,14 @@ def test_shipped_model_scores_a_real_clip(real_samples, tmp_path):
 # ------------------------------------------------------------------------ the demo
 
 
-def test_demo_scores_with_the_shipped_model_when_present(release_dir, clip, tmp_path, capsys,
-                                                        caplog):
+def test_demo_scores_with_the_shipped_model_when_present(release_dir, clip, tmp_path, caplog):
     from pipeline.run import score_with_shipped
 
     out = tmp_path / "shipped"
-    with caplog.at_level(logging.INFO, logger="pipeline.run"):
+    with caplog.at_level(logging.INFO, logger="pipeline"):
         assert score_with_shipped((str(clip),), out, synthetic=True) == 0
     assert "shipped real model dfdc_frame_lite0.pt: tiny_release" in caplog.text
-    assert "mean little" in caplog.text and f"{clip}\t" in capsys.readouterr().out
+    assert "mean little" in caplog.text and f"{clip}\t" in caplog.text  # the verdict line
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert row["checkpoint"]["path"] == str(release_dir / release.DEFAULT_CHECKPOINT)
     assert Path(row["evidence_png"]).is_file() and Path(row["evidence_png"]).parent == out / "evidence"
