@@ -266,12 +266,15 @@ FACE_CHUNK_ROWS = 250_000
 
 
 def write_manifests(cfg: ExtractConfig, rows: list[dict], *, kind_counts: dict | None = None,
-                    faces_root: str | os.PathLike | None = None) -> dict[str, Any]:
+                    faces_root: str | os.PathLike | None = None,
+                    imported: dict[str, list[list[Any]]] | None = None) -> dict[str, Any]:
     """Write the ``videos`` and ``faces`` manifests (rows sorted) from videos-rows and face records.
 
     Face rows are read one video at a time (in video_id order) and streamed to the Parquet
     writer in chunks, so memory does not grow with the number of face rows. Crop paths are
     stored relative to ``faces_root`` (default: ``cfg.out``), recorded in the metadata.
+    ``imported``: face rows of videos that were imported rather than extracted (``--from-faces``),
+    by the video row's ``path``; the others are read from their ``_faces.csv`` in the faces folder.
     """
     out = Path(cfg.out)
     root = Path(faces_root if faces_root is not None else out).resolve()
@@ -296,8 +299,8 @@ def write_manifests(cfg: ExtractConfig, rows: list[dict], *, kind_counts: dict |
 
         for i in order:
             r = rows[i]
-            if r.get("_faces_from") is not None:
-                got = sorted(r["_faces_from"], key=lambda f: (f[1], f[2]))
+            if imported is not None and r["path"] in imported:
+                got = sorted(imported[r["path"]], key=lambda f: (f[1], f[2]))
             elif r["status"] == "ok":
                 got = sorted(read_face_records(out, r["video_id"]), key=lambda f: (f[1], f[2]))
             else:

@@ -87,6 +87,7 @@ def import_faces(cfg: ExtractConfig) -> int:
     meta = _read_faces_metadata(Path(cfg.metadata)) if cfg.metadata else {}
     found: dict[str, tuple[str, Path]] = {}  # video id -> ("folder" | "image", path)
     rows: list[dict] = []
+    imported: dict[str, list[list]] = {}  # face rows by the video row's path (not a row column)
     for src in srcs:
         try:
             entries = sorted(src.iterdir())
@@ -129,8 +130,8 @@ def import_faces(cfg: ExtractConfig) -> int:
             row = _row(**base, part=where.parent.name, path=str(where), n_frames=1,
                        width=width, height=height, n_face_frames=1, n_faces=1,
                        n_multi_face_frames=0, n_tracks=1, status="ok", reason="")
-            row["_faces_from"] = [[vid, 0, 0, math.nan, math.nan, math.nan, math.nan, math.nan,
-                                   str(where)]]
+            imported[row["path"]] = [[vid, 0, 0, math.nan, math.nan, math.nan, math.nan,
+                                      math.nan, str(where)]]
             rows.append(row)
             n_single += 1
             continue
@@ -147,12 +148,12 @@ def import_faces(cfg: ExtractConfig) -> int:
                    n_faces=len(faces), n_multi_face_frames=0, n_tracks=1 if faces else 0,
                    status="ok" if faces else "no_face",
                    reason="" if faces else f"{where}: no images")
-        row["_faces_from"] = faces
+        imported[row["path"]] = faces
         rows.append(row)
     root = os.path.commonpath([str(Path(s).resolve()) for s in srcs]) if srcs else cfg.out
     counts = write_manifests(cfg, rows, kind_counts={"imported_from": [str(s) for s in srcs],
                                                      "single_image_videos": n_single},
-                             faces_root=root)
+                             faces_root=root, imported=imported)
     logger.info("import: %d videos (%s; %d single-image), %d faces; manifests in %s",
                 counts["videos"], ", ".join(f"{k} {v}" for k, v in counts["status"].items()),
                 n_single, counts["faces"], cfg.manifest_dir)
