@@ -10,8 +10,10 @@ probabilities near 1 (MTCNN's).
 
 ``bench_scale`` then times, each in its own process (peak RSS from ``wait4``, the child's own):
 ``dfpipe prepare`` on those manifests, a training-index build (``data.read_clips_and_split`` +
-``build_records`` for the train split), and the core of the sampler (per (video, frame) counts
-and the first usable frame per slot) in pyarrow+numpy (ours), polars and duckdb when installed.
+``build_records`` for the train split), the core of the sampler (per (video, frame) counts
+and the first usable frame per slot) in pyarrow+numpy (ours), polars and duckdb when installed,
+and evaluation's report stage (``evaluation.build_report``, 1000 grouped-bootstrap resamples)
+on generated prediction tables for ``n_test`` test videos (``bench_eval``).
 Storage: bytes of each manifest file. Speed lives here, never in tests.
 """
 
@@ -218,8 +220,11 @@ def _installed(name: str) -> bool:
 
 
 def bench_scale(out: str | os.PathLike, n_videos: int = 120_000, seed: int = 0,
-                engines: bool = True) -> dict[str, Any]:
-    """Generate the manifests, then time prepare, the training index and the sampler cores."""
+                engines: bool = True, n_test: int = 20_000) -> dict[str, Any]:
+    """Generate the manifests, then time prepare, the training index, the sampler cores and
+    evaluation's report on ``n_test`` test videos (0: not run)."""
+    from pipeline.bench_eval import bench_evaluate
+
     folder = Path(out) / f"scale_{n_videos}"
     t0 = time.perf_counter()
     gen = generate(folder, n_videos, seed)
@@ -234,6 +239,8 @@ def bench_scale(out: str | os.PathLike, n_videos: int = 120_000, seed: int = 0,
             name: (run_child(code, [str(folder)], env) if _installed(name.split("+")[0])
                    else {"error": f"{name} not installed"})
             for name, code in _CORE.items()}
+    if n_test:
+        res["evaluate"] = bench_evaluate(out, n_test, env=env)
     res["storage_mib"] = {p.name: round(p.stat().st_size / 2**20, 1)
                           for p in sorted(folder.glob("*.parquet"))}
     res["storage_mib"]["videos+faces"] = round(
@@ -249,6 +256,9 @@ def markdown(r: dict[str, Any]) -> list[str]:
              "", "| step | wall s | peak RSS MiB | exit | last line |", "|---|---|---|---|---|"]
     steps = [("prepare", r["prepare"]), ("training index", r["train_index"])]
     steps += [(f"sampler core: {k}", v) for k, v in r.get("sampler_core", {}).items()]
+    if "evaluate" in r:
+        steps.append((f"evaluate (build_report, {r['evaluate']['videos']} test videos)",
+                      r["evaluate"]))
     for name, v in steps:
         if "error" in v:
             lines.append(f"| {name} | {v['error']} | | | |")

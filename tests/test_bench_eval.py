@@ -1,0 +1,48 @@
+"""The scale benchmark's evaluation tables are what ``build_report`` accepts (a small size; the
+timing itself lives in ``dfpipe bench --what scale``, never in tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from pipeline.bench_eval import FRAMES_PER_VIDEO, MODELS, bench_evaluate, eval_tables
+from pipeline.bench_scale import markdown
+from pipeline.evaluation import FRAME_COLUMNS, build_report
+
+
+def test_eval_tables_are_deterministic_and_dfdc_like():
+    a, b = eval_tables(300, seed=3), eval_tables(300, seed=3)
+    pd.testing.assert_frame_equal(a["predictions"], b["predictions"])
+    pd.testing.assert_frame_equal(a["frame_predictions"], b["frame_predictions"])
+    assert not eval_tables(300, seed=4)["predictions"].equals(a["predictions"])
+    preds, frames = a["predictions"], a["frame_predictions"]
+    assert set(preds["model"]) == set(MODELS) and len(preds) == 3 * 300
+    assert list(frames.columns) == list(FRAME_COLUMNS) and len(frames) == 300 * FRAMES_PER_VIDEO
+    one = preds[preds["model"] == "cnn_lstm"]
+    assert 2.2 < len(one) / one["group"].nunique() < 3.2
+    assert 0.1 < (one["label"] == "REAL").mean() < 0.25
+    mean = frames.groupby("video_id")["p_fake"].mean()
+    fm = preds[preds["model"] == "frame_mean"].set_index("video_id")["p_fake"]
+    assert (abs(fm - mean.reindex(fm.index)) < 1e-12).all()
+
+
+def test_build_report_accepts_the_tables_and_the_step_reports_wall_and_peak(tmp_path):
+    t = eval_tables(300)
+    s = build_report(t["predictions"], t["val_predictions"], t["model_infos"], tmp_path / "r",
+                     frame_predictions=t["frame_predictions"], n_bootstrap=50)
+    assert list(s["models"]) == list(MODELS) and s["data"]["n_videos"] == 300
+    assert 0.8 < s["models"]["cnn_lstm"]["at_0.5"]["metrics"]["roc_auc"]["value"] < 0.98
+    assert "frame" in s["frame_level"] and "frame_mean - cnn_lstm" in s["paired"]
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["bootstrap"] == 50
+
+    res = bench_evaluate(tmp_path, 300, 50)
+    assert res["rc"] == 0, res["tail"]
+    assert res["seconds"] > 0 and res["peak_rss_mib"] > 50 and res["build_report_s"] > 0
+    assert res["auc"]["cnn_lstm"] == round(
+        s["models"]["cnn_lstm"]["at_0.5"]["metrics"]["roc_auc"]["value"], 3)
+    lines = markdown({"generate": {"videos": 1, "face_rows": 2, "seconds": 0.1},
+                      "prepare": res, "train_index": res, "evaluate": res,
+                      "storage_mib": {"faces.parquet": 1}})
+    assert any(line.startswith("| evaluate (build_report, 300 test videos) |") for line in lines)
