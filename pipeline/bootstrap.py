@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,19 +25,32 @@ def _group_index(groups: Sequence | np.ndarray) -> list[np.ndarray]:
     return np.split(order, splits)
 
 
+def iter_bootstrap_resamples(groups: Sequence | np.ndarray, n: int = 1000,
+                             seed: int = 0) -> Iterator[np.ndarray]:
+    """The resamples of ``bootstrap_resamples``, one at a time (same draws, same order).
+
+    Only the (n, groups) matrix of drawn group numbers is held, not the row indices of every
+    resample: those are (n x rows) and grow with the table (1000 resamples of 600k per-frame
+    rows are 4.8 GB of int64).
+    """
+    members = _group_index(groups)
+    if not members:
+        return
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(members), size=(n, len(members)))  # (n, G) group numbers
+    for row in draws:
+        yield np.concatenate([members[j] for j in row])
+
+
 def bootstrap_resamples(groups: Sequence | np.ndarray, n: int = 1000, seed: int = 0) -> list[np.ndarray]:
     """Row indices of ``n`` grouped bootstrap resamples.
 
     Each resample draws as many groups as there are, with replacement, and takes all rows of
     each drawn group: related fakes of one original move together, so they cannot make the
-    interval look tighter than the number of independent originals allows.
+    interval look tighter than the number of independent originals allows. All of them in
+    memory at once: loops use ``iter_bootstrap_resamples``.
     """
-    members = _group_index(groups)
-    if not members:
-        return []
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(members), size=(n, len(members)))
-    return [np.concatenate([members[j] for j in row]) for row in draws]
+    return list(iter_bootstrap_resamples(groups, n, seed))
 
 
 def grouped_bootstrap_values(
@@ -50,7 +63,7 @@ def grouped_bootstrap_values(
 ) -> np.ndarray:
     """``metric_fn(y, p)`` on each grouped resample (NaN where undefined, e.g. one class)."""
     y, p = _arrays(y_true, p_fake)
-    return np.array([metric_fn(y[idx], p[idx]) for idx in bootstrap_resamples(groups, n, seed)],
+    return np.array([metric_fn(y[idx], p[idx]) for idx in iter_bootstrap_resamples(groups, n, seed)],
                     dtype=float)
 
 
@@ -103,7 +116,7 @@ def bootstrap_video_metrics(
     """
     y, p = _arrays(y_true, p_fake)
     values = {m: [] for m in METRIC_NAMES}
-    for idx in bootstrap_resamples(groups, n, seed):
+    for idx in iter_bootstrap_resamples(groups, n, seed):
         res = video_metrics(y[idx], p[idx], threshold)
         for m in METRIC_NAMES:
             values[m].append(res[m])
@@ -136,7 +149,7 @@ def paired_bootstrap(
     y, a = _arrays(y_true, p_a)
     _, b = _arrays(y_true, p_b)
     diffs = np.array([metric_fn(y[i], a[i]) - metric_fn(y[i], b[i])
-                      for i in bootstrap_resamples(groups, n, seed)], dtype=float)
+                      for i in iter_bootstrap_resamples(groups, n, seed)], dtype=float)
     lo, hi = percentile_interval(diffs)
     return {"value": float(metric_fn(y, a) - metric_fn(y, b)), "lo": lo, "hi": hi,
             "n_valid": int(np.isfinite(diffs).sum())}

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics as M
+from pipeline.bootstrap import iter_bootstrap_resamples
 
 
 @dataclass
@@ -145,11 +146,12 @@ def frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, 
             "n_real_frames": point["n_real"], "n_fake_frames": point["n_fake"],
             "n_videos": int(rows["video_id"].nunique()), "metrics": {},
         }
-        resamples = M.bootstrap_resamples(g, n_bootstrap, seed) if n_bootstrap > 0 else []
-        boot = [M.video_metrics(y[i], p[i]) for i in resamples]
-        for name in ("roc_auc", "average_precision", "log_loss"):
-            vals = np.array([b[name] for b in boot], dtype=float)
-            lo, hi = M.percentile_interval(vals) if resamples else (math.nan, math.nan)
+        names = ("roc_auc", "average_precision", "log_loss")
+        boot = [[b[k] for k in names] for b in (  # (resamples, 3), one resample in memory
+            M.video_metrics(y[i], p[i]) for i in iter_bootstrap_resamples(g, n_bootstrap, seed))]
+        for j, name in enumerate(names):
+            vals = np.array([b[j] for b in boot], dtype=float)
+            lo, hi = M.percentile_interval(vals) if boot else (math.nan, math.nan)
             res["metrics"][name] = {"value": point[name], "lo": lo, "hi": hi,
                                     "bootstrap_skipped": int(np.sum(~np.isfinite(vals)))}
         out[str(model)] = res

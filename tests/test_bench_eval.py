@@ -46,3 +46,45 @@ def test_build_report_accepts_the_tables_and_the_step_reports_wall_and_peak(tmp_
                       "prepare": res, "train_index": res, "evaluate": res,
                       "storage_mib": {"faces.parquet": 1}})
     assert any(line.startswith("| evaluate (build_report, 300 test videos) |") for line in lines)
+
+
+def _frames(n_videos: int, seed: int = 0) -> pd.DataFrame:
+    return eval_tables(n_videos, seed)["frame_predictions"]
+
+
+def test_frame_level_bootstrap_gives_the_numbers_of_the_materialised_resamples():
+    import numpy as np
+
+    from pipeline import metrics as M
+    from pipeline.bootstrap import iter_bootstrap_resamples
+    from pipeline.evaluation_stats import frame_level
+
+    frames = _frames(120, seed=2)
+    got = frame_level(frames, 40, seed=5)["frame"]["metrics"]
+    y = (frames["label"] == "FAKE").to_numpy(int)
+    p, g = frames["p_fake"].to_numpy(float), frames["group"].to_numpy()
+    listed = M.bootstrap_resamples(g, 40, 5)  # all resamples at once, as before
+    assert all(np.array_equal(a, b) for a, b in
+               zip(listed, iter_bootstrap_resamples(g, 40, 5), strict=True))
+    boot = [M.video_metrics(y[i], p[i]) for i in listed]
+    for name in ("roc_auc", "average_precision", "log_loss"):
+        lo, hi = M.percentile_interval(np.array([b[name] for b in boot]))
+        assert (got[name]["lo"], got[name]["hi"]) == (lo, hi)
+    assert frame_level(frames, 0, seed=5)["frame"]["metrics"]["roc_auc"]["bootstrap_skipped"] == 0
+
+
+def test_frame_level_bootstrap_memory_does_not_grow_with_resamples_x_rows():
+    import tracemalloc
+
+    from pipeline.evaluation_stats import frame_level
+
+    frames = _frames(700)  # 21,000 frame rows
+    n_boot = 150  # materialised: 150 x 21,000 int64 indices = 25 MB
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        frame_level(frames, n_boot, seed=0)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < n_boot * len(frames) * 8 / 4, f"peak {peak / 2**20:.1f} MiB"
