@@ -134,6 +134,26 @@ def paired(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], preds: pd.DataFr
     return out
 
 
+def _auc_ap_drawn(y_sorted: np.ndarray, p_sorted: np.ndarray, order: np.ndarray,
+                  counts: np.ndarray) -> tuple[float, float]:
+    """ROC AUC and average precision of a resample given as per-row draw ``counts``, with
+    ``order`` = ``argsort(-p)`` of all rows and ``y``/``p`` in that order: the numbers
+    ``metrics.video_metrics`` gives on the materialised resample (the same ROC points, as
+    integer counts), without sorting it again."""
+    w = counts[order]
+    keep = w > 0
+    p_s, y_s, w_s = p_sorted[keep], y_sorted[keep], w[keep]
+    if not (y_s == 0).any() or not (y_s == 1).any():
+        return math.nan, math.nan
+    last = np.r_[np.flatnonzero(np.diff(p_s)), p_s.size - 1]  # last row of each distinct score
+    tps = np.cumsum(y_s * w_s)[last].astype(float)
+    fps = np.cumsum(w_s)[last] - tps
+    tpr, fpr = np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    ap = float(np.sum(np.diff(tpr) * (tps / (tps + fps))))
+    return auc, ap
+
+
 def frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """Per-frame ROC AUC, AP and log loss of each frame model (frame label = video label)."""
     out: dict[str, Any] = {}
@@ -147,8 +167,12 @@ def frame_level(frames: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, 
             "n_videos": int(rows["video_id"].nunique()), "metrics": {},
         }
         names = ("roc_auc", "average_precision", "log_loss")
-        boot = [[b[k] for k in names] for b in (  # (resamples, 3), one resample in memory
-            M.video_metrics(y[i], p[i]) for i in iter_bootstrap_resamples(g, n_bootstrap, seed))]
+        order = np.argsort(-p, kind="mergesort")  # one sort for every resample
+        y_o, p_o = y[order], p[order]
+        losses = M.per_video_log_loss(y, p)
+        boot = [[*_auc_ap_drawn(y_o, p_o, order, np.bincount(i, minlength=len(p))),
+                 float(losses[i].mean())]  # (resamples, 3), one resample in memory
+                for i in iter_bootstrap_resamples(g, n_bootstrap, seed)]
         for j, name in enumerate(names):
             vals = np.array([b[j] for b in boot], dtype=float)
             lo, hi = M.percentile_interval(vals) if boot else (math.nan, math.nan)
