@@ -1,7 +1,7 @@
 """What a checkpoint records about its training data: manifest folder -> summaries.
 
 ``data_summary`` (checksums, counts per split and label, the split fingerprint, the synthetic
-flag, the sampling rules), ``data_source`` (which input folders) and ``train_crop`` (the crop
+flag, the sampling rules, the training videos' frame rate), ``data_source`` (which input folders) and ``train_crop`` (the crop
 recipe of the training crops, for scoring to crop videos the same way).
 """
 
@@ -54,9 +54,24 @@ def data_summary(manifest_dir: Path, clips: pd.DataFrame, split: pd.DataFrame) -
             "prepare_id": read_meta(manifest_path(manifest_dir, "split")).get("prepare_id"),
             "counts": counts, "n_slots": int(clips.groupby("video_id").size().max()),
             "source": data_source(manifest_dir),
+            # the training videos' frame rate: scoring spaces its slots in seconds from it
+            "fps": train_fps(manifest_dir, split),
             "synthetic": synthetic, "synthetic_source": source,
             # the sampling rules the clips were made with: scoring must use the same ones
             "prepare": read_meta(manifest_path(manifest_dir, "clips")).get("config", {})}
+
+
+def train_fps(manifest_dir: Path, split: pd.DataFrame) -> float | None:
+    """Median frame rate of the training split's videos (from the videos manifest); None when
+    unknown (no videos manifest, or no usable fps: e.g. faces imported as still images)."""
+    videos = manifest_path(manifest_dir, "videos")
+    if not videos.is_file():
+        return None
+    v = read_manifest(videos, "videos", columns=["video_id", "fps"])
+    train = set(split.loc[split["split"] == "train", "video_id"])
+    fps = pd.to_numeric(v.loc[v["video_id"].isin(train), "fps"], errors="coerce")
+    fps = fps[(fps > 0) & (fps < 1000)]
+    return round(float(fps.median()), 3) if len(fps) else None
 
 
 def data_source(manifest_dir: Path) -> str:

@@ -109,3 +109,26 @@ def test_every_frame_lies_in_a_window_whatever_the_length(fps):
         for w in ws:
             assert len(w.starts) == min(30, n) and list(w.starts) == sorted(set(w.starts))
             assert all(s < e for s, e in zip(w.starts, w.ends, strict=True))
+
+
+def test_training_records_its_videos_fps_for_the_slot_spacing(tmp_path):
+    """``train_data.fps`` is the median fps of the training split's videos (not of val/test,
+    not NaN/0 rows), so a model trained on 25 fps videos spaces its slots 10 / 25 s apart."""
+    import pandas as pd
+
+    from pipeline.manifest import empty, write_manifest
+    from pipeline.provenance import train_fps
+
+    assert train_fps(tmp_path, pd.DataFrame({"video_id": [], "split": []})) is None  # no manifest
+    ids = ["a", "b", "c", "d", "e"]
+    videos = empty("videos").reindex(range(len(ids)))
+    videos = videos.assign(video_id=ids, part="p", path=[f"/x/{i}.mp4" for i in ids], label="REAL",
+                           original="", fps=[25.0, 25.0, 0.0, float("nan"), 60.0], status="ok",
+                           reason="")
+    write_manifest(videos, tmp_path / "videos.parquet", "videos")
+    split = pd.DataFrame({"video_id": ids, "split": ["train", "train", "train", "train", "test"]})
+    fps = train_fps(tmp_path, split)
+    assert fps == 25.0
+    prep = {"sampler": "stride", "n_frames": 30, "stride": 10}
+    p = slot_plan({"train_data": {"prepare": prep, "fps": fps}})
+    assert p.slot_seconds == pytest.approx(10 / 25) and "not recorded" not in p.source
