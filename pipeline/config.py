@@ -121,6 +121,10 @@ class ExtractConfig:
                            "enters is found at most K-1 frames late)")
     search_every: int = opt(2, "track mode while no face is tracked: full detection on every "
                             "K-th frame")
+    track_support: float = opt(0.5, "track mode: a face a full detection misses stays followed "
+                               "(verified) only while more than this share of the scheduled full "
+                               "detections since it was found found it (0: while R-Net+O-Net "
+                               "confirm it)")
     detect_every: int = opt(1, "K > 1: run MTCNN on every K-th frame and carry boxes along "
                             "tracks between, unverified (in either --detector-mode)")
     scale: float = opt(0.0, "detection downscale factor (0: by resolution, see faces.auto_scale)")

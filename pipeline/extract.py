@@ -65,7 +65,7 @@ VIDEO_RECORD = "_video.json"
 FACES_RECORD = "_faces.csv"
 FACE_FIELDS = ["frame", "track", "x1", "y1", "x2", "y2", "prob", "crop"]
 # parameters that change a video's outputs: a recorded video made with others is redone
-RESULT_PARAMS = ("detector_mode", "track_every", "search_every", "detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
+RESULT_PARAMS = ("detector_mode", "track_every", "search_every", "track_support", "detect_every", "scale", "retry_scale", "min_face_prob", "min_face_size", "margin",
                  "crop_size", "square", "jpeg_quality", "iou_threshold", "batch_size", "decoder")
 IDENTITY_BYTES = 64 * 1024
 """Bytes hashed at each end of an input: the MP4 header/index sits at one end or the other."""
