@@ -337,6 +337,8 @@ def run(cfg: ExtractConfig) -> int:
         raise ConfigError("extract: give at least one input folder or video (or --from-faces DIR)")
     if cfg.detect_every < 1 or cfg.batch_size < 1 or cfg.crop_size < 1:
         raise ConfigError("extract: --detect-every, --batch-size and --crop-size must be >= 1")
+    if not 0.0 <= cfg.track_support <= 1.0:
+        raise ConfigError(f"extract: --track-support must be in [0, 1], got {cfg.track_support}")
     from pipeline.shards import in_shard, parse_shard
 
     shard = parse_shard(cfg.shard)

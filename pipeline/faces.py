@@ -29,11 +29,19 @@ from pipeline.video_io import VideoReader, open_video, prefetch
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH_BYTES = 32 * 2**20
-"""Decoded frames per batch (5 frames of 1080p); with the decode thread one batch is in use,
+MAX_BATCH_BYTES = 16 * 2**20
+"""Decoded frames per batch (2 frames of 1080p); with the decode thread one batch is in use,
 one waits and one is being decoded, so a video holds at most ~3x this. Measured on widuwuoiur
-(1080p, track mode, one process, the worker's malloc settings): peak RSS 1765 MiB with 128 MiB
-batches, 1315 with 64, 1105 with 32 (MTCNN loaded: 792), at the same speed."""
+(1080p, one process, one torch thread, the worker's malloc settings), peak RSS: earlier, track
+mode 1765 MiB with 128 MiB batches, 1315 with 64, 1105 with 32 (MTCNN loaded: 792); on
+2026-12-02 in a fresh venv (MTCNN loaded: 993 MiB) track mode 1409 with 32, 1292 with 16, 1265
+with 8 (5.4, 5.2, 6.8 s) and full mode 1695 with 32, 1387 with 16 (18.2, 18.4 s)."""
+
+
+def frames_per_batch(batch_size: int, info: Any) -> int:
+    """``batch_size`` frames, capped so a batch of decoded RGB frames stays under
+    ``MAX_BATCH_BYTES`` (at least one frame: 4K clips stay bounded)."""
+    return max(1, min(int(batch_size), MAX_BATCH_BYTES // (info.width * info.height * 3)))
 
 
 @dataclass(frozen=True)
@@ -344,9 +352,7 @@ def extract_faces(
 
         return extract_faces_tracked(reader, detector, cfg, frames=frames, sink=sink)
     every = max(1, int(cfg.detect_every))
-    info = reader.info
-    # frames per batch, capped so a batch stays under MAX_BATCH_BYTES (4K clips stay bounded)
-    batch_size = max(1, min(int(cfg.batch_size), MAX_BATCH_BYTES // (info.width * info.height * 3)))
+    batch_size = frames_per_batch(cfg.batch_size, reader.info)
     tracker = Tracker(cfg.iou_threshold)
     result = VideoFaces(info=reader.info, sink=sink)
     carried: list[tuple[int, Box]] = []  # (track, box) from the last detection

@@ -42,13 +42,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.faces import (
-    MAX_BATCH_BYTES,
     Box,
     Detection,
     FaceRecord,
     Tracker,
     VideoFaces,
     crop_face,
+    frames_per_batch,
     iou,
 )
 from pipeline.video_io import prefetch
@@ -116,7 +116,7 @@ def extract_faces_tracked(reader: Any, detector: Any, cfg: Any, *,
     search_every = max(1, int(cfg.search_every))
     min_support = float(cfg.track_support)
     info = reader.info
-    batch_size = max(1, min(int(cfg.batch_size), MAX_BATCH_BYTES // (info.width * info.height * 3)))
+    batch_size = frames_per_batch(cfg.batch_size, info)
     square = getattr(cfg, "square", True)
     tracker = Tracker(cfg.iou_threshold)
     result = VideoFaces(info=info, sink=sink)

@@ -257,3 +257,12 @@ def test_crops_go_to_the_sink_as_they_are_made_and_are_not_kept(mode):
     assert vf.crops == [] and len(vf.records) == 40
     assert [r for r, _ in got] == vf.records and {s for _, s in got} == {(16, 16, 3)}
     assert seen_at[0] < len(reads)  # the first crop came before the whole video was read
+
+
+def test_track_support_outside_0_1_is_refused(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.extract import run
+
+    with pytest.raises(ConfigError, match="--track-support must be in"):
+        run(replace(ExtractConfig(), inputs=(str(tmp_path),), out=str(tmp_path / "f"),
+                    track_support=1.5))
