@@ -122,7 +122,8 @@ def extract_faces_tracked(reader: Any, detector: Any, cfg: Any, *,
     result = VideoFaces(info=info, sink=sink)
     stats: Counter[str] = Counter()
     tracks: dict[int, _Track] = {}  # followed tracks: confirmed on the last frame, or missing
-    support: dict[int, list[int]] = {}  # track -> [scheduled detections that found it, made while followed]
+    support: dict[int, list[int]] = {}  # track -> [scheduled detections made while it was
+    # followed that found it, all of them]
     prev_thumb: np.ndarray | None = None
     k = 0  # position among processed frames
     for idx, batch in prefetch(reader.iter_batches(batch_size, frames)):
@@ -164,9 +165,8 @@ def extract_faces_tracked(reader: Any, detector: Any, cfg: Any, *,
                     confirmed = {t: c for t, c in zip(order, checked, strict=True) if c is not None}
                 # detections, plus verified faces that no detection covers (the pyramid misses
                 # small faces that R-Net+O-Net confirm at full resolution)
-                rescued = [(t, d) for t, d in confirmed.items()
-                           if all(iou(d.box, f.box) <= DUPLICATE_IOU for f in found)]
-                dets = list(found) + [d for _, d in rescued]
+                dets = list(found) + [d for d in confirmed.values()
+                                      if all(iou(d.box, f.box) <= DUPLICATE_IOU for f in found)]
                 ids = tracker.update([d.box for d in dets], max_age=0 if cut else every)
                 seen = dict(zip(ids, dets, strict=True))
                 # detection support: of the scheduled full detections made while a face was
