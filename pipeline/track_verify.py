@@ -122,8 +122,7 @@ def extract_faces_tracked(reader: Any, detector: Any, cfg: Any, *,
     result = VideoFaces(info=info, sink=sink)
     stats: Counter[str] = Counter()
     tracks: dict[int, _Track] = {}  # followed tracks: confirmed on the last frame, or missing
-    support: dict[int, list[int]] = {}  # track -> [scheduled detections made while it was
-    # followed that found it, all of them]
+    support: dict[int, list[int]] = {}  # see _unsupported
     prev_thumb: np.ndarray | None = None
     k = 0  # position among processed frames
     for idx, batch in prefetch(reader.iter_batches(batch_size, frames)):
@@ -169,21 +168,8 @@ def extract_faces_tracked(reader: Any, detector: Any, cfg: Any, *,
                                       if all(iou(d.box, f.box) <= DUPLICATE_IOU for f in found)]
                 ids = tracker.update([d.box for d in dets], max_age=0 if cut else every)
                 seen = dict(zip(ids, dets, strict=True))
-                # detection support: of the scheduled full detections made while a face was
-                # followed, how many found it; one found by at most track_support (half) of them
-                # is not followed on. Full detection finds faces near its size limit (small
-                # background faces, false boxes) only now and then and R-Net+O-Net at full
-                # resolution confirm them on most frames: without this rule, on street_multi_face
-                # two such faces were followed over 30 and 41 frames where full detection had
-                # them on 4 and 14 (support 2/6 and 1/8, against >= 12/15 for every face full
-                # detection tracks)
-                detected = set(ids[:len(found)])
-                for t in (set(tracks) | detected) if j in full else ():
-                    support.setdefault(t, [0, 0])
-                    support[t][0] += t in detected
-                    support[t][1] += 1
-                weak = {t for t in tracks if t not in detected and min_support > 0
-                        and t in support and support[t][0] <= min_support * support[t][1]}
+                weak = _unsupported(tracks, set(ids[:len(found)]), support, min_support,
+                                    scheduled=j in full)
                 seen = {t: d for t, d in seen.items() if t not in weak}
                 stats["dropped_unsupported"] += len(weak)
                 tracks = {t: tr for t, tr in tracks.items() if t not in weak}
@@ -223,3 +209,25 @@ def _follow(tracks: dict[int, _Track], seen: dict[int, Detection], patience: int
         if t not in seen and tr.misses + 1 < patience:
             out[t] = _Track(tr.history, tr.misses + 1)
     return out
+
+
+def _unsupported(tracks: dict[int, _Track], detected: set[int], support: dict[int, list[int]],
+                 min_support: float, scheduled: bool) -> set[int]:
+    """The followed faces a full detection missed that full detection does not back: found by at
+    most ``min_support`` of the scheduled detections made while they were followed.
+
+    ``support`` (track -> [scheduled detections that found it, all of them made while it was
+    followed]) is updated first when this detection is a scheduled one. Full detection finds faces
+    near its size limit (small background faces, false boxes) only now and then, and R-Net+O-Net
+    at full resolution confirm them on most frames: without this rule, on street_multi_face two
+    such faces were followed over 30 and 41 frames where full detection had them on 4 and 14
+    (support 2/6 and 1/8, against >= 12/15 for every face full detection tracks).
+    """
+    if scheduled:
+        for t in set(tracks) | detected:
+            found, total = support.get(t, (0, 0))
+            support[t] = [found + (t in detected), total + 1]
+    if min_support <= 0:
+        return set()
+    return {t for t in tracks if t not in detected and t in support
+            and support[t][0] <= min_support * support[t][1]}
