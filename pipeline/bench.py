@@ -261,6 +261,10 @@ def _markdown(results: dict[str, Any]) -> str:
 
 def _markdown_all(results: dict[str, Any]) -> str:
     text = _markdown(results)
+    if "samples" in results:
+        from pipeline.crossdata import markdown as samples_markdown
+
+        text += "\n\n" + "\n".join(samples_markdown(results["samples"]))
     if "scale" in results:
         from pipeline.bench_scale import markdown
 
@@ -289,6 +293,7 @@ def run(cfg: BenchConfig) -> int:
              ("scaling", lambda: bench_scaling(video, cfg.scaling_videos, cfg.device)),
              ("train", lambda: _bench_train(cfg)),
              ("crop-margin", lambda: bench_crop_margin(cfg)),
+             ("samples", lambda: _bench_samples(cfg)),
              ("scale", lambda: _bench_scale(cfg))]
     for name, fn in steps:
         if name in cfg.what:
@@ -312,6 +317,14 @@ def _bench_scale(cfg: BenchConfig) -> dict[str, Any]:
     from pipeline.bench_scale import bench_scale
 
     return bench_scale(cfg.out, cfg.videos)
+
+
+def _bench_samples(cfg: BenchConfig) -> dict[str, Any]:
+    from pipeline.crossdata import score_samples
+
+    if not Path(cfg.samples).is_dir():
+        raise ConfigError(f"bench samples: {cfg.samples}: folder not found")
+    return score_samples(cfg.checkpoint or "default", cfg.samples, cfg.device)
 
 
 def _bench_train(cfg: BenchConfig) -> dict[str, Any]:

@@ -232,7 +232,11 @@ class TrainConfig:
     balance: str = opt("weighted_loss", "class imbalance handling",
                        choices=["none", "weighted_loss", "balanced_sampler"])
     augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, "
-                                   "jpeg, blur, crop (a jittered 80-100 %% window)")
+                                   "jpeg, blur, crop (a jittered 80-100 %% window), rescale (a smaller face "
+                                   "upscaled back), compress (strong JPEG, quality 30-90)")
+    tta: str = opt("none", "frame model: test-time augmentation in every prediction after training "
+                   "(validation, threshold, evaluation, scoring); flip: the mean logit of the "
+                   "crop and its mirror image", choices=["none", "flip"])
     freeze_backbone_epochs: int = opt(0, "train the head only for this many epochs first (>= --epochs: "
                                       "the encoder stays frozen throughout)")
     train_blocks: int = opt(0, "fine-tune only the last N encoder stages (EfficientNet-Lite: stem, "
@@ -241,7 +245,8 @@ class TrainConfig:
                                     "frozen encoder, keep the features in this folder, train the "
                                     "head on them (augment: flip or nothing)")
     init_encoder: str | None = opt(None, "start the encoder from this trained checkpoint's encoder "
-                                   "(a frame or cnn_lstm best.pt with the same --backbone)")
+                                   "(a frame or cnn_lstm best.pt with the same --backbone; 'default': "
+                                   "the shipped model's)")
     data_description: str = opt("", "what the training data is, in words, e.g. 'DFDC face crops "
                                 "(dfdc_faces)': recorded in the checkpoint, shown in every verdict")
     workers: int = opt(0, "DataLoader workers")
@@ -351,7 +356,9 @@ class BenchConfig:
                                 "dfdc_faces vs ours; not a speed measurement; scale, prepare "
                                 "and the training index on generated DFDC-size manifests; "
                                 "extract-agreement, track vs full detection on every clip of "
-                                "--samples, not a speed measurement either)")
+                                "--samples, not a speed measurement either; samples, every clip of "
+                                "--samples scored by --checkpoint: per-clip verdicts, AUC and the "
+                                "REAL false-alarm rate with intervals)")
     videos: int = opt(120_000, "scale: videos of the generated manifests (~300 face rows each)")
     repeats: int = opt(3, "repetitions per measurement")
     scaling_videos: int = opt(4, "copies of the video extracted per scaling measurement")
@@ -360,10 +367,11 @@ class BenchConfig:
     device: str = opt("cpu", "device for extract/score/train measurements",
                       choices=["auto", "cpu", "cuda"])
     checkpoint: str | None = opt(None, "crop-margin: also score the labelled real sample clips at "
-                                 "each margin with this checkpoint ('default': the shipped model)")
+                                 "each margin with this checkpoint ('default': the shipped model); "
+                                 "samples: the checkpoint to check (none: the shipped model)")
     margins: tuple[float, ...] = opt((-0.15, -0.1, -0.075, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3),
                                      "crop-margin: margins to compare (negative: tighter than the box)")
-    samples: str = opt("../shared/data/real_samples", "crop-margin, extract-agreement: the real "
+    samples: str = opt("../shared/data/real_samples", "crop-margin, extract-agreement, samples: the real "
                        "sample clips folder")
     faces_dataset: str = opt("../shared/data/dfdc_faces", "crop-margin: the face-crop data set "
                              "(faces_224/ + metadata.csv) whose crops are matched")

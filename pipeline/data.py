@@ -43,7 +43,14 @@ logger = logging.getLogger(__name__)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop")
+AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop", "rescale", "compress")
+"""``rescale``: a smaller face upscaled back (the face sizes scoring sees: 30-100 % of the crop's
+side); ``compress``: strong JPEG (quality 30-90), the block artefacts and lost detail of a heavily
+compressed video (FaceForensics++ c40, a re-upload), drawn more often than ``jpeg``'s 40-95."""
+RESCALE_RANGE = (0.3, 1.0)
+"""``rescale``: side share the crop is shrunk to (log-uniform), before it is upscaled back."""
+COMPRESS_QUALITY = (30, 90)
+"""``compress``: JPEG quality range (inclusive)."""
 
 
 class CropReadError(PipelineError):
@@ -107,6 +114,7 @@ class ClipAugment:
     jpeg_quality: int = 0  # 0: no re-compression
     blur_sigma: float = 0.0  # Gaussian blur sigma in pixels of the crop; 0: none
     crop: tuple[float, float, float] = (1.0, 0.0, 0.0)  # (side share, x0 share, y0 share) kept
+    scale: float = 1.0  # side share the crop is shrunk to before it is upscaled back; 1: none
 
     @classmethod
     def identity(cls) -> ClipAugment:
@@ -133,11 +141,17 @@ class ClipAugment:
             side = float(rng.uniform(0.8, 1.0))
             x0, y0 = (float(v) for v in rng.uniform(0.0, 1.0 - side, size=2))
             kw["crop"] = (side, x0, y0)
+        if "rescale" in ops and rng.random() < 0.5:
+            lo, hi = RESCALE_RANGE
+            kw["scale"] = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        if "compress" in ops and rng.random() < 0.6:  # wins over a "jpeg" draw: the last encode
+            kw["jpeg_quality"] = int(rng.integers(COMPRESS_QUALITY[0], COMPRESS_QUALITY[1] + 1))
         return cls(**kw)
 
     def __call__(self, crop: np.ndarray) -> np.ndarray:
-        """Apply to one RGB uint8 crop: window, flip, colour, blur, JPEG (the order of a camera
-        pipeline: re-compression last); the output has the input's size."""
+        """Apply to one RGB uint8 crop: window, rescale, flip, colour, blur, JPEG (the order of a
+        camera pipeline: a smaller face first, re-compression last); the output has the input's
+        size."""
         x = crop
         side, x0, y0 = self.crop
         if side < 1.0:
@@ -146,6 +160,8 @@ class ClipAugment:
             top, left = min(round(y0 * h), h - ch), min(round(x0 * w), w - cw)
             x = cv2.resize(np.ascontiguousarray(x[top:top + ch, left:left + cw]), (w, h),
                            interpolation=cv2.INTER_LINEAR)
+        if self.scale < 1.0:
+            x = rescale(x, self.scale)
         if self.flip:
             x = x[:, ::-1]
         if (self.brightness, self.contrast, self.saturation) != (1.0, 1.0, 1.0):
@@ -162,6 +178,15 @@ class ClipAugment:
                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             x = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
         return np.ascontiguousarray(x)
+
+
+def rescale(crop: np.ndarray, scale: float) -> np.ndarray:
+    """Shrink an RGB crop to ``scale`` of its side (area averaging, at least 8 px) and upscale it
+    back to its size (bilinear): the detail a face of that size in the video would have."""
+    h, w = crop.shape[:2]
+    small = cv2.resize(np.ascontiguousarray(crop), (max(8, round(w * scale)), max(8, round(h * scale))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -200,15 +200,19 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
              threshold_rule: str = "balanced_accuracy", target_fpr: float = 0.1,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False,
+             gather: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> dict[str, Any]:
     """Validation metrics from probabilities, plus the threshold chosen on these predictions.
 
     Returns ``loss`` (class-balanced log loss: the mean of the per-class mean log losses, so the
     88% FAKE majority does not dominate early stopping; plain ``log_loss`` when one class is
     absent), every ``pipeline.metrics.video_metrics`` entry at the chosen ``threshold``, and
-    ``predictions`` (the DataFrame from ``predict``).
+    ``predictions`` (the DataFrame from ``predict``). ``gather``: joins the predictions of
+    every process when each predicted a share of the videos (distributed training).
     """
     preds = predict(model, loader, device, amp=amp, progress=progress, desc="validate")
+    if gather is not None:
+        preds = gather(preds)
     y, p = preds["label"].to_numpy(), preds["p_fake"].to_numpy()
     threshold = M.choose_threshold(y, p, rule=threshold_rule, target_fpr=target_fpr)
     out: dict[str, Any] = {k: float(v) for k, v in M.video_metrics(y, p, threshold).items()}
@@ -223,17 +227,23 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp:
 
 @torch.no_grad()
 def frame_pass(frame_model: nn.Module, loader: DataLoader, device: torch.device, *,
-               progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+               progress: bool = True, aggregation: dict[str, Any] | None = None
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """An image model on every valid slot of every clip: the ``frame_mean`` view, and per frame.
 
     Args:
         frame_model: an ``input_key == "image"`` model.
         loader: clips (``clip`` mode: all slots and their mask).
 
+        aggregation: the checkpoint's frame -> video rule (``{"rule", "params"}``, see
+            ``pipeline.aggregation``); None or ``mean``: ``frame_mean_p``.
+
     Returns:
         (video table: video_id, p_fake by ``models.temporal.frame_mean_p`` (in float64), as
-        the ``frame_mean`` wrapper computes it; frame table: video_id, slot, p_fake).
+        the ``frame_mean`` wrapper computes it, or by the checkpoint's rule; frame table:
+        video_id, slot, p_fake).
     """
+    from pipeline.aggregation import aggregate
     from pipeline.models.temporal import frame_mean_p
 
     frame_model.eval()
@@ -248,8 +258,11 @@ def frame_pass(frame_model: nn.Module, loader: DataLoader, device: torch.device,
             probs[valid] = probabilities(frame_model(flat)).cpu().double()  # (N_valid,)
         probs = probs.reshape(b, t)  # (B, T)
         p_video = frame_mean_p(probs, mask)  # (B,)
+        rule = (aggregation or {}).get("rule", "mean")
         for i, vid in enumerate(batch["video_id"]):
-            videos.append({"video_id": str(vid), "p_fake": float(p_video[i])})
+            p = (float(p_video[i]) if rule == "mean" else
+                 aggregate(probs[i][mask[i] > 0].numpy(), rule, aggregation.get("params")))
+            videos.append({"video_id": str(vid), "p_fake": p})
             for slot in torch.nonzero(mask[i] > 0).flatten().tolist():
                 frames.append({"video_id": str(vid), "slot": int(slot),
                                "p_fake": float(probs[i, slot])})

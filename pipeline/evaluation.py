@@ -346,6 +346,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                          progress=True, desc=f"{name} {which}")
             tables[which].append(attach_split(df, splits[which], name, f"{path} on {which}"))
         stored = ckpt.get("thresholds") or {}
+        aggregations = ckpt.get("aggregations") or {}  # frame -> video rules chosen on val
         for k, (kind, mean_name) in enumerate(derived_names.get(i, [])):
             infos[mean_name] = ModelInfo(
                 name=mean_name, arch=kind, checkpoint=str(path),
@@ -358,7 +359,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                         if cfg.split == "all" else "chosen on val like the others)"))
             for which in records:
                 vids, frames = frame_pass(model, loader(which, "clip", image_size, frame_index, norm),
-                                          device)
+                                          device, aggregation=aggregations.get(kind))
                 tables[which].append(attach_split(vids, splits[which], mean_name,
                                                   f"{path} ({kind}) on {which}"))
                 if which == cfg.split and k == 0:  # one frame view per model

@@ -93,6 +93,8 @@ def grad_cam(forward: Callable[[], torch.Tensor], model: nn.Module,
     Returns:
         (N, H, W) float32 maps in [0, 1], N = images seen by the encoder (B*T for clips).
     """
+    from pipeline.models.temporal import no_tta
+
     layer, where = cam_layer(model)
     store: dict[str, torch.Tensor] = {}
     owner = threading.get_ident()
@@ -103,7 +105,7 @@ def grad_cam(forward: Callable[[], torch.Tensor], model: nn.Module,
 
     handle = layer.register_forward_hook(hook)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), no_tta():  # one view: maps aligned with the crops given
             logits = forward()
             if "act" not in store:
                 raise RuntimeError(f"forward() never ran {type(layer).__name__} of the model "

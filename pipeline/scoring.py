@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from pipeline import engine
+from pipeline.aggregation import aggregate
 from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.config import MIN_FRAMES, ExtractConfig
 from pipeline.data import crops_to_tensor, normalization_of
@@ -95,6 +96,19 @@ VIDEO_RULE = ("a window's p_fake from its sampled frames; a track's p_fake = the
               "windows' p_fake weighted by their frames; the video's p_fake = the max over its "
               "identity tracks")
 """How a video's verdict combines windows and tracks: in every video result (``verdict_rule``)."""
+
+
+def video_rule(per_frame: bool, aggregation: dict[str, Any]) -> str:
+    """``verdict_rule`` of a scorer: ``VIDEO_RULE``, or for a frame model the checkpoint's frame
+    -> track rule (``pipeline.aggregation``) over all the track's sampled frames."""
+    from pipeline.aggregation import describe
+
+    rule = aggregation.get("rule", "mean")
+    if not per_frame or rule == "mean":
+        return VIDEO_RULE
+    return (f"a track's p_fake over all its sampled frames by the {rule} rule chosen on "
+            f"validation ({describe(rule, aggregation.get('params'))}); the video's p_fake = "
+            "the max over its identity tracks")
 CLIPS_PER_PASS = 8
 """Windows per forward pass: a long video's windows go through the model in chunks (memory)."""
 
@@ -169,6 +183,13 @@ class VideoScorer:
                          "low_evidence_frames": self.low_evidence_frames},
         }
         self.model_card = str(ckpt.get("card") or "")
+        # a frame model's frame -> track rule, chosen on validation at training (default: mean)
+        self.aggregation = dict((ckpt.get("aggregations") or {}).get(scored_as(ckpt))
+                                or {"rule": "mean", "params": {},
+                                    "chosen_on": "the checkpoint records no rule: mean"})
+        self.per_frame = model_spec(self.card["scored_as"]).per_frame
+        self.verdict_rule = video_rule(self.per_frame, self.aggregation)
+        self.card["aggregation"] = dict(self.aggregation)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None, **kwargs: Any) -> VideoScorer:
@@ -309,10 +330,15 @@ class VideoScorer:
         clips = [(ti, ws) for ti, t in enumerate(scorable) for ws in t["per_window"] if ws]
         slots = [[(s, crop_of[scorable[ti]["track"]][s.frame]) for s in ws] for ti, ws in clips]
         p_clip, per_slot = self._predict(slots)  # (B,), (B, T)
+        rule = self.aggregation.get("rule", "mean")
         for ti, t in enumerate(scorable):
             mine = [c for c, (cti, _) in enumerate(clips) if cti == ti]
             n = np.array([len(clips[c][1]) for c in mine], dtype=np.float64)
-            t["p_fake"] = float(np.dot(n, p_clip[mine]) / n.sum())  # frames-weighted mean of windows
+            if self.per_frame and rule != "mean":  # the rule over all the track's frames
+                t["p_fake"] = aggregate([per_slot[c, s.slot] for c in mine for s in clips[c][1]],
+                                        rule, self.aggregation.get("params"))
+            else:  # frames-weighted mean of windows (= the mean of all frames for a frame model)
+                t["p_fake"] = float(np.dot(n, p_clip[mine]) / n.sum())
             t["clips"] = mine
             t["summary"]["p_fake"] = t["p_fake"]
         deciding = max(scorable, key=lambda t: t["p_fake"])
@@ -326,7 +352,7 @@ class VideoScorer:
                           "p_fake": float(per_slot[c, s.slot])} for s in ws]
         result.update(
             status="ok", p_fake=p_video, label="FAKE" if p_video >= self.threshold else "REAL",
-            deciding_track=deciding["track"], verdict_rule=VIDEO_RULE, timeline=timeline,
+            deciding_track=deciding["track"], verdict_rule=self.verdict_rule, timeline=timeline,
             frames_used=deciding["used"],
             low_evidence=deciding["used"] < self.low_evidence_frames,
             windows=[w.summary(fps, *by_window.get(w.index, (None, 0))) for w in windows])
@@ -346,7 +372,12 @@ class VideoScorer:
             clip, mask = self._inputs(where, [crop for clip in chunk for _, crop in clip])
             with torch.no_grad():
                 ps = self._per_slot(clip, mask)  # (b, T)
-                if model_spec(self.card["scored_as"]).per_frame:  # the frame_mean rule
+                if self.per_frame and self.aggregation.get("rule", "mean") != "mean":
+                    m = mask.cpu().numpy() > 0  # (b, T)
+                    p = np.array([aggregate(ps[i][m[i]], self.aggregation["rule"],
+                                            self.aggregation.get("params"))
+                                  for i in range(len(ps))])  # (b,)
+                elif self.per_frame:  # the frame_mean rule
                     p = frame_mean_p(torch.from_numpy(ps), mask.cpu()).numpy()  # (b,)
                 else:
                     p = engine.probabilities(self.model(clip, mask)).cpu().numpy()  # (b,)

@@ -86,7 +86,9 @@ def init_encoder(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
         ConfigError: the checkpoint's backbone is not ``cfg.backbone``.
         CheckpointError: the file is missing or not a dfpipe checkpoint.
     """
-    path = Path(cfg.init_encoder)
+    from pipeline.release import resolve_checkpoint
+
+    path = Path(resolve_checkpoint(cfg.init_encoder))  # 'default': the shipped model's encoder
     src = ckpt_io.load_checkpoint(path)
     name = src["model"]["name"]
     backbone = src["model"]["kwargs"].get("backbone")
@@ -148,29 +150,60 @@ def write_history(folder: Path, history: list[dict[str, Any]], title: str) -> No
 
 
 def derived_thresholds(model: nn.Module, loader: Any, device: torch.device, rule: str,
-                       target_fpr: float) -> dict[str, dict[str, Any]]:
+                       target_fpr: float, predictions: pd.DataFrame | None = None
+                       ) -> dict[str, dict[str, Any]]:
     """Threshold and validation metrics of each derived scorer the model offers (a frame model
     as ``frame_mean``: every valid frame, probabilities averaged, as ``dfpipe score`` uses it).
 
     Args:
         model: the trained model (its current weights).
         loader: validation clips (``clip`` mode: all slots and their mask).
+        predictions: the model's own validation predictions (``engine.predict``). When every
+            clip has exactly one valid frame (single-image videos, e.g. ``dfdc_faces``), the
+            per-frame mean is that frame's p_fake: these are used instead of a second pass.
 
     Returns:
         derived name -> ``{"threshold", "metrics"}`` (empty when the model offers none).
     """
     from pipeline import metrics as M
+    from pipeline.aggregation import choose_rule, video_probs
+    from pipeline.models.temporal import frame_mean_p
 
     out: dict[str, dict[str, Any]] = {}
+    one_frame = predictions is not None and all(
+        sum(1 for m in r.mask if m) == 1 for r in loader.dataset.records)
+    labels = pd.Series({r.video_id: r.label for r in loader.dataset.records})  # 1 = FAKE
     for name in model_spec(model.model_name).derived:
-        videos, _ = engine.frame_pass(model, loader, device)  # the per-frame mean evaluate uses
-        labels = pd.Series({r.video_id: r.label for r in loader.dataset.records})  # 1 = FAKE
+        if one_frame:  # the mean of one frame's p_fake (clamped as frame_mean_p clamps it)
+            p1 = torch.tensor(predictions["p_fake"].to_numpy(np.float64))[:, None]  # (V, 1)
+            videos = pd.DataFrame({"video_id": predictions["video_id"].astype(str).to_numpy(),
+                                   "p_fake": frame_mean_p(p1).numpy()})
+            frames = videos
+        else:
+            videos, frames = engine.frame_pass(model, loader, device)  # the mean evaluate uses
+        # the frame -> video rule, chosen on these validation frames (mean or confident frames)
+        agg = choose_rule(frames, labels)
+        if agg["rule"] != "mean":
+            by_rule = video_probs(frames, agg["rule"], agg["params"])
+            videos = pd.DataFrame({"video_id": by_rule.index, "p_fake": by_rule.to_numpy()})
         y = labels.loc[videos["video_id"]].to_numpy()
         p = videos["p_fake"].to_numpy(float)
         threshold = M.choose_threshold(y, p, rule=rule, target_fpr=target_fpr)
         metrics = {k: float(v) for k, v in M.video_metrics(y, p, threshold).items()}
-        out[name] = {"threshold": float(threshold), "metrics": metrics}
+        out[name] = {"threshold": float(threshold), "metrics": metrics, "aggregation": agg}
     return out
+
+
+def gather_predictions(d: Any) -> Any:
+    """Under torchrun: a function that joins every process's validation predictions (each
+    predicted its share, ``records[rank::world_size]``) into one table, sorted by video_id."""
+
+    def gather(preds: pd.DataFrame) -> pd.DataFrame:
+        parts: list[Any] = [None] * d.world_size
+        dist.all_gather_object(parts, preds)
+        return pd.concat(parts, ignore_index=True).sort_values("video_id", ignore_index=True)
+
+    return gather
 
 
 def freeze_stages(model: nn.Module, train_blocks: int) -> nn.Module | None:
@@ -266,7 +299,9 @@ def main(cfg: TrainConfig, d: Dist) -> int:
     else:
         train_ds = ClipDataset(train_rec, mode, cfg.image_size, cfg.frame_index, cfg.augment,
                                cfg.seed, mean=mean, std=std)
-        val_ds = ClipDataset(val_rec, mode, cfg.image_size, cfg.frame_index, mean=mean, std=std)
+        # under torchrun each process predicts its share of the validation videos (gathered)
+        val_ds = ClipDataset(val_rec[d.rank::d.world_size], mode, cfg.image_size,
+                             cfg.frame_index, mean=mean, std=std)
         net_model = model
     sampler = engine.EpochSampler(labels, balanced=cfg.balance == "balanced_sampler",
                                   rank=d.rank, world_size=d.world_size, seed=cfg.seed)
@@ -326,7 +361,7 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "config.json", to_dict(cfg))
         logger.info("run folder %s: %s/%s on %s (%d process(es)), %d train / %d val videos",
-                    folder, cfg.model, cfg.backbone, d.device, d.world_size, len(train_ds), len(val_ds))
+                    folder, cfg.model, cfg.backbone, d.device, d.world_size, len(train_ds), len(val_rec))
     if stopper["bad_epochs"] >= cfg.patience and start > 0:
         logger.info("run had already stopped early at epoch %d; nothing to do", start)
         return 0
@@ -347,7 +382,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         ev = engine.evaluate(net_model, val_loader, d.device, amp=use_amp,
-                             threshold_rule=cfg.threshold_rule, target_fpr=cfg.target_fpr)
+                             threshold_rule=cfg.threshold_rule, target_fpr=cfg.target_fpr,
+                             gather=gather_predictions(d) if len(val_ds) < len(val_rec) else None)
         metrics = {k: v for k, v in ev.items() if k != "predictions"}
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["loss"],
                **{f"val_{k}": metrics[k] for k in ("log_loss", "roc_auc", "average_precision",
@@ -361,7 +397,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
             best = {"epoch": epoch + 1, "loss": metrics["loss"], "metrics": metrics}
             if mean_loader is not None:
                 best.update(derived_thresholds(model, mean_loader, d.device,
-                                               cfg.threshold_rule, cfg.target_fpr))
+                                               cfg.threshold_rule, cfg.target_fpr,
+                                               predictions=ev["predictions"]))
         else:
             stopper["bad_epochs"] += 1
         if d.main:
@@ -369,9 +406,13 @@ def main(cfg: TrainConfig, d: Dist) -> int:
             # one threshold per way the model is used (score uses frame_mean for a frame model)
             thresholds = {cfg.model: own}
             thresholds.update({n: best[n]["threshold"] for n in spec.derived if n in best})
+            # the frame -> video rule of each derived scorer, chosen on validation with its threshold
+            aggregations = {n: best[n]["aggregation"] for n in spec.derived
+                            if "aggregation" in best.get(n, {})}
             state = {**common, "state_dict": model.state_dict(), "epoch": epoch + 1,
                      "metrics": metrics, "history": history, "best": best,
-                     "threshold": own, "thresholds": thresholds, "stopper": stopper}
+                     "threshold": own, "thresholds": thresholds, "aggregations": aggregations,
+                     "stopper": stopper}
             if improved:
                 ckpt_io.save_checkpoint(folder / "best.pt", state)
             ckpt_io.save_checkpoint(folder / "last.pt", {

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Recipe: reproduce the shipped release model (pipeline/release/dfdc_frame_lite0.pt) from the
 # dfdc_faces crops. dfpipe commands only; every step is documented in README.md ("A real
-# detector"). About 50-60 minutes on 2 (shared) CPU cores; run it with the project's venv on PATH.
+# detector"). About 55 minutes on 2 idle CPU cores; run it with the project's venv on PATH.
 #
 #   scripts/train_release.sh [DATA_DIR] [WORK_DIR]
 #     DATA_DIR  the dfdc_faces folder (faces_224/ + metadata.csv); default ../shared/data/dfdc_faces
 #     WORK_DIR  where manifests, the run folder and the report go; default runs/release
 #   PROCS=2     training processes (torchrun, 1 thread each: on a busy machine one thread per
 #               process is several times faster than two threads in one process)
+#   EPOCHS=5    training epochs (one cosine schedule)
+#   BACKBONE=efficientnet_lite2   chosen by scripts/compare_backbones.sh (validation AUC per minute)
 #   EXPORT=1    also write the release file (needs the model card pipeline/release/dfdc_frame_lite0.md)
 set -euo pipefail
 
 DATA=${1:-../shared/data/dfdc_faces}
 WORK=${2:-runs/release}
 PROCS=${PROCS:-2}
-RUN=dfdc_frame_lite0
+EPOCHS=${EPOCHS:-5}
+BACKBONE=${BACKBONE:-efficientnet_lite2}
+RUN=dfdc_frame_${BACKBONE#efficientnet_}
 M="$WORK/manifests"
 export OMP_NUM_THREADS=1
 
@@ -25,21 +29,19 @@ dfpipe extract --from-faces "$DATA/faces_224" --metadata "$DATA/metadata.csv" --
 dfpipe prepare --manifest-dir "$M"
 
 # 3. fine-tune EfficientNet-Lite0 (ImageNet weights from its pip package): last 12 of 18 stages
-#    (MBConv blocks 5-15 + head conv), 160 px, augmentations of real-world video degradation
+#    (MBConv blocks 5-15 + head conv) at the crops' native 224 px, augmentations of real-world
+#    video degradation (flip, colour, JPEG, blur, crop jitter, a smaller face upscaled back,
+#    strong compression at quality 30-90); flip test-time augmentation in every prediction after
+#    training (validation, threshold, evaluation, scoring); one cosine schedule over EPOCHS epochs
 torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
-    --model frame --backbone efficientnet_lite0 --pretrained --manifest-dir "$M" \
-    --out-dir "$WORK/checkpoints" --run-name "$RUN" --image-size 160 --train-blocks 12 \
-    --augment flip color jpeg blur crop --epochs 4 --batch-size 16 --lr 3e-4 --threads 1 \
-    --patience 2 --data-description "DFDC face crops (dfdc_faces)"
-
-# 3b. two more epochs, resumed from last.pt with --epochs 6: the stored optimizer and schedule
-#     continue, so epoch 5 trains at the 4-epoch cosine's final learning rate (1.5e-5) and epoch 6
-#     at cosine(5 of 6) (3.4e-5); best.pt is the epoch with the lowest validation loss of all six
-torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train --model frame \
-    --resume "$WORK/checkpoints/$RUN/last.pt" --epochs 6 --patience 2 --threads 1
+    --model frame --backbone "$BACKBONE" --pretrained --manifest-dir "$M" \
+    --out-dir "$WORK/checkpoints" --run-name "$RUN" --image-size 224 --train-blocks 12 \
+    --augment flip color jpeg blur crop rescale compress --tta flip --epochs "$EPOCHS" \
+    --batch-size 16 --lr 3e-4 --threads 1 --patience 2 \
+    --data-description "DFDC face crops (dfdc_faces)"
 
 # 4. grouped test split: metrics with 95 % bootstrap intervals; the threshold comes from val
-dfpipe evaluate --checkpoint "$WORK/checkpoints/$RUN/best.pt" --manifest-dir "$M" --split test \
+OMP_NUM_THREADS=2 dfpipe evaluate --checkpoint "$WORK/checkpoints/$RUN/best.pt" --manifest-dir "$M" --split test \
     --out "$WORK/report" --no-frame-level --batch-size 64
 
 # 5. the inference-only release (float16, model card, crop recipe of the training crops: square,

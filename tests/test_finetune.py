@@ -201,3 +201,142 @@ def test_train_blocks_changes_only_the_last_stages(manifests, tmp_path):
     with pytest.raises(ConfigError, match="18 stages"):
         train_run(_cfg(manifests, tmp_path, run_name="tb3", backbone="efficientnet_lite0",
                        train_blocks=19))
+
+
+# --- compression and scale augmentation (release recipe) ---------------------------------------
+
+
+def test_rescale_is_area_shrink_then_bilinear_upscale():
+    img = np.zeros((8, 8, 3), dtype=np.uint8)
+    img[:, 4:] = 200  # left half black, right half 200
+    img[0, 0] = 40  # one bright pixel in the top-left 2x2 cell
+    small = data.cv2.resize(img, (4, 4), interpolation=data.cv2.INTER_AREA)
+    assert small[0, 0, 0] == 10 and small[0, 3, 0] == 200  # the 2x2 means
+    # scale 0.5 of 16 px -> 8 px (the minimum side) -> back to 16
+    big = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)  # (16, 16, 3): each pixel 2x2
+    out = data.ClipAugment(scale=0.5)(big)
+    assert out.shape == big.shape and out.dtype == np.uint8
+    assert np.array_equal(out, data.cv2.resize(img, (16, 16), interpolation=data.cv2.INTER_LINEAR))
+    assert np.array_equal(data.rescale(big, 0.5), out)
+    assert np.array_equal(data.ClipAugment(scale=1.0)(big), big)  # 1: untouched
+
+
+def test_rescale_loses_fine_detail_and_keeps_flat_regions():
+    img = _pattern(64)  # noise: all detail
+    out = data.ClipAugment(scale=0.3)(img)
+    assert np.abs(np.diff(out.astype(float), axis=1)).mean() < 0.3 * np.abs(
+        np.diff(img.astype(float), axis=1)).mean()
+    flat = np.full((64, 64, 3), 77, dtype=np.uint8)
+    assert np.array_equal(data.ClipAugment(scale=0.3)(flat), flat)
+
+
+def test_sampled_rescale_and_compress_stay_in_their_ranges():
+    rng = np.random.default_rng(2)
+    augs = [data.ClipAugment.sample(("rescale", "compress"), rng) for _ in range(400)]
+    scales = np.array([a.scale for a in augs])
+    qualities = np.array([a.jpeg_quality for a in augs])
+    assert 0.4 < np.mean(scales < 1.0) < 0.6  # rescaled about half of the time
+    assert scales.min() >= data.RESCALE_RANGE[0] and scales.max() <= 1.0
+    assert np.median(scales[scales < 1]) < 0.6  # log-uniform: the geometric middle is 0.55
+    assert 0.5 < np.mean(qualities > 0) < 0.7  # compressed 60 % of the time
+    q = qualities[qualities > 0]
+    assert q.min() >= 30 and q.max() <= 90 and q.min() < 40  # reaches below jpeg's 40
+
+
+def test_compress_overrides_a_jpeg_draw_and_degrades_more():
+    rng = np.random.default_rng(3)
+    both = [data.ClipAugment.sample(("jpeg", "compress"), rng) for _ in range(300)]
+    assert any(0 < a.jpeg_quality < 40 for a in both)
+    img = data.cv2.GaussianBlur(_pattern(64), (0, 0), 2.0)  # smooth texture, like a face
+    err = [np.abs(data.ClipAugment(jpeg_quality=q)(img).astype(float) - img).mean()
+           for q in (90, 30)]
+    assert err[1] > err[0] > 0
+
+
+def test_release_augmentations_are_the_same_on_every_frame_of_a_clip(tmp_path):
+    out = make_manifests(tmp_path, n_real={"train": 1}, n_fake={}, n_frames=3, size=32, flicker=0.0)
+    ds = data.split_dataset(out, "train", "clip", image_size=32, augment=("rescale", "compress"))
+    for epoch in range(4):
+        clip = ds[(0, epoch)]["clip"]
+        for t in range(1, 3):
+            torch.testing.assert_close(clip[t], clip[0])
+
+
+# --- flip test-time augmentation ---------------------------------------------------------------
+
+
+def test_flip_tta_is_the_mean_logit_of_both_views_outside_training():
+    torch.manual_seed(0)
+    model = create_model("frame", backbone="tiny", tta="flip")
+    x = torch.randn(3, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        tta = model(x)
+        model.tta = "none"
+        plain, mirrored = model(x), model(x.flip(-1))
+    torch.testing.assert_close(tta, (plain + mirrored) / 2)
+    assert not torch.allclose(plain, mirrored)  # the views differ: the mean is not a no-op
+    model.tta = "flip"
+    from pipeline.models.temporal import no_tta
+    with torch.no_grad(), no_tta():
+        torch.testing.assert_close(model(x), plain)
+    model.train()  # training steps see the image as given (no doubled batch)
+    torch.manual_seed(1)
+    assert model(x).shape == (3,)
+    with pytest.raises(ValueError, match="tta"):
+        create_model("frame", backbone="tiny", tta="rot90")
+
+
+def test_flip_tta_travels_in_the_checkpoint(tmp_path):
+    cfg = TrainConfig(model="frame", backbone="tiny", tta="flip")
+    from pipeline.models import model_kwargs_from
+    assert model_kwargs_from(cfg)["tta"] == "flip"
+    assert "tta" not in model_kwargs_from(TrainConfig(model="frame", backbone="tiny"))
+    model = create_model("frame", **model_kwargs_from(cfg))
+    path = C.save_checkpoint(tmp_path / "m.pt", {
+        "model": {"name": model.model_name, "kwargs": model.model_kwargs},
+        "state_dict": model.state_dict(), "epoch": 1, "config": {"seed": 0}})
+    rebuilt = C.build_model(C.load_checkpoint(path))
+    assert rebuilt.tta == "flip"
+    assert C.build_model(C.load_checkpoint(path), as_model="frame_mean").frame.tta == "flip"
+
+
+# --- derived thresholds of single-image videos -------------------------------------------------
+
+
+def test_derived_threshold_of_one_frame_clips_reuses_the_predictions(tmp_path, monkeypatch):
+    from pipeline.training import derived_thresholds
+
+    out = make_manifests(tmp_path, n_real={"val": 5}, n_fake={"val": 5}, n_frames=1, size=24)
+    torch.manual_seed(0)
+    model = create_model("frame", backbone="tiny").eval()
+    loader = engine.make_loader(data.split_dataset(out, "val", "clip", image_size=24), 4)
+    image_loader = engine.make_loader(data.split_dataset(out, "val", "image", image_size=24), 4)
+    preds = engine.predict(model, image_loader, torch.device("cpu"))
+    full = derived_thresholds(model, loader, torch.device("cpu"), "balanced_accuracy", 0.1)
+
+    def no_second_pass(*a, **k):
+        raise AssertionError("frame_pass ran although every clip has one frame")
+
+    monkeypatch.setattr(engine, "frame_pass", no_second_pass)
+    fast = derived_thresholds(model, loader, torch.device("cpu"), "balanced_accuracy", 0.1,
+                              predictions=preds)
+    assert fast["frame_mean"]["threshold"] == pytest.approx(full["frame_mean"]["threshold"], abs=1e-6)
+    for k in ("roc_auc", "log_loss", "balanced_accuracy"):
+        assert fast["frame_mean"]["metrics"][k] == pytest.approx(full["frame_mean"]["metrics"][k],
+                                                                 abs=1e-6)
+
+
+def test_derived_threshold_of_multi_frame_clips_runs_the_frame_pass(tmp_path, monkeypatch):
+    from pipeline.training import derived_thresholds
+
+    out = make_manifests(tmp_path, n_real={"val": 3}, n_fake={"val": 3}, n_frames=3, size=24)
+    model = create_model("frame", backbone="tiny").eval()
+    loader = engine.make_loader(data.split_dataset(out, "val", "clip", image_size=24), 4)
+    calls = []
+    real_pass = engine.frame_pass
+    monkeypatch.setattr(engine, "frame_pass", lambda *a, **k: calls.append(1) or real_pass(*a, **k))
+    fake_preds = __import__("pandas").DataFrame({"video_id": ["x"], "label": [0], "p_fake": [0.5]})
+    derived_thresholds(model, loader, torch.device("cpu"), "balanced_accuracy", 0.1,
+                       predictions=fake_preds)
+    assert calls == [1]

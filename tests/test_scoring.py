@@ -13,7 +13,7 @@ import pytest
 from pipeline import cli
 from pipeline.discovery import discover_paths
 from pipeline.sampling import uniform_positions
-from pipeline.scoring import VideoScorer, read_journal
+from pipeline.scoring import VIDEO_RULE, VideoScorer, read_journal
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,26 @@ def test_frame_checkpoint_scores_as_frame_mean(tiny_frame_checkpoint, clips):
     assert r["status"] == "ok"
     mean = float(np.mean([p["p_fake"] for p in r["timeline"]]))
     assert r["p_fake"] == pytest.approx(mean, abs=1e-4)
+
+
+def test_a_confident_frames_rule_in_the_checkpoint_decides_the_track(tiny_frame_checkpoint, clips):
+    from pipeline.aggregation import aggregate
+    from pipeline.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tiny_frame_checkpoint)
+    plain = VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu").score(clips["one"])
+    assert plain["verdict_rule"] == VIDEO_RULE
+    tl = np.array([p["p_fake"] for p in plain["timeline"]])
+    assert tl.std() > 0  # frames differ, so the rule has something to choose
+    params = {"fake_p": float(np.median(tl)), "fake_share": 0.3, "fake_min": 1}
+    ck["aggregations"] = {"frame_mean": {"rule": "confident", "params": params, "chosen_on": "t"}}
+    s = VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu")
+    r = s.score(clips["one"])
+    assert r["status"] == "ok" and "confident" in r["verdict_rule"]
+    assert s.info()["aggregation"]["rule"] == "confident"
+    want = float(tl[tl >= params["fake_p"]].mean())  # the upper half of the frames
+    assert r["p_fake"] == pytest.approx(want, abs=1e-4) == aggregate(tl, "confident", params)
+    assert r["p_fake"] > plain["p_fake"]
 
 
 def test_explain_writes_png_and_html(scorer, clips, tmp_path):

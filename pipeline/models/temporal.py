@@ -2,7 +2,8 @@
 
 - ``cnn_lstm``: the encoder on every frame (``TimeDistributed``: time folded into the batch),
   pooled features -> stacked LSTMs -> optional dense layer -> linear head.
-- ``frame``: the same encoder on one image -> linear head.
+- ``frame``: the same encoder on one image -> linear head (``tta="flip"``: outside training,
+  the mean logit of the image and its mirror image).
 - ``frame_mean``: a ``frame`` model applied to every frame of a clip; per-frame probabilities
   averaged over valid frames, returned as a logit (built from a trained ``frame`` model with
   ``FrameMean.from_frame`` or ``checkpoint.build_model(ckpt, as_model="frame_mean")``).
@@ -17,6 +18,9 @@ mask give identical outputs.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -129,21 +133,48 @@ class CNNLSTM(nn.Module):
         return torch.cat([out[rows, last, :half], out[rows, first, half:]], dim=-1)  # (B, D)
 
 
+TTA_MODES = ("none", "flip")
+_NO_TTA = threading.local()
+
+
+@contextlib.contextmanager
+def no_tta() -> Iterator[None]:
+    """In this thread, frame models predict on the image as given (Grad-CAM explains one view)."""
+    before = getattr(_NO_TTA, "on", False)
+    _NO_TTA.on = True
+    try:
+        yield
+    finally:
+        _NO_TTA.on = before
+
+
 class FrameModel(nn.Module):
-    """Encoder on one image -> head. Forward: image (B, C, H, W) -> (B,)."""
+    """Encoder on one image -> head. Forward: image (B, C, H, W) -> (B,).
+
+    ``tta="flip"``: outside training, the logit is the mean of the image's and its mirror
+    image's logits (one encoder pass over both); training steps see the image as given.
+    """
 
     input_key = "image"
     channels_last = True
 
     def __init__(self, backbone: str = "tiny", dropout: float = 0.2, pretrained: bool = False,
-                 weights: str | None = None) -> None:
+                 weights: str | None = None, tta: str = "none") -> None:
         super().__init__()
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        self.tta = tta
         self.encoder = create_backbone(backbone, pretrained, weights)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.num_features, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder(_memory_format(image, self.channels_last))  # (B, F)
-        return self.head(feats).squeeze(-1)  # (B,)
+        b = image.shape[0]
+        flip = self.tta == "flip" and not self.training and not getattr(_NO_TTA, "on", False)
+        if flip:
+            image = torch.cat([image, image.flip(-1)])  # (2B, C, H, W): the crops, then mirrored
+        feats = self.encoder(_memory_format(image, self.channels_last))  # (B, F) or (2B, F)
+        logits = self.head(feats).squeeze(-1)  # (B,) or (2B,)
+        return logits.reshape(2, b).mean(0) if flip else logits  # (B,)
 
 
 class FrameMean(nn.Module):
@@ -155,9 +186,9 @@ class FrameMean(nn.Module):
     input_key = "clip"
 
     def __init__(self, backbone: str = "tiny", dropout: float = 0.2, pretrained: bool = False,
-                 weights: str | None = None) -> None:
+                 weights: str | None = None, tta: str = "none") -> None:
         super().__init__()
-        self.frame = FrameModel(backbone, dropout, pretrained, weights)
+        self.frame = FrameModel(backbone, dropout, pretrained, weights, tta)
 
     @classmethod
     def from_frame(cls, frame_model: nn.Module) -> FrameMean:
@@ -194,8 +225,17 @@ def cnn_lstm(**kwargs) -> nn.Module:
     return CNNLSTM(**kwargs)
 
 
+def _frame_kwargs(cfg: Any) -> dict[str, Any]:
+    """``TrainConfig`` -> ``frame`` keyword arguments (``tta`` only when asked for, so that
+    checkpoints without it rebuild as before)."""
+    kw: dict[str, Any] = {"backbone": cfg.backbone, "dropout": cfg.dropout}
+    if getattr(cfg, "tta", "none") != "none":
+        kw["tta"] = cfg.tta
+    return kw
+
+
 @register_model("frame", input_key="image", derived=("frame_mean",), scores_as="frame_mean",
-                feature_cache=True)
+                feature_cache=True, kwargs_from=_frame_kwargs)
 def frame(**kwargs) -> nn.Module:
     """Single-frame baseline (the middle slot in training)."""
     return FrameModel(**kwargs)
