@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Recipe: reproduce the shipped release model (pipeline/release/dfdc_frame_lite0.pt) from the
+# Recipe: reproduce the shipped release model (pipeline/release/dfdc_frame_lite2.pt) from the
 # dfdc_faces crops. dfpipe commands only; every step is documented in README.md ("A real
 # detector"). About 55 minutes on 2 idle CPU cores; run it with the project's venv on PATH.
 #
@@ -10,7 +10,7 @@
 #               process is several times faster than two threads in one process)
 #   EPOCHS=5    training epochs (one cosine schedule)
 #   BACKBONE=efficientnet_lite2   chosen by scripts/compare_backbones.sh (validation AUC per minute)
-#   EXPORT=1    also write the release file (needs the model card pipeline/release/dfdc_frame_lite0.md)
+#   EXPORT=1    also write the release file (needs its model card, pipeline/release/dfdc_frame_lite2.md)
 set -euo pipefail
 
 DATA=${1:-../shared/data/dfdc_faces}
@@ -28,9 +28,9 @@ dfpipe extract --from-faces "$DATA/faces_224" --metadata "$DATA/metadata.csv" --
 # 2. clips (slot 0 = the crop, the other slots padding) and the split grouped by original (seed 0)
 dfpipe prepare --manifest-dir "$M"
 
-# 3. fine-tune EfficientNet-Lite0 (ImageNet weights from its pip package): last 12 of 18 stages
-#    (MBConv blocks 5-15 + head conv) at the crops' native 224 px, augmentations of real-world
-#    video degradation (flip, colour, JPEG, blur, crop jitter, a smaller face upscaled back,
+# 3. fine-tune EfficientNet-Lite2 (ImageNet weights from its pip package): the last 12 of its
+#    23 encoder stages (stem and the first 10 MBConv blocks fixed) at the crops' native 224 px;
+#    augmentations of real-world video degradation (flip, colour, JPEG, blur, crop jitter, a smaller face upscaled back,
 #    strong compression at quality 30-90); flip test-time augmentation in every prediction after
 #    training (validation, threshold, evaluation, scoring); one cosine schedule over EPOCHS epochs
 torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
@@ -49,7 +49,7 @@ OMP_NUM_THREADS=2 dfpipe evaluate --checkpoint "$WORK/checkpoints/$RUN/best.pt" 
 #    crop-margin), 224 px, JPEG quality 75 = the IJG quality-75 quantization table every crop uses)
 if [ "${EXPORT:-0}" = 1 ]; then
     dfpipe export --checkpoint "$WORK/checkpoints/$RUN/best.pt" \
-        --card pipeline/release/dfdc_frame_lite0.md --out pipeline/release/dfdc_frame_lite0.pt \
+        --card pipeline/release/dfdc_frame_${BACKBONE#efficientnet_}.md --out pipeline/release/dfdc_frame_${BACKBONE#efficientnet_}.pt \
         --margin -0.1 --size 224 --square --jpeg-quality 75 \
         --crop-source "matched to the dfdc_faces crops: dfpipe bench --what crop-margin (best mean NCC)" \
         --data-description "DFDC face crops (dfdc_faces: Kaggle deepfake_faces layout, one per video)"

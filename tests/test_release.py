@@ -89,7 +89,9 @@ def test_score_help_names_the_default_model_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)}).stdout
     flat = " ".join(out.split())
-    assert "pipeline/release/dfdc_frame_lite0.pt" in flat and "dfdc_faces" in flat
+    from pipeline.release import DEFAULT_CHECKPOINT
+
+    assert f"pipeline/release/{DEFAULT_CHECKPOINT}" in flat and "dfdc_faces" in flat
     assert "TORCH False" in out
 
 
@@ -425,7 +427,9 @@ def test_demo_scores_with_the_shipped_model_when_present(release_dir, clip, tmp_
     out = tmp_path / "shipped"
     with caplog.at_level(logging.INFO, logger="pipeline"):
         assert score_with_shipped((str(clip),), out, synthetic=True) == 0
-    assert "shipped real model dfdc_frame_lite0.pt: tiny_release" in caplog.text
+    from pipeline.release import DEFAULT_CHECKPOINT
+
+    assert f"shipped real model {DEFAULT_CHECKPOINT}: tiny_release" in caplog.text
     assert "mean little" in caplog.text and f"{clip}\t" in caplog.text  # the verdict line
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert row["checkpoint"]["path"] == str(release_dir / release.DEFAULT_CHECKPOINT)

@@ -34,7 +34,8 @@ def test_cnn_lstm_on_the_shipped_encoder_trains_on_real_clips(real_samples, tmp_
                  "--orphan-fakes", "keep"]) == 0
     release = load_checkpoint(default_checkpoint_path())
     size = int(release["preprocess"]["image_size"])
-    assert main(["train", "--model", "cnn_lstm", "--backbone", "efficientnet_lite0",
+    backbone = release["model"]["kwargs"]["backbone"]  # --init-encoder needs the same one
+    assert main(["train", "--model", "cnn_lstm", "--backbone", backbone,
                  "--init-encoder", "default", "--manifest-dir", str(m), "--out-dir", str(ck),
                  "--run-name", "lstm", "--image-size", str(size), "--epochs", "1",
                  "--freeze-backbone-epochs", "1", "--batch-size", "2", "--threads", "2",

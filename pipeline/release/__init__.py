@@ -12,13 +12,13 @@ from pathlib import Path
 from pipeline.errors import CheckpointError
 
 RELEASE_DIR = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = "dfdc_frame_lite0.pt"
+DEFAULT_CHECKPOINT = "dfdc_frame_lite2.pt"
 """File name of the shipped model (in this folder)."""
-DEFAULT_CARD = "dfdc_frame_lite0.md"
+DEFAULT_CARD = "dfdc_frame_lite2.md"
 """Its model card (markdown; the checkpoint carries the same text under ``card``)."""
 DEFAULT_ALIAS = "default"
 """What ``--checkpoint`` accepts (besides an empty value) to mean the shipped model."""
-DEFAULT_DESCRIPTION = ("frame model (EfficientNet-Lite0, ImageNet-pretrained) fine-tuned on real "
+DEFAULT_DESCRIPTION = ("frame model (EfficientNet-Lite2, ImageNet-pretrained) fine-tuned on real "
                        "DFDC face crops (dfdc_faces), scored per face track as frame_mean")
 """One line for ``--help`` (the card's first line says the same, with its numbers)."""
 
