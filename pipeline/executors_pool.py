@@ -13,7 +13,9 @@ import collections
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import wait as mp_wait
 from typing import Any
@@ -51,8 +53,20 @@ def _child_main(conn: Any, worker_cls: type, worker_args: tuple, threads: int) -
         except EOFError:  # parent went away
             return
         if item is None:
-            return
+            _quick_exit()
         conn.send(("row", call_worker(worker, item)))
+
+
+def _quick_exit() -> None:
+    """End a child whose rows are all sent, skipping interpreter teardown: tearing down torch,
+    MTCNN and a worker heap tuned never to return memory took ~1 s per extract worker, spent after
+    the last video (measured: 2.1 s of pool stop for 2 workers; the rows and files are written
+    by then, atomically, so nothing is lost)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 class _Child:
@@ -68,6 +82,7 @@ class _Child:
         child_conn.close()
         self.ready = False
         self.broken = False  # its pipe failed: it died and bury() will handle it
+        self.asked_to_stop = False
         self.queue: collections.deque[dict] = collections.deque()
 
     def death_reason(self) -> str:
@@ -82,10 +97,16 @@ class _Child:
             how = f"exit code {code}"
         return f"{DIED} ({how})"
 
-    def stop(self, graceful: bool) -> None:
-        if graceful and self.proc.is_alive():
+    def ask_to_stop(self) -> None:
+        """Send the end-of-work sentinel once (the child exits after its last row)."""
+        if not self.asked_to_stop and self.proc.is_alive():
             with contextlib.suppress(OSError):
                 self.conn.send(None)
+            self.asked_to_stop = True
+
+    def stop(self, graceful: bool) -> None:
+        if graceful and self.proc.is_alive():
+            self.ask_to_stop()
             self.proc.join(10)
         if self.proc.is_alive():
             self.proc.kill()
@@ -210,6 +231,9 @@ class _Pool:
             graceful = True
         finally:
             logger.debug("pool: peak %d items in flight", self.peak_in_flight)
+            if graceful:  # every child is told first, so they exit side by side
+                for child in self.children:
+                    child.ask_to_stop()
             for child in self.children:
                 child.stop(graceful)
 
