@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -140,18 +140,17 @@ class DecordReader:
             n = len(self._vr)
             if n == 0:
                 raise VideoReadError(f"{path}: no video frames")
-            h, w = self._vr[0].shape[:2]
-            self._vr.seek(0)
             fps = float(self._vr.get_avg_fps())
         except VideoReadError:
             raise
         except Exception as e:  # decord raises DECORDError/RuntimeError with C++ traces
             raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
-        # decord applies the display rotation itself (its frames and shape are as displayed);
-        # the PyAV stream that streams for it does not, so it turns its frames by the angle
-        rotation = probe_rotation(path)
-        self.info = VideoInfo(n_frames=n, fps=fps, width=int(w), height=int(h), rotation=rotation)
-        self._stream = PyAVReader(path, num_threads, info=self.info)
+        # decord counts the frames; the PyAV stream that streams for it is opened once, for the
+        # displayed size and rotation (from its first decoded frame, kept for the stream: decord
+        # decoding frame 0 for the size and a second open for the rotation cost 0.05 s a video).
+        # decord applies the rotation itself (its frames are as displayed), PyAV's frames are turned
+        self._stream = PyAVReader(path, num_threads, n_frames=n, fps=fps)
+        self.info = self._stream.info
         self.frames_lost = 0
 
     def get_batch(self, indices: Sequence[int]) -> np.ndarray:
@@ -178,36 +177,76 @@ class DecordReader:
 
     def close(self) -> None:
         self._vr = None
+        self._stream.close()
 
 
-def _probe_pyav(path: str) -> VideoInfo:
-    """The video stream's frame count, fps, displayed size and rotation, in one open."""
+class _Opened:
+    """A PyAV container opened for probing, kept for the first stream: its demuxer positioned
+    after the packet that gave the first frames, and those frames (no second open, no frame
+    decoded twice)."""
+
+    def __init__(self, container: Any, stream: Any, packets: Iterator[Any], pending: list) -> None:
+        self.container, self.stream, self.packets, self.pending = container, stream, packets, pending
+
+
+def _set_threads(stream: Any, threads: int) -> None:
+    stream.thread_count = threads  # 0: FFmpeg picks
+    stream.thread_type = "AUTO"  # frame + slice threads (measured: 3.2 s -> 1.7 s, 1080p)
+
+
+def _probe_pyav(path: str, threads: int, n_frames: int | None = None,
+                fps: float | None = None) -> tuple[VideoInfo, _Opened | None]:
+    """The video stream's frame count, fps, displayed size and rotation, in one open; the open
+    container is returned for streaming (None when it had to be rewound: a container without a
+    frame count is counted by demuxing it). ``n_frames``/``fps``: already known (decord's)."""
     import av
 
+    c = None
     try:
-        with av.open(path) as c:
-            if not c.streams.video:
-                raise VideoReadError(f"{path}: no video stream")
-            s = c.streams.video[0]
-            n = int(s.frames or 0)
-            fps = float(s.average_rate or s.guessed_rate or 0.0)
-            w, h = int(s.codec_context.width), int(s.codec_context.height)
-            if n == 0:  # container without a frame count: count packets with data
-                n = sum(1 for p in c.demux(s) if p.size)
-            try:
-                if n and not s.frames:
-                    c.seek(0)
+        c = av.open(path)
+        if not c.streams.video:
+            raise VideoReadError(f"{path}: no video stream")
+        s = c.streams.video[0]
+        _set_threads(s, threads)
+        n = int(n_frames if n_frames is not None else (s.frames or 0))
+        rate = fps if fps is not None else float(s.average_rate or s.guessed_rate or 0.0)
+        w, h = int(s.codec_context.width), int(s.codec_context.height)
+        rewound = False
+        if n == 0:  # container without a frame count: count packets with data
+            n = sum(1 for p in c.demux(s) if p.size)
+            rewound = True
+        opened = None
+        try:
+            if rewound:
+                c.seek(0)
                 rotation = _first_rotation(c, s)
-            except Exception:  # noqa: BLE001 - the stream's own decoding reports bad frames
-                rotation = 0
+            else:
+                packets = c.demux(s)
+                pending: list = []
+                for packet in packets:
+                    pending = list(packet.decode())
+                    if pending:
+                        break
+                rotation = int(round(float(getattr(pending[0], "rotation", 0) or 0))) if pending else 0
+                opened = _Opened(c, s, packets, pending)
+        except Exception:  # noqa: BLE001 - the stream's own decoding reports bad frames
+            rotation, opened = 0, None
     except VideoReadError:
+        if c is not None:
+            c.close()
         raise
     except Exception as e:
+        if c is not None:
+            c.close()
         raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
+    if opened is None:
+        c.close()
     if n == 0 or w == 0 or h == 0:
+        if opened is not None:
+            c.close()
         raise VideoReadError(f"{path}: no video frames")
     w, h = _displayed(w, h, rotation_steps(rotation))
-    return VideoInfo(n_frames=n, fps=fps, width=w, height=h, rotation=rotation)
+    return VideoInfo(n_frames=n, fps=rate, width=w, height=h, rotation=rotation), opened
 
 
 class _Sequential:
@@ -276,14 +315,20 @@ class _Sequential:
 class PyAVReader(_Sequential):
     """PyAV backend: sequential decoding (fastest full decode; no seeking).
 
-    ``info``: the video's, when already known (a ``DecordReader`` streams through one): the file
-    is then not probed again.
+    The file is opened once to probe it, and that open container streams the first pass (its
+    first decoded frames kept); a later pass opens the file again. ``info``: the video's, when
+    already known: the file is then not probed. ``n_frames``/``fps``: known from another
+    decoder (decord's count), the rest is probed.
     """
 
-    def __init__(self, path: str, num_threads: int = 1, info: VideoInfo | None = None) -> None:
+    def __init__(self, path: str, num_threads: int = 1, info: VideoInfo | None = None,
+                 n_frames: int | None = None, fps: float | None = None) -> None:
         self.path = path
         self._threads = num_threads
-        self.info = info or _probe_pyav(path)
+        self._opened: _Opened | None = None
+        if info is None:
+            info, self._opened = _probe_pyav(path, num_threads, n_frames, fps)
+        self.info = info
         self.frames_lost = 0
 
     def _frames(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -292,13 +337,20 @@ class PyAVReader(_Sequential):
         import av
 
         k = rotation_steps(self.info.rotation)
+        opened, self._opened = self._opened, None
         i = 0
         try:
-            with av.open(self.path) as c:
+            if opened is None:
+                c = av.open(self.path)
                 s = c.streams.video[0]
-                s.thread_count = self._threads  # 0: FFmpeg picks
-                s.thread_type = "AUTO"  # frame + slice threads (measured: 3.2 s -> 1.7 s, 1080p)
-                for packet in c.demux(s):
+                _set_threads(s, self._threads)
+                opened = _Opened(c, s, c.demux(s), [])
+            with opened.container:
+                for frame in opened.pending:  # decoded while probing
+                    yield i, rotate_frames(frame.to_ndarray(format="rgb24"), k)
+                    i += 1
+                opened.pending = []
+                for packet in opened.packets:
                     try:
                         decoded = packet.decode()
                     except av.error.InvalidDataError as e:  # a damaged packet
@@ -314,6 +366,11 @@ class PyAVReader(_Sequential):
                         i += 1
         except Exception as e:
             raise VideoReadError(f"{self.path}: decoding failed: {_one_line(e)}") from e
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.container.close()
+            self._opened = None
 
 _CV2_MAX_MISSES = 32  # consecutive failed reads after which OpenCV's stream counts as ended
 

@@ -79,9 +79,10 @@ def test_missing_file_and_unknown_backend(tmp_path, clip):
         open_video(clip, "gstreamer")
 
 
-def test_a_stream_with_known_info_is_not_probed_again(clip, monkeypatch):
-    """Decoders compose: a DecordReader streams through a PyAVReader built with its info, and
-    the PyAV file is probed once (stream metadata and display rotation in one open)."""
+def test_one_open_probes_and_streams_the_first_pass(clip, monkeypatch):
+    """Decoders compose: a DecordReader streams through a PyAVReader built with decord's count,
+    and the PyAV file is opened once for probing (size and display rotation) and the first pass
+    (the frames decoded while probing are not decoded again); a second pass opens it again."""
     import av
 
     from pipeline.video_io import DecordReader, PyAVReader
@@ -93,7 +94,16 @@ def test_a_stream_with_known_info_is_not_probed_again(clip, monkeypatch):
     assert len(opens) == 1
     again = PyAVReader(str(clip), info=reader.info)
     assert len(opens) == 1 and again.info == reader.info
+    first = list(reader.iter_batches(8))
+    assert len(opens) == 1 and sum(len(i) for i, _ in first) == reader.info.n_frames
+    second = list(reader.iter_batches(8))
+    assert len(opens) == 2
+    for (ia, a), (ib, b) in zip(first, second, strict=True):
+        assert ia == ib and np.array_equal(a, b)
     dec = DecordReader(str(clip))
-    assert len(opens) == 2  # decord opens the file itself; PyAV once, for the rotation
+    assert len(opens) == 3  # decord opens the file itself (and counts); PyAV once
+    assert dec.info == reader.info
     batches = list(dec.iter_batches(8))
     assert len(opens) == 3 and sum(len(i) for i, _ in batches) == dec.info.n_frames
+    for (ia, a), (ib, b) in zip(first, batches, strict=True):
+        assert ia == ib and np.array_equal(a, b)
