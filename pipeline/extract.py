@@ -114,7 +114,8 @@ class ExtractWorker:
     status and reason (and a record in ``FACES_DIR/_failed/``).
     """
 
-    def __init__(self, cfg: ExtractConfig, threads: int = 1) -> None:
+    def __init__(self, cfg: ExtractConfig, threads: int = 1, decode_threads: int | None = None
+                 ) -> None:
         import torch
 
         from pipeline.faces import detector_from_config
@@ -122,6 +123,8 @@ class ExtractWorker:
         torch.set_num_threads(max(1, threads))
         self.cfg = cfg
         self.threads = threads
+        # FFmpeg threads: the worker's share of the cores (``decode_threads_for``)
+        self.decode_threads = max(1, decode_threads or threads)
         self.out = Path(cfg.out)
         self.detector = detector_from_config(cfg)
 
@@ -151,7 +154,7 @@ class ExtractWorker:
         from pipeline.video_io import open_video
 
         cfg = self.cfg
-        reader = open_video(item["path"], cfg.decoder, num_threads=self.threads)
+        reader = open_video(item["path"], cfg.decoder, num_threads=self.decode_threads)
         try:  # after open_video: its checks name missing and empty files
             identity = input_identity(item["path"])
         except OSError as e:
@@ -256,9 +259,19 @@ def _results(cfg: ExtractConfig, todo: list[dict]) -> Iterator[dict]:
     worker_cfg = replace(cfg, out=str(Path(cfg.out).resolve()))
     workers = cfg.workers if cfg.engine == "ray" else resolve_extract_workers(cfg.workers,
                                                                              cfg.device)
-    return run_items(ExtractWorker, (worker_cfg,), todo, engine=cfg.engine, workers=workers,
+    decode = 1 if cfg.engine == "ray" else decode_threads_for(workers)
+    return run_items(ExtractWorker, (worker_cfg, 1, decode), todo, engine=cfg.engine,
+                     workers=workers,
                      address=cfg.address, max_in_flight=cfg.max_in_flight, desc="videos",
                      threads_per_worker=1, env=WORKER_ENV, progress=False)
+
+
+def decode_threads_for(workers: int) -> int:
+    """FFmpeg decoding threads of each local worker: its share of the usable cores (at least
+    1; a Ray actor's share is unknown here, it decodes with 1)."""
+    from pipeline.resources import usable_cpus
+
+    return max(1, usable_cpus() // max(1, workers))
 
 
 FACE_CHUNK_ROWS = 250_000

@@ -12,9 +12,14 @@ def prefetch(batches: Iterator[tuple[list[int], np.ndarray]], depth: int = 1
              ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Decode ahead in a background thread: yields ``batches``' items while the next ones are
     being decoded (FFmpeg releases the GIL), at most ``depth`` batches held. An exception of the
-    decoder is raised here; closing this generator stops the thread."""
+    decoder is raised here; closing this generator stops the thread. ``depth`` 0: no thread, the
+    batches are decoded when asked for."""
     import queue
     import threading
+
+    if depth <= 0:
+        yield from batches
+        return
 
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()

@@ -376,3 +376,36 @@ def test_ray_killed_actor_item_is_retried(tmp_path: Path) -> None:
     assert {k: (r["status"], r["y"]) for k, r in rows.items()} == {
         f"v{i}": ("ok", i * i) for i in range(6)}
     assert rows["v3"]["constructed"] == 1  # on a restarted actor: a fresh process
+
+
+def test_decode_threads_are_the_workers_share_of_the_cores(monkeypatch):
+    import pipeline.resources as resources
+    from pipeline.extract import decode_threads_for
+
+    monkeypatch.setattr(resources, "usable_cpus", lambda root="/": 2)
+    assert [decode_threads_for(w) for w in (1, 2, 3, 0)] == [2, 1, 1, 2]
+    monkeypatch.setattr(resources, "usable_cpus", lambda root="/": 16)
+    assert [decode_threads_for(w) for w in (1, 4, 5)] == [16, 4, 3]
+
+
+def test_prefetch_with_and_without_a_decode_thread_gives_the_same_batches():
+    import threading
+
+    import numpy as np
+
+    from pipeline.prefetch import prefetch
+
+    threads = []
+
+    def batches():
+        for k in range(5):
+            threads.append(threading.current_thread())
+            yield [k], np.full((1, 2, 2, 3), k, np.uint8)
+
+    ahead = [(i, b.copy()) for i, b in prefetch(batches(), 1)]
+    assert all(t is not threading.main_thread() for t in threads)
+    threads.clear()
+    inline = list(prefetch(batches(), 0))
+    assert all(t is threading.main_thread() for t in threads)
+    assert [i for i, _ in ahead] == [i for i, _ in inline] == [[k] for k in range(5)]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ahead, inline, strict=True))
