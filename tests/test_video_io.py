@@ -107,3 +107,23 @@ def test_one_open_probes_and_streams_the_first_pass(clip, monkeypatch):
     assert len(opens) == 3 and sum(len(i) for i, _ in batches) == dec.info.n_frames
     for (ia, a), (ib, b) in zip(first, batches, strict=True):
         assert ia == ib and np.array_equal(a, b)
+
+
+def test_decode_floor_is_the_plain_loops_with_the_reader_beside_it(clip, monkeypatch):
+    """The bench's floor is the faster plain decord/PyAV loop (both decode every frame), the
+    project's reader is timed beside it, and its overhead is reader / floor."""
+    from pipeline import bench_extract as be
+
+    n = open_video(clip).info.n_frames
+    assert be.plain_decord(str(clip)) == be.plain_pyav(str(clip)) == n
+    assert be.project_reader(str(clip)) == n
+    calls = []
+    for name in ("plain_decord", "plain_pyav", "project_reader"):
+        real = getattr(be, name)
+        monkeypatch.setattr(be, name, lambda *a, real=real, name=name: calls.append(name)
+                            or real(*a))
+    r = be.decode_floor(str(clip), repeats=1)
+    assert calls == ["plain_decord", "plain_pyav", "project_reader"] * be.FLOOR_RUNS
+    plain = {k: r["backends"][k] for k in ("decord_plain_loop", "pyav_plain_loop")}
+    assert r["floor_s"] == min(plain.values()) and r["floor_backend"] == min(plain, key=plain.get)
+    assert r["reader_x_floor"] == pytest.approx(r["reader_s"] / r["floor_s"], abs=2e-3)
