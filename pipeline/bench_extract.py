@@ -16,7 +16,6 @@ each detector mode against the decode floor, and how far each agrees with full d
 from __future__ import annotations
 
 import logging
-import math
 import os
 import statistics
 import subprocess
@@ -131,9 +130,10 @@ def confirm_tracks(path: str | os.PathLike, tracks: dict[int, dict[int, Any]], d
 
 
 FLOOR_RUNS = 3
-"""Each decode loop of the floor runs at least this many times, interleaved, and keeps its best
+"""Each decode loop of the floor runs at least this many times, interleaved, and keeps its median
 time: on this shared 2-core machine one full decode of the same clip varies by ~20 % between
-runs, and a floor taken from one lucky or unlucky run would move every ratio."""
+runs (1.06-1.34 s for the same loop within minutes), and a floor taken from one lucky or
+unlucky run would move every ratio."""
 
 
 def plain_decord(path: str) -> int:
@@ -176,7 +176,7 @@ def project_reader(path: str, decoder: str = "decord", threads: int = 0) -> int:
 
 def decode_floor(path: str, repeats: int = 1, decoder: str = "decord") -> dict[str, Any]:
     """The decode floor of ``path``: the faster of the plain decord and PyAV loops (no project
-    code), each run ``max(repeats, FLOOR_RUNS)`` times, interleaved, best time kept; and beside it
+    code), each run ``max(repeats, FLOOR_RUNS)`` times, interleaved, median kept; and beside it
     the project's reader (``project_reader``), timed the same way, as ``reader_s`` and its
     overhead over the floor ``reader_x_floor``."""
     runs: dict[str, Callable[[], int]] = {
@@ -184,7 +184,7 @@ def decode_floor(path: str, repeats: int = 1, decoder: str = "decord") -> dict[s
         "pyav_plain_loop": lambda: plain_pyav(path),
         "project_reader": lambda: project_reader(path, decoder),
     }
-    best: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
     for _ in range(max(repeats, FLOOR_RUNS)):
         for name, fn in runs.items():
@@ -193,19 +193,20 @@ def decode_floor(path: str, repeats: int = 1, decoder: str = "decord") -> dict[s
             try:
                 t = time.perf_counter()
                 fn()
-                best[name] = min(best.get(name, math.inf), time.perf_counter() - t)
+                times.setdefault(name, []).append(time.perf_counter() - t)
             except Exception as e:  # noqa: BLE001 - a library that cannot read the clip is reported
                 failed[name] = f"failed: {type(e).__name__}: {e}"
-    out: dict[str, Any] = {k: round(v, 3) for k, v in best.items()} | failed
+    best = {k: statistics.median(v) for k, v in times.items() if k not in failed}
+    out: dict[str, Any] = {k: round(v, 4) for k, v in best.items()} | failed
     plain = {k: v for k, v in best.items() if k != "project_reader"}
     if not plain:
         raise RuntimeError(f"{path}: no plain decode loop could read it: {failed}")
     floor_backend = min(plain, key=plain.get)  # type: ignore[arg-type]
     floor = plain[floor_backend]
-    res = {"backends": out, "floor_s": round(floor, 3), "floor_backend": floor_backend,
+    res = {"backends": out, "floor_s": round(floor, 4), "floor_backend": floor_backend,
            "runs": max(repeats, FLOOR_RUNS)}
     if "project_reader" in best:
-        res["reader_s"] = round(best["project_reader"], 3)
+        res["reader_s"] = round(best["project_reader"], 4)
         res["reader_x_floor"] = round(best["project_reader"] / floor, 3)
     return res
 
@@ -255,11 +256,11 @@ def bench_extract(video: str | os.PathLike, repeats: int = 1, naive_frames: int 
     ref = timed["--detector-mode full"][1]
     rows = [{"mode": "decode floor (plain loop, no project code)", "s_per_video": fl,
              "x_floor": 1.0,
-             "note": f"{floor['floor_backend']}, best of {floor['runs']}; all: {floor['backends']}"}]
+             "note": f"{floor['floor_backend']}, median of {floor['runs']}; all: {floor['backends']}"}]
     if "reader_s" in floor:
         rows.append({"mode": f"the project's reader ({cfg.decoder}), as extraction streams",
                      "s_per_video": floor["reader_s"], "x_floor": floor["reader_x_floor"],
-                     "note": f"best of {floor['runs']}; goal <= 1.15x"})
+                     "note": f"median of {floor['runs']}; goal <= 1.15x"})
     rows += [_row(name, sec, fl, vf, ref, n) for name, (sec, vf) in timed.items()]
     naive_det = MTCNNDetector(cfg.device, scale=1.0, retry_scale=1.0, min_prob=cfg.min_face_prob)
     naive_cfg = replace(cfg, detector_mode="full", batch_size=1, detect_every=1)

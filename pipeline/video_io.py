@@ -249,6 +249,11 @@ def _probe_pyav(path: str, threads: int, n_frames: int | None = None,
     return VideoInfo(n_frames=n, fps=rate, width=w, height=h, rotation=rotation), opened
 
 
+def _batch(frames: list[np.ndarray]) -> np.ndarray:
+    """``(N, H, W, 3)`` from decoded frames: a view for one frame (no copy), else stacked."""
+    return frames[0][None] if len(frames) == 1 else np.stack(frames)
+
+
 class _Sequential:
     """Shared streaming for decoders that read a video front to back (``_frames``)."""
 
@@ -285,7 +290,7 @@ class _Sequential:
                 buf.append(frame)
                 pos += 1
                 if len(buf) == batch_size:
-                    yield buf_idx, np.stack(buf)  # (N, H, W, 3)
+                    yield buf_idx, _batch(buf)  # (N, H, W, 3)
                     buf_idx, buf = [], []
             if pos == len(wanted):
                 break
@@ -297,7 +302,7 @@ class _Sequential:
                 f"{self.path}: only {self.info.n_frames - self.frames_lost} of "
                 f"{self.info.n_frames} frames decodable (damaged or truncated)")
         if buf:
-            yield buf_idx, np.stack(buf)  # (N, H, W, 3)
+            yield buf_idx, _batch(buf)  # (N, H, W, 3)
 
     def get_batch(self, indices: Sequence[int]) -> np.ndarray:
         got = {}
