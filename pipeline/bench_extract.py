@@ -163,13 +163,13 @@ def plain_pyav(path: str) -> int:
 
 
 def project_reader(path: str, decoder: str = "decord", threads: int = 0) -> int:
-    """The project's reader as extraction streams a video: ``open_video`` and ``iter_batches``
-    in ``frames_per_batch`` batches (FFmpeg picks its threads, as the plain loops let it)."""
-    from pipeline.faces import frames_per_batch
+    """The project's reader as the default extraction (track mode) streams a video:
+    ``open_video`` and ``iter_batches`` one frame at a time (FFmpeg picks its threads, as the
+    plain loops let it)."""
     from pipeline.video_io import open_video
 
     reader = open_video(path, decoder, num_threads=threads)
-    n = sum(len(i) for i, _ in reader.iter_batches(frames_per_batch(32, reader.info)))
+    n = sum(len(i) for i, _ in reader.iter_batches(1))
     reader.close()
     return n
 
