@@ -41,8 +41,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from pipeline import config as config_mod
 from pipeline.config import MIN_FRAMES, ExtractConfig
 from pipeline.discovery import _row, discover_inputs  # noqa: F401
@@ -289,6 +287,7 @@ def write_manifests(cfg: ExtractConfig, rows: list[dict], *, kind_counts: dict |
     ``imported``: face rows of videos that were imported rather than extracted (``--from-faces``),
     by the video row's ``path``; the others are read from their ``_faces.csv`` in the faces folder.
     """
+    import pandas as pd
     out = Path(cfg.out)
     root = Path(faces_root if faces_root is not None else out).resolve()
     videos = pd.DataFrame([{k: r.get(k) for k in SCHEMAS["videos"].columns} for r in rows],

@@ -27,10 +27,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.errors import ManifestError
 from pipeline.manifest_paths import (
@@ -65,6 +64,9 @@ from pipeline.manifest_schema import (
 )
 from pipeline.manifest_write import ManifestWriter, write_manifest
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = [
     "BYTE_STREAM_SPLIT", "FLOAT32_COLUMNS", "LABELS", "LEGACY", "META_KEY", "OPTIONAL_COLUMNS",
     "PARQUET", "PATH_COLUMNS", "ROOT_ENV", "ROW_GROUP_ROWS", "SCHEMAS", "SCHEMA_VERSION",
@@ -86,6 +88,7 @@ def read_manifest(path: str | os.PathLike, kind: str, columns: Sequence[str] | N
         absolute_paths: join relative crop paths with the faces root (``faces_root``); False
             returns them as stored.
     """
+    import pandas as pd
     path = resolve_existing(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found (run the stage that writes it first)")
@@ -115,6 +118,7 @@ def read_manifest(path: str | os.PathLike, kind: str, columns: Sequence[str] | N
 
 
 def _read_parquet(path: Path, schema: Schema) -> pd.DataFrame:
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -207,6 +211,7 @@ def iter_manifest(path: str | os.PathLike, kind: str, columns: Sequence[str] | N
 
     A legacy CSV is read in chunks of ``ROW_GROUP_ROWS`` rows.
     """
+    import pandas as pd
     path = resolve_existing(path)
     if path.suffix != PARQUET:
         # legacy CSV: convert on read, whole (earlier versions wrote it whole too)

@@ -13,12 +13,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ManifestError
 from pipeline.manifest_schema import META_KEY
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ManifestError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 
@@ -164,6 +165,7 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"videos": ("n_frames_lost",)}
 
 
 def _coerce(df: pd.DataFrame, schema: Schema, source: str) -> pd.DataFrame:
+    import pandas as pd
     for col in OPTIONAL_COLUMNS.get(schema.kind, ()):
         if col not in df.columns:
             df = df.assign(**{col: pd.NA})
@@ -186,6 +188,7 @@ def _coerce(df: pd.DataFrame, schema: Schema, source: str) -> pd.DataFrame:
 
 def empty(kind: str) -> pd.DataFrame:
     """An empty table with the columns and dtypes of manifest ``kind``."""
+    import pandas as pd
     schema = SCHEMAS[kind]
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in schema.columns.items()})
 
@@ -218,6 +221,7 @@ def _parse_numeric(cells: pd.Series, col: str, dtype: str, path: Path) -> pd.Ser
     The error names the file, the 1-based line of the CSV (header = line 1) and the column, with
     the bad value. Missing cells stay missing except in a non-nullable column (``int64``).
     """
+    import pandas as pd
     text = cells.str.strip()
     missing = text.str.lower().isin(_MISSING_SPELLINGS)
     values = pd.to_numeric(text.where(~missing), errors="coerce")

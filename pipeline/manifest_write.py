@@ -16,10 +16,9 @@ import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline import __version__
 from pipeline.errors import ManifestError
@@ -35,6 +34,9 @@ from pipeline.manifest_schema import (
     empty,
     validate,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _to_arrow(table: pd.DataFrame, schema: Any) -> Any:
@@ -93,6 +95,7 @@ class ManifestWriter:
     def __init__(self, path: str | os.PathLike, kind: str, *, config: dict[str, Any] | None = None,
                  inputs: Sequence[str | os.PathLike] = (), faces_root: Any = None,
                  prepare_id: str | None = None, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        import pandas as pd
         self.path, self.kind = Path(path), kind
         self.inputs = list(inputs)
         self.meta = _base_meta(kind, self.path, config, faces_root, prepare_id)
@@ -176,6 +179,7 @@ class ManifestWriter:
 
     def _flush(self, final: bool = True) -> None:
         """Write the buffered rows as full row groups (and, when ``final``, the remainder)."""
+        import pandas as pd
         if not self._buf:
             return
         table = pd.concat(self._buf, ignore_index=True) if len(self._buf) > 1 else self._buf[0]

@@ -409,3 +409,15 @@ def test_prefetch_with_and_without_a_decode_thread_gives_the_same_batches():
     assert all(t is threading.main_thread() for t in threads)
     assert [i for i, _ in ahead] == [i for i, _ in inline] == [[k] for k in range(5)]
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ahead, inline, strict=True))
+
+
+def test_an_extract_worker_process_does_not_import_pandas():
+    """Every pool child imports the worker's module; pandas (0.4 s per process, before any
+    video) belongs to the driver, which writes the manifests."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.extract, pipeline.executors_pool, pipeline.faces, "
+            "pipeline.track_verify; print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
