@@ -37,9 +37,15 @@ logger = logging.getLogger(__name__)
 
 
 def _decode_all(path: str, backend: str) -> int:
-    """Decode every frame; ``decord_get_batch`` = decord's own batched random access."""
+    """Decode every frame; ``decord_get_batch`` = decord's own batched random access;
+    ``decord_plain_loop``/``pyav_plain_loop``: each library's plain loop, no project code (the
+    extract benchmark's floor)."""
+    from pipeline import bench_extract
     from pipeline.video_io import open_video
 
+    if backend in ("decord_plain_loop", "pyav_plain_loop"):
+        plain = bench_extract.plain_decord if backend.startswith("decord") else bench_extract.plain_pyav
+        return plain(path)
     if backend == "decord_get_batch":
         reader = open_video(path, "decord")
         n_frames = reader.info.n_frames
@@ -283,7 +289,8 @@ def run(cfg: BenchConfig) -> int:
     needs_video = bool(set(cfg.what) & {"decode", "extract", "score", "scaling"})
     video = str(cfg.video or (default_video(out) if needs_video else ""))
     results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(["dfpipe", *sys.argv[1:]])}
-    steps = [("decode", lambda: bench_decode(video, ("decord_get_batch", "decord", "pyav", "cv2"),
+    steps = [("decode", lambda: bench_decode(video, ("decord_plain_loop", "pyav_plain_loop",
+                                                     "decord_get_batch", "decord", "pyav", "cv2"),
                                              cfg.repeats)),
              ("extract", lambda: bench_extract(video, cfg.repeats,
                                                cfg=ExtractConfig(device=cfg.device),

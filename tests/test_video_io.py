@@ -127,3 +127,14 @@ def test_decode_floor_is_the_plain_loops_with_the_reader_beside_it(clip, monkeyp
     plain = {k: r["backends"][k] for k in ("decord_plain_loop", "pyav_plain_loop")}
     assert r["floor_s"] == min(plain.values()) and r["floor_backend"] == min(plain, key=plain.get)
     assert r["reader_x_floor"] == pytest.approx(r["reader_s"] / r["floor_s"], rel=0.05)
+
+
+def test_bench_decode_lists_the_plain_loops_beside_the_readers(clip):
+    from pipeline.bench import bench_decode
+
+    names = ("decord_plain_loop", "pyav_plain_loop", "decord", "pyav")
+    r = bench_decode(str(clip), names, repeats=1)
+    n = open_video(clip).info.n_frames
+    assert list(r["backends"]) == list(names)
+    assert all(v["frames"] == n for v in r["backends"].values())
+    assert min(v["ratio_to_fastest"] for v in r["backends"].values()) == 1.0
