@@ -5,8 +5,8 @@ each detector mode against the decode floor, and how far each agrees with full d
   reference one (``--detector-mode full``); also used by tests/test_track_verify.py.
 - ``bench_extract``: on one clip, in one run, the decode floor (every frame to a numpy array:
   the faster plain loop of decord and PyAV, no project code), the project's reader beside it,
-  the default (``track``), ``--detector-mode full``, ``--detect-every 5`` and the naive loop (full-resolution MTCNN per frame, on the first frames, scaled to the clip);
-  each as s/video, x floor, and agreement with full detection.
+  the default (``track``), ``--detector-mode full``, ``--detect-every 5`` and the naive loop
+  (full-resolution MTCNN per frame, on the first frames, scaled to the clip); each as s/video, x floor, and agreement with full detection.
 - ``bench_extract_cli``: ``dfpipe extract --workers W`` from the command line over N copies of
   the clip, against N x the floor, with peak RSS per worker process;
 - ``agreement_all`` (``dfpipe bench --what extract-agreement``): track against full detection on
@@ -196,18 +196,18 @@ def decode_floor(path: str, repeats: int = 1, decoder: str = "decord") -> dict[s
                 times.setdefault(name, []).append(time.perf_counter() - t)
             except Exception as e:  # noqa: BLE001 - a library that cannot read the clip is reported
                 failed[name] = f"failed: {type(e).__name__}: {e}"
-    best = {k: statistics.median(v) for k, v in times.items() if k not in failed}
-    out: dict[str, Any] = {k: round(v, 4) for k, v in best.items()} | failed
-    plain = {k: v for k, v in best.items() if k != "project_reader"}
+    median = {k: statistics.median(v) for k, v in times.items() if k not in failed}
+    out: dict[str, Any] = {k: round(v, 4) for k, v in median.items()} | failed
+    plain = {k: v for k, v in median.items() if k != "project_reader"}
     if not plain:
         raise RuntimeError(f"{path}: no plain decode loop could read it: {failed}")
     floor_backend = min(plain, key=plain.get)  # type: ignore[arg-type]
     floor = plain[floor_backend]
     res = {"backends": out, "floor_s": round(floor, 4), "floor_backend": floor_backend,
            "runs": max(repeats, FLOOR_RUNS)}
-    if "project_reader" in best:
-        res["reader_s"] = round(best["project_reader"], 4)
-        res["reader_x_floor"] = round(best["project_reader"] / floor, 3)
+    if "project_reader" in median:
+        res["reader_s"] = round(median["project_reader"], 4)
+        res["reader_x_floor"] = round(median["project_reader"] / floor, 3)
     return res
 
 

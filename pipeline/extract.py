@@ -288,6 +288,7 @@ def write_manifests(cfg: ExtractConfig, rows: list[dict], *, kind_counts: dict |
     by the video row's ``path``; the others are read from their ``_faces.csv`` in the faces folder.
     """
     import pandas as pd
+
     out = Path(cfg.out)
     root = Path(faces_root if faces_root is not None else out).resolve()
     videos = pd.DataFrame([{k: r.get(k) for k in SCHEMAS["videos"].columns} for r in rows],

@@ -66,17 +66,6 @@ def rotate_frames(frames: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k, axes=axes))
 
 
-def probe_rotation(path: str) -> int:
-    """Display rotation of the first video frame (degrees, counter-clockwise; 0 when none)."""
-    import av
-
-    try:
-        with av.open(path) as c:
-            return _first_rotation(c, c.streams.video[0])
-    except Exception:  # the caller's own open reports unreadable files
-        return 0
-
-
 def _first_rotation(container: object, stream: object) -> int:
     for frame in container.decode(stream):  # type: ignore[attr-defined]
         return int(round(float(getattr(frame, "rotation", 0) or 0)))
@@ -185,8 +174,8 @@ class _Opened:
     after the packet that gave the first frames, and those frames (no second open, no frame
     decoded twice)."""
 
-    def __init__(self, container: Any, stream: Any, packets: Iterator[Any], pending: list) -> None:
-        self.container, self.stream, self.packets, self.pending = container, stream, packets, pending
+    def __init__(self, container: Any, packets: Iterator[Any], pending: list) -> None:
+        self.container, self.packets, self.pending = container, packets, pending
 
 
 def _set_threads(stream: Any, threads: int) -> None:
@@ -228,7 +217,7 @@ def _probe_pyav(path: str, threads: int, n_frames: int | None = None,
                     if pending:
                         break
                 rotation = int(round(float(getattr(pending[0], "rotation", 0) or 0))) if pending else 0
-                opened = _Opened(c, s, packets, pending)
+                opened = _Opened(c, packets, pending)
         except Exception:  # noqa: BLE001 - the stream's own decoding reports bad frames
             rotation, opened = 0, None
     except VideoReadError:
@@ -239,12 +228,11 @@ def _probe_pyav(path: str, threads: int, n_frames: int | None = None,
         if c is not None:
             c.close()
         raise VideoReadError(f"{path}: cannot open video: {_one_line(e)}") from e
+    if n == 0 or w == 0 or h == 0:
+        c.close()
+        raise VideoReadError(f"{path}: no video frames")
     if opened is None:
         c.close()
-    if n == 0 or w == 0 or h == 0:
-        if opened is not None:
-            c.close()
-        raise VideoReadError(f"{path}: no video frames")
     w, h = _displayed(w, h, rotation_steps(rotation))
     return VideoInfo(n_frames=n, fps=rate, width=w, height=h, rotation=rotation), opened
 
@@ -358,7 +346,7 @@ class PyAVReader(_Sequential):
                 c = av.open(self.path)
                 s = c.streams.video[0]
                 _set_threads(s, self._threads)
-                opened = _Opened(c, s, c.demux(s), [])
+                opened = _Opened(c, c.demux(s), [])
             with opened.container:
                 for frame in opened.pending:  # decoded while probing
                     yield i, rgb(i, frame)
@@ -384,6 +372,7 @@ class PyAVReader(_Sequential):
         if self._opened is not None:
             self._opened.container.close()
             self._opened = None
+
 
 _CV2_MAX_MISSES = 32  # consecutive failed reads after which OpenCV's stream counts as ended
 
