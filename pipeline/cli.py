@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pipeline import __version__, config
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline")
 T = TypeVar("T")
@@ -35,20 +35,20 @@ EXIT_STATUS = f"""exit status:
 
 # name -> (config class, "module:function", one-line help)
 COMMANDS: dict[str, tuple[type, str, str]] = {
-    "synth": (config.SynthConfig, "pipeline.synth:run", "write a synthetic DFDC-like dataset"),
-    "extract": (config.ExtractConfig, "pipeline.extract:run",
+    "synth": (config.SynthConfig, "pipeline.synth.dataset:run", "write a synthetic DFDC-like dataset"),
+    "extract": (config.ExtractConfig, "pipeline.extract.stage:run",
                 "detect faces (MTCNN) in raw videos -> crops + videos/faces manifests"),
-    "merge": (config.MergeConfig, "pipeline.shards:run",
+    "merge": (config.MergeConfig, "pipeline.cli:merge",
               "merge the manifests of extract shards (--shard I/N) into one manifest folder"),
     "manifest": (config.ManifestConfig, "pipeline.cli:manifest",
                  "show a manifest (schema, rows, metadata, head) or export it as CSV"),
-    "prepare": (config.PrepareConfig, "pipeline.prepare:run",
+    "prepare": (config.PrepareConfig, "pipeline.prepare.stage:run",
                 "filter 200-400 face frames, subsample 30 frames, grouped train/val/test split"),
-    "train": (config.TrainConfig, "pipeline.training:run",
+    "train": (config.TrainConfig, "pipeline.train.stage:run",
               "train a registered model (--model) -> checkpoints/<run>/"),
     "evaluate": (config.EvaluateConfig, "pipeline.cli:evaluate",
                  "compare checkpoints on one split -> report (metrics, plots)"),
-    "export": (config.ExportConfig, "pipeline.checkpoint:run_export",
+    "export": (config.ExportConfig, "pipeline.models.checkpoint:run_export",
                "a trained checkpoint -> a small inference-only release file (fp16, card, crop recipe)"),
     "score": (config.ScoreConfig, "pipeline.cli:score",
               "score whole videos -> verdicts (+ evidence sheets with --explain)"),
@@ -193,7 +193,7 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
 
 def evaluate(cfg: config.EvaluateConfig) -> int:
     """``dfpipe evaluate``: write the report, print its short summary on stdout."""
-    from pipeline import evaluation
+    from pipeline.evaluate import stage as evaluation
 
     summary = evaluation.evaluate(cfg)
     print("\n".join(evaluation.summary_lines(summary, cfg.out)))
@@ -202,7 +202,7 @@ def evaluate(cfg: config.EvaluateConfig) -> int:
 
 def score(cfg: config.ScoreConfig) -> int:
     """``dfpipe score``: the batch, then one ``path<TAB>verdict`` line per input on stdout."""
-    from pipeline import score_batch
+    from pipeline.score import batch as score_batch
 
     rc, rows = score_batch.score_all(cfg)
     if rows:
@@ -214,17 +214,49 @@ def bench(cfg: config.BenchConfig) -> int:
     """``dfpipe bench``: run the benchmarks, print the Markdown tables it wrote."""
     from pathlib import Path
 
-    from pipeline import bench as bench_mod
+    from pipeline.bench import run as bench_mod
 
     rc = bench_mod.run(cfg)
     print((Path(cfg.out) / "bench.md").read_text())
     return rc
 
 
+def merge(cfg: config.MergeConfig) -> int:
+    """``dfpipe merge``: shard outputs -> one (results files: ``score.merge``; manifest folders:
+    ``extract.merge``); exit status 1 when a merged video failed."""
+    from pathlib import Path
+
+    from pipeline.core.errors import ConfigError
+
+    files = [Path(p) for p in cfg.inputs]
+    if files and all(f.suffix in (".jsonl", ".csv") for f in files):
+        from pipeline.score.batch import OUTCOME_STATUSES, config_path
+        from pipeline.score.merge import merge_scores
+
+        for f in files:  # a shard that got no video has its config sidecar and no rows
+            if not f.is_file() and not config_path(f).is_file():
+                raise ConfigError(f"merge: {f}: results file not found")
+        counts = merge_scores(files, Path(cfg.out))
+        log.info("merged %d score shards: %d videos (%s) -> %s", counts["shards"],
+                 counts["videos"], counts["status"], cfg.out)
+        return 1 if any(s not in OUTCOME_STATUSES for s in counts["status"]) else 0
+    from pipeline.extract.merge import merge_extract
+    from pipeline.extract.worker import OK_STATUSES
+
+    for d in files:
+        if not d.is_dir():
+            raise ConfigError(f"merge: {d}: folder not found")
+    counts = merge_extract(files, Path(cfg.manifest_dir))
+    log.info("merged %d shards: %d videos (%s), %d faces -> %s", counts["shards"],
+             counts["videos"], ", ".join(f"{k} {v}" for k, v in counts["status"].items()),
+             counts["faces"], cfg.manifest_dir)
+    return 1 if any(s not in OK_STATUSES for s in counts["status"]) else 0
+
+
 def manifest(cfg: config.ManifestConfig) -> int:
     """``dfpipe manifest show|export``: ``show`` prints the description on stdout."""
-    from pipeline import manifest as manifest_mod
-    from pipeline import manifest_cli
+    from pipeline.io import manifest as manifest_mod
+    from pipeline.io import manifest_cli
 
     if cfg.action == "show":
         path = manifest_mod.resolve_existing(cfg.path)

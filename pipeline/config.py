@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.release import checkpoint_help
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain-types dict of a config (tuples become lists, paths strings: ``plaintypes.plain``)."""
-    from pipeline.plaintypes import plain
+    from pipeline.core.plaintypes import plain
 
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 

@@ -25,9 +25,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline import config, evaluation, extract, prepare, release, scoring, synth, training
-from pipeline.errors import PipelineError
-from pipeline.manifest import manifest_path, read_manifest
+from pipeline import config, release
+from pipeline.core.errors import PipelineError
+from pipeline.evaluate import stage as evaluation
+from pipeline.extract import stage as extract
+from pipeline.io.manifest import manifest_path, read_manifest
+from pipeline.prepare import stage as prepare
+from pipeline.score import batch as scoring
+from pipeline.synth import dataset as synth
+from pipeline.train import stage as training
 
 log = logging.getLogger(__name__)
 

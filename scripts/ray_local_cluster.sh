@@ -17,7 +17,7 @@
 # - `--node-ip-address=127.0.0.1` alone is not honoured on Linux: Ray swaps a loopback address
 #   (the node's and the head's) for the machine's routable IP, and its one switch that keeps
 #   loopback refuses a second node. The nodes are therefore started through
-#   `python -m pipeline.ray_cluster start ...` (Ray's own `ray start` with that swap turned off;
+#   `python -m pipeline.engines.ray_cluster start ...` (Ray's own `ray start` with that swap turned off;
 #   see its docstring). Every socket then listens on 127.0.0.1 (checked by
 #   tests/test_ray_cluster.py with `ss -ltnp`).
 # - `ray stop` would kill every Ray process of the machine (other jobs' too): `stop` here kills
@@ -66,11 +66,11 @@ start() {
   python3 -c 'import secrets; print(secrets.token_hex(32))' > "$TOKEN"
   cluster_env
   common=(--disable-usage-stats --temp-dir="$DIR/tmp")
-  "$PY" -m pipeline.ray_cluster start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus="$HEAD_CPUS" \
+  "$PY" -m pipeline.engines.ray_cluster start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus="$HEAD_CPUS" \
     --include-dashboard=false --ray-client-server-port="$((PORT + 1))" "${common[@]}" \
     > "$DIR/head.log" 2>&1 \
     || { cat "$DIR/head.log" >&2; die "head node did not start (log above)"; }
-  "$PY" -m pipeline.ray_cluster start --address="$ADDRESS" --node-ip-address=127.0.0.1 \
+  "$PY" -m pipeline.engines.ray_cluster start --address="$ADDRESS" --node-ip-address=127.0.0.1 \
     --num-cpus="$WORKER_CPUS" "${common[@]}" > "$DIR/worker.log" 2>&1 \
     || { cat "$DIR/worker.log" >&2; stop; die "worker node did not join (log above)"; }
   # wait until the head sees both nodes
@@ -89,7 +89,7 @@ nodes() {
 import logging, sys
 import ray
 from ray._private import ray_constants
-ray_constants.ENABLE_RAY_CLUSTER = False  # a driver: keep the loopback address (see pipeline/ray_cluster.py)
+ray_constants.ENABLE_RAY_CLUSTER = False  # a driver: keep the loopback address (see pipeline/engines/ray_cluster.py)
 ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
 print(sum(1 for n in ray.nodes() if n.get("Alive")))
 ray.shutdown()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.synth import ClipSpec, make_clip, render_frames, write_clip
+from pipeline.synth.dataset import ClipSpec, make_clip, render_frames, write_clip
 
 GOOD_PART = "dfdc_train_part_0"
 BAD_JSON_PART = "dfdc_train_part_1"
@@ -52,7 +52,7 @@ class Case:
 
 
 def write_good(path: Path, n_frames: int = 12, **kw) -> Path:
-    """A synthetic clip with one face (``pipeline.synth.make_clip``)."""
+    """A synthetic clip with one face (``pipeline.synth.dataset.make_clip``)."""
     make_clip(path, n_frames=n_frames, **kw)
     return path
 

@@ -22,7 +22,7 @@ def real_samples() -> Path:
     return REAL_SAMPLES
 
 
-# --- synthetic data (pipeline.synth) ------------------------------------------------------------
+# --- synthetic data (pipeline.synth.dataset) ------------------------------------------------------------
 
 SYNTH_SMALL = dict(n_originals=2, fakes_per_original=1, parts=1, frames=60, width=480, height=270,
                    fps=30.0, two_face_share=0.5, gap_share=0.5, seed=7)
@@ -34,10 +34,10 @@ def synth_dir(tmp_path_factory) -> Path:
 
     2 originals x 1 fake, one part, 60 frames at 480x270 and 30 fps: one group (REAL + FAKE)
     shows a second face in a stretch of frames, the other has a stretch with no face.
-    ``pipeline.synth.load_truth(synth_dir)`` gives the per-clip truth (two-face and no-face frames).
+    ``pipeline.synth.dataset.load_truth(synth_dir)`` gives the per-clip truth (two-face and no-face frames).
     """
     from pipeline.config import SynthConfig
-    from pipeline.synth import write_dataset
+    from pipeline.synth.dataset import write_dataset
 
     return write_dataset(SynthConfig(out=str(tmp_path_factory.mktemp("synth") / "data"),
                                      **SYNTH_SMALL))
@@ -49,9 +49,9 @@ def clip_factory():
     two_face=None, gap=None, codec="auto") -> ClipSpec``: one synthetic clip with a face.
 
     ``two_face``/``gap`` are [start, stop) frame ranges; the returned spec reproduces the frames
-    (``pipeline.synth.render_frames(spec)``) and the face box (``pipeline.synth.face_box``).
+    (``pipeline.synth.dataset.render_frames(spec)``) and the face box (``pipeline.synth.dataset.face_box``).
     """
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     return make_clip
 
@@ -63,7 +63,7 @@ def _train_tiny(root: Path, model: str) -> Path:
     from train_fixtures import make_manifests
 
     from pipeline.config import TrainConfig
-    from pipeline.training import run as train_run
+    from pipeline.train.stage import run as train_run
 
     manifests = make_manifests(root, size=32, seed=3)
     rc = train_run(TrainConfig(model=model, backbone="tiny", manifest_dir=str(manifests),

@@ -1,4 +1,4 @@
-"""Frame -> video aggregation rules (``pipeline.aggregation``): exact values on small arrays."""
+"""Frame -> video aggregation rules (``pipeline.stats.aggregation``): exact values on small arrays."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.aggregation import EPS, aggregate, choose_rule, describe, video_probs
+from pipeline.stats.aggregation import EPS, aggregate, choose_rule, describe, video_probs
 
 SMALL = {"fake_min": 2}  # so that 5-frame arrays can reach the fake branch
 
@@ -79,8 +79,8 @@ def test_choose_rule_with_one_frame_per_video_keeps_the_mean():
 
 
 def test_training_chooses_and_stores_the_rule_on_validation(tiny_frame_checkpoint):
-    from pipeline.aggregation import RULES
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.stats.aggregation import RULES
 
     ck = load_checkpoint(tiny_frame_checkpoint)
     agg = ck["aggregations"]["frame_mean"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
-from pipeline.batch_index import INDEX_NAME, BatchIndex, render_index, write_index
+from pipeline.score.batch_index import INDEX_NAME, BatchIndex, render_index, write_index
 
 CK = {"id": "0123456789ab", "model": "cnn_lstm", "backbone": "tiny",
       "trained_on": "SYNTHETIC data: 8 REAL / 8 FAKE training videos", "card_title": ""}

@@ -7,9 +7,9 @@ import json
 
 import pandas as pd
 
-from pipeline.bench_eval import FRAMES_PER_VIDEO, MODELS, bench_evaluate, eval_tables
-from pipeline.bench_scale import markdown
-from pipeline.evaluation import FRAME_COLUMNS, build_report
+from pipeline.bench.evaluate import FRAMES_PER_VIDEO, MODELS, bench_evaluate, eval_tables
+from pipeline.bench.scale import markdown
+from pipeline.evaluate.stage import FRAME_COLUMNS, build_report
 
 
 def test_eval_tables_are_deterministic_and_dfdc_like():
@@ -55,21 +55,22 @@ def _frames(n_videos: int, seed: int = 0) -> pd.DataFrame:
 def test_frame_level_bootstrap_gives_the_numbers_of_the_materialised_resamples():
     import numpy as np
 
-    from pipeline import metrics as M
-    from pipeline.bootstrap import iter_bootstrap_resamples
-    from pipeline.evaluation_stats import frame_level
+    from pipeline.evaluate.stats import frame_level
+    from pipeline.stats import bootstrap as B
+    from pipeline.stats import metrics as M
+    from pipeline.stats.bootstrap import iter_bootstrap_resamples
 
     frames = _frames(120, seed=2)
     frames["p_fake"] = frames["p_fake"].round(2)  # ties: distinct scores merge in the ROC
     got = frame_level(frames, 40, seed=5)["frame"]["metrics"]
     y = (frames["label"] == "FAKE").to_numpy(int)
     p, g = frames["p_fake"].to_numpy(float), frames["group"].to_numpy()
-    listed = M.bootstrap_resamples(g, 40, 5)  # all resamples at once, as before
+    listed = B.bootstrap_resamples(g, 40, 5)  # all resamples at once, as before
     assert all(np.array_equal(a, b) for a, b in
                zip(listed, iter_bootstrap_resamples(g, 40, 5), strict=True))
     boot = [M.video_metrics(y[i], p[i]) for i in listed]
     for name in ("roc_auc", "average_precision", "log_loss"):
-        lo, hi = M.percentile_interval(np.array([b[name] for b in boot]))
+        lo, hi = B.percentile_interval(np.array([b[name] for b in boot]))
         assert (got[name]["lo"], got[name]["hi"]) == (lo, hi)
     assert frame_level(frames, 0, seed=5)["frame"]["metrics"]["roc_auc"]["bootstrap_skipped"] == 0
 
@@ -77,7 +78,7 @@ def test_frame_level_bootstrap_gives_the_numbers_of_the_materialised_resamples()
 def test_frame_level_bootstrap_memory_does_not_grow_with_resamples_x_rows():
     import tracemalloc
 
-    from pipeline.evaluation_stats import frame_level
+    from pipeline.evaluate.stats import frame_level
 
     frames = _frames(700)  # 21,000 frame rows
     n_boot = 150  # materialised: 150 x 21,000 int64 indices = 25 MB

@@ -3,8 +3,10 @@ itself lives in ``dfpipe bench --what scale``, never in tests)."""
 
 from __future__ import annotations
 
-from pipeline import cli, manifest
-from pipeline.bench_scale import generate, markdown, run_child
+from pipeline import cli
+from pipeline.bench.child import run_child
+from pipeline.bench.scale import generate, markdown
+from pipeline.io import manifest
 
 
 def test_generated_manifests_are_consistent_and_prepare_runs(tmp_path):

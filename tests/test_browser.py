@@ -160,7 +160,7 @@ def face_media(tmp_path_factory) -> dict[str, Path]:
     """A synthetic face clip (150 frames) and one of its frames as a JPEG photo."""
     from PIL import Image
 
-    from pipeline.synth import make_clip, render_frames
+    from pipeline.synth.dataset import make_clip, render_frames
 
     d = tmp_path_factory.mktemp("face_media")
     spec = make_clip(d / "speaker.mp4", n_frames=150, seed=1)
@@ -235,7 +235,7 @@ def test_batch_index_sorts_by_clicked_header(browser, tmp_path):
     """The batch index page (``--explain OUT/index.html``) sorts by a header click, offline."""
     from selenium.webdriver.common.by import By
 
-    from pipeline.batch_index import write_index
+    from pipeline.score.batch_index import write_index
 
     rows = [{"path": f"in/{n}.mp4", "status": s, "label": lab, "p_fake": p, "frames_used": f,
              "reason": "" if s == "ok" else f"in/{n}.mp4: no face found"}

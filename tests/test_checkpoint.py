@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from pipeline import checkpoint as C
-from pipeline.errors import CheckpointError
+from pipeline.core.errors import CheckpointError
+from pipeline.models import checkpoint as C
 from pipeline.models import create_model, list_models
 
 torch.set_num_threads(1)

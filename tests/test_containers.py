@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline.synth import make_clip
-from pipeline.video_io import BACKENDS, open_video
+from pipeline.io.video import BACKENDS, open_video
+from pipeline.synth.dataset import make_clip
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None,
                                 reason="needs Debian ffmpeg (make test installs it)")
@@ -55,7 +55,7 @@ def test_every_backend_decodes_every_container_and_codec(variants, name):
 
 def test_extract_discovers_and_processes_every_variant(variants, tmp_path):
     from pipeline import cli
-    from pipeline.manifest import read_manifest
+    from pipeline.io.manifest import read_manifest
 
     _, out = variants
     rc = cli.main(["extract", str(out), "--out", str(tmp_path / "f"), "--manifest-dir",

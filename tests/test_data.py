@@ -7,8 +7,8 @@ import pytest
 import torch
 from train_fixtures import make_manifests
 
-from pipeline import data
-from pipeline.errors import ManifestError
+from pipeline.core.errors import ManifestError
+from pipeline.train import data
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from train_fixtures import make_manifests
 
-from pipeline import data, engine
 from pipeline.models import create_model
+from pipeline.train import data, engine
 
 torch.set_num_threads(1)
 

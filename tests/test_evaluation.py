@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from pipeline import evaluation as E
-from pipeline import metrics as M
-from pipeline.manifest import read_manifest
+from pipeline.evaluate import stage as E
+from pipeline.io.manifest import read_manifest
+from pipeline.stats import metrics as M
 
 
 def _predictions(n_groups: int, seed: int, models: dict[str, float]) -> pd.DataFrame:
@@ -184,14 +184,14 @@ def _save_random_checkpoint(path, name, synthetic=True, with_last=False, split_m
                             **kwargs):
     import torch
 
-    from pipeline.checkpoint import save_checkpoint
     from pipeline.models import create_model
+    from pipeline.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(name, backbone="tiny", **kwargs)
     train_data = {"synthetic": synthetic, "n_train": 2}
     if split_manifest is not None:  # as training records it: evaluate checks it
-        from pipeline.splits import split_fingerprint
+        from pipeline.prepare.splits import split_fingerprint
 
         train_data["split_fingerprint"] = split_fingerprint(read_manifest(split_manifest, "split"))
     hist = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69, "val_roc_auc": 0.5},
@@ -269,9 +269,9 @@ def test_frame_mean_matches_the_wrapper_model(e2e):
     """The one-pass frame view gives exactly what FrameMean (frame -> all frames) predicts."""
     import torch
 
-    from pipeline.checkpoint import build_model, load_checkpoint
-    from pipeline.data import split_dataset
-    from pipeline.engine import make_loader, predict
+    from pipeline.models.checkpoint import build_model, load_checkpoint
+    from pipeline.train.data import split_dataset
+    from pipeline.train.engine import make_loader, predict
 
     _, out, mdir, b = e2e
     wrapper = build_model(load_checkpoint(b), as_model="frame_mean")
@@ -302,7 +302,7 @@ def test_cli_evaluate_bad_checkpoint_exit_2(tmp_path, e2e, capsys):
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path, infos):
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
 
     test = _predictions(5, 0, {"frame": 1.0})
     keep = tmp_path / "work"
@@ -344,7 +344,7 @@ def _other_split_copy(mdir, dest, *, move: bool):
     val video of the same label (content that does)."""
     import shutil
 
-    from pipeline.manifest import write_manifest
+    from pipeline.io.manifest import write_manifest
 
     shutil.copytree(mdir, dest)
     split = read_manifest(dest / "split.csv", "split").iloc[::-1].reset_index(drop=True)
@@ -394,8 +394,8 @@ def test_evaluate_accepts_the_same_split_rewritten(tmp_path, e2e):
 
 
 def test_checkpoint_without_a_recorded_split_is_refused_or_named(tmp_path, e2e):
-    from pipeline.errors import ConfigError
-    from pipeline.splits import check_checkpoint_split, split_fingerprint
+    from pipeline.core.errors import ConfigError
+    from pipeline.prepare.splits import check_checkpoint_split, split_fingerprint
 
     _, _, mdir, _ = e2e
     split = read_manifest(mdir / "split.csv", "split")
@@ -404,7 +404,7 @@ def test_checkpoint_without_a_recorded_split_is_refused_or_named(tmp_path, e2e):
         check_checkpoint_split({}, split, allow=False, **kw)
     assert "records no training split" in check_checkpoint_split({}, split, allow=True, **kw)
     # checkpoints from before fingerprints: the split file's bytes decide
-    from pipeline.fsutil import sha256_file
+    from pipeline.core.fsutil import sha256_file
 
     assert check_checkpoint_split({"split_sha256": sha256_file(mdir / "split.csv")}, split,
                                   allow=False, **kw) == ""
@@ -444,7 +444,7 @@ def test_cli_evaluate_split_all_uses_every_video_and_the_checkpoint_threshold(tm
     assert "WARNING: trained on these manifests" in md
 
     # a model trained on another split of other data: no such warning
-    from pipeline.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(b)
     ck.pop("sha256", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.explain import (
+from pipeline.score.explain import (
     SYNTHETIC_WARNING,
     evidence_line,
     figure_text,

@@ -1,4 +1,4 @@
-"""pipeline.executors: inline / pool / Ray give the same rows; safety net; bounds; kills.
+"""pipeline.engines.dispatch: inline / pool / Ray give the same rows; safety net; bounds; kills.
 
 The worker classes live at the top of this module: spawned pool children and Ray workers import
 them as ``test_executors`` (pytest puts tests/ on sys.path; both engines pass sys.path on).
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError, MissingDependencyError
-from pipeline.executors import DIED, resolve_workers, run_items
+from pipeline.core.errors import ConfigError, MissingDependencyError
+from pipeline.core.resources import resolve_workers
+from pipeline.engines.common import DIED
+from pipeline.engines.dispatch import run_items
 
 CONSTRUCTED = 0  # ProbeWorker constructions in this process
 
@@ -134,7 +136,7 @@ def _fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
 
 def test_default_workers_follow_affinity_and_cgroup_v2_quota(tmp_path: Path, monkeypatch) -> None:
     """Issue #12.16: workers=0 fits the cores the process may use, not os.cpu_count()."""
-    from pipeline.executors import usable_cpus
+    from pipeline.core.resources import usable_cpus
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
@@ -154,7 +156,7 @@ def test_default_workers_follow_affinity_and_cgroup_v2_quota(tmp_path: Path, mon
 
 
 def test_default_workers_follow_cgroup_v1_quota_and_memory(tmp_path: Path, monkeypatch) -> None:
-    from pipeline.executors import usable_memory
+    from pipeline.core.resources import usable_memory
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     root = _fake_root(tmp_path, {
@@ -379,8 +381,8 @@ def test_ray_killed_actor_item_is_retried(tmp_path: Path) -> None:
 
 
 def test_decode_threads_are_the_workers_share_of_the_cores(monkeypatch):
-    import pipeline.resources as resources
-    from pipeline.extract import decode_threads_for
+    import pipeline.core.resources as resources
+    from pipeline.extract.stage import decode_threads_for
 
     monkeypatch.setattr(resources, "usable_cpus", lambda root="/": 2)
     assert [decode_threads_for(w) for w in (1, 2, 3, 0)] == [2, 1, 1, 2]
@@ -393,7 +395,7 @@ def test_prefetch_with_and_without_a_decode_thread_gives_the_same_batches():
 
     import numpy as np
 
-    from pipeline.prefetch import prefetch
+    from pipeline.io.prefetch import prefetch
 
     threads = []
 
@@ -417,7 +419,7 @@ def test_an_extract_worker_process_does_not_import_pandas():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.extract, pipeline.executors_pool, pipeline.faces, "
-            "pipeline.track_verify; print('pandas' in sys.modules)")
+    code = ("import sys, pipeline.extract.stage, pipeline.engines.pool, pipeline.faces.detect, "
+            "pipeline.faces.track_verify; print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

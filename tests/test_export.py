@@ -6,9 +6,10 @@ import pytest
 import torch
 from train_fixtures import make_manifests
 
-from pipeline import checkpoint as C
-from pipeline import cli, data, engine
-from pipeline.errors import CheckpointError
+from pipeline import cli
+from pipeline.core.errors import CheckpointError
+from pipeline.models import checkpoint as C
+from pipeline.train import data, engine
 
 CROP = {"margin": 0.0, "size": 224, "square": True, "jpeg_quality": None}
 

@@ -19,9 +19,11 @@ import torch
 
 from pipeline import cli
 from pipeline.config import ExtractConfig
-from pipeline.extract import ExtractWorker, discover_inputs, run
-from pipeline.manifest import manifest_path, read_manifest, read_meta
-from pipeline.synth import load_truth, write_clip
+from pipeline.extract.stage import run
+from pipeline.extract.worker import ExtractWorker
+from pipeline.io.discovery import discover_inputs
+from pipeline.io.manifest import manifest_path, read_manifest, read_meta
+from pipeline.synth.dataset import load_truth, write_clip
 
 torch.set_num_threads(1)
 
@@ -94,7 +96,7 @@ def test_worker_on_synthetic_dataset(synth_dir, tmp_path):
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory):
     """One good clip and every kind of bad input, in DFDC folders."""
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     root = tmp_path_factory.mktemp("bad")
     part = root / "dfdc_train_part_0"
@@ -226,7 +228,8 @@ def test_real_dfdc_samples(real_samples, tmp_path):
     """Every present DFDC sample (portrait, 30.025 fps, the nearly black clip) gets faces in the
     large majority of frames; metadata entries without a file are reported. To stay fast the
     worker's per-video core runs on every 10th frame (30 per clip), each one detected."""
-    from pipeline.faces import MTCNNDetector, extract_faces
+    from pipeline.faces.detect import MTCNNDetector
+    from pipeline.faces.video import extract_faces
 
     items, failed = discover_inputs([real_samples / "dfdc"])
     assert {r["video_id"]: r["status"] for r in failed} == {
@@ -330,7 +333,7 @@ def test_resume_redoes_a_video_whose_file_was_replaced(tmp_path, clip_factory):
 
 
 def test_input_identity_sees_new_bytes_under_the_old_size_and_mtime(tmp_path):
-    from pipeline.extract import IDENTITY_BYTES, input_identity
+    from pipeline.extract.worker import IDENTITY_BYTES, input_identity
 
     p = tmp_path / "v.mp4"
     p.write_bytes(b"a" * (3 * IDENTITY_BYTES))
@@ -349,7 +352,7 @@ def test_extract_workers_on_a_gpu_host_share_the_device(tmp_path, monkeypatch):
     MTCNN batch runs); on a CPU host, or with an explicit count, nothing changes."""
     import os
 
-    from pipeline.resources import gpu_count, resolve_extract_workers
+    from pipeline.core.resources import gpu_count, resolve_extract_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     (tmp_path / "proc").mkdir()

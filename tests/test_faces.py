@@ -11,17 +11,11 @@ import torch
 from skimage.data import astronaut
 
 from pipeline.config import ExtractConfig
-from pipeline.faces import (
-    Detection,
-    MTCNNDetector,
-    assign_tracks,
-    auto_scale,
-    crop_face,
-    extract_faces,
-    iou,
-    write_video_faces,
-)
-from pipeline.synth import make_clip
+from pipeline.faces.crops import crop_face
+from pipeline.faces.detect import Detection, MTCNNDetector, auto_scale
+from pipeline.faces.tracks import assign_tracks, iou
+from pipeline.faces.video import extract_faces, write_video_faces
+from pipeline.synth.dataset import make_clip
 
 torch.set_num_threads(1)
 
@@ -166,7 +160,7 @@ def test_detector_protocol_accepts_any_detector(tmp_path):
 
 
 def test_autocontrast_stretches_dark_frames_only():
-    from pipeline.faces import _needs_stretch, autocontrast
+    from pipeline.faces.detect import _needs_stretch, autocontrast
 
     dark = np.zeros((1, 40, 40, 3), np.uint8)
     dark[0, :, :20] = 50

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import manifest
-from pipeline.errors import ConfigError, ManifestError
-from pipeline.filtering import filter_videos, orphan_filter, reason_code, window_filter
+from pipeline.core.errors import ConfigError, ManifestError
+from pipeline.io import manifest
+from pipeline.prepare.filtering import filter_videos, orphan_filter, reason_code, window_filter
 
 
 def videos_table(rows: list[tuple]) -> pd.DataFrame:

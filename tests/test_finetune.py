@@ -10,12 +10,12 @@ import pytest
 import torch
 from train_fixtures import make_manifests
 
-from pipeline import checkpoint as C
-from pipeline import data, engine, features
 from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
+from pipeline.models import checkpoint as C
 from pipeline.models import create_backbone, create_model
-from pipeline.training import run as train_run
+from pipeline.train import data, engine, features
+from pipeline.train.stage import run as train_run
 
 torch.set_num_threads(1)
 
@@ -160,7 +160,7 @@ def test_training_on_cached_features_gives_a_full_frame_checkpoint(manifests, tm
     model = C.build_model(ckpt)
     ds = data.split_dataset(manifests, "val", "image", image_size=32, frame_index=0)
     preds = engine.predict(model, engine.make_loader(ds, 4), torch.device("cpu"))
-    from pipeline import metrics as M
+    from pipeline.stats import metrics as M
 
     y, p = preds["label"].to_numpy(), preds["p_fake"].to_numpy()
     assert M.video_metrics(y, p, 0.5)["roc_auc"] == pytest.approx(ckpt["metrics"]["roc_auc"])
@@ -305,7 +305,7 @@ def test_flip_tta_travels_in_the_checkpoint(tmp_path):
 
 
 def test_derived_threshold_of_one_frame_clips_reuses_the_predictions(tmp_path, monkeypatch):
-    from pipeline.training import derived_thresholds
+    from pipeline.train.stage import derived_thresholds
 
     out = make_manifests(tmp_path, n_real={"val": 5}, n_fake={"val": 5}, n_frames=1, size=24)
     torch.manual_seed(0)
@@ -328,7 +328,7 @@ def test_derived_threshold_of_one_frame_clips_reuses_the_predictions(tmp_path, m
 
 
 def test_derived_threshold_of_multi_frame_clips_runs_the_frame_pass(tmp_path, monkeypatch):
-    from pipeline.training import derived_thresholds
+    from pipeline.train.stage import derived_thresholds
 
     out = make_manifests(tmp_path, n_real={"val": 3}, n_fake={"val": 3}, n_frames=3, size=24)
     model = create_model("frame", backbone="tiny").eval()

@@ -12,9 +12,10 @@ import sys
 import pandas as pd
 import pytest
 
-from pipeline import cli, config, manifest
-from pipeline.errors import ConfigError, ManifestError
-from pipeline.fsutil import atomic_path, atomic_write_text, remove_stale_temps
+from pipeline import cli, config
+from pipeline.core.errors import ConfigError, ManifestError
+from pipeline.core.fsutil import atomic_path, atomic_write_text, remove_stale_temps
+from pipeline.io import manifest
 
 
 def test_help_lists_every_stage(capsys):
@@ -28,22 +29,22 @@ def test_help_lists_every_stage(capsys):
 
 def test_exit_statuses_are_distinct_and_documented(monkeypatch, capfd):
     """Issue #12.14: 0 ok, 1 some items failed, 2 could not run, 3 crashed; said in --help."""
-    import pipeline.score_batch
+    import pipeline.score.batch
 
     def crash(cfg):
         raise RuntimeError("unexpected\nsecond line")
 
-    monkeypatch.setattr(pipeline.score_batch, "score_all", crash)
+    monkeypatch.setattr(pipeline.score.batch, "score_all", crash)
     assert cli.main(["score", "x.mp4", "--checkpoint", "c.pt"]) == 3
     err = capfd.readouterr().err
     assert "crashed" in err and "RuntimeError: unexpected second line" in err
-    monkeypatch.setattr(pipeline.score_batch, "score_all", lambda cfg: (1, []))
+    monkeypatch.setattr(pipeline.score.batch, "score_all", lambda cfg: (1, []))
     assert cli.main(["score", "x.mp4", "--checkpoint", "c.pt"]) == 1
 
     def cannot(cfg):
         raise ConfigError("no such thing")
 
-    monkeypatch.setattr(pipeline.score_batch, "score_all", cannot)
+    monkeypatch.setattr(pipeline.score.batch, "score_all", cannot)
     assert cli.main(["score", "x.mp4", "--checkpoint", "c.pt"]) == 2
     for text in (cli.build_parser().format_help(),
                  cli.build_parser()._subparsers._group_actions[0].choices["score"].format_help()):

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from skimage import data as skdata
 from train_fixtures import make_manifests
 
-from pipeline import checkpoint as C
-from pipeline import data, explain
 from pipeline.config import TrainConfig
+from pipeline.models import checkpoint as C
 from pipeline.models import create_backbone, create_model
 from pipeline.models.backbones import (
     LITE_MEAN,
@@ -22,6 +21,8 @@ from pipeline.models.backbones import (
     normalization,
     packaged_weights,
 )
+from pipeline.score import explain
+from pipeline.train import data
 
 torch.set_num_threads(1)
 
@@ -112,7 +113,7 @@ def test_grad_cam_reads_the_last_lite_feature_map():
 @pytest.fixture(scope="module")
 def lite_run(tmp_path_factory):
     """A frame model on a Lite backbone trained for 1 short epoch (random init, 32 px)."""
-    from pipeline.training import run as train_run
+    from pipeline.train.stage import run as train_run
 
     root = tmp_path_factory.mktemp("lite")
     manifests = make_manifests(root, n_frames=2, size=32, seed=1)
@@ -131,7 +132,7 @@ def test_training_records_the_backbone_normalization(lite_run):
 
 def test_a_clip_model_records_its_backbone_normalization_too(tmp_path):
     """cnn_lstm wraps the backbone in TimeDistributed: the statistics are the backbone's."""
-    from pipeline.training import run as train_run
+    from pipeline.train.stage import run as train_run
 
     manifests = make_manifests(tmp_path, n_frames=2, size=32, seed=1)
     rc = train_run(TrainConfig(model="cnn_lstm", backbone="efficientnet_lite0", lstm_hidden=4,
@@ -149,7 +150,7 @@ def test_evaluation_uses_the_checkpoint_normalization(tiny_frame_checkpoint, tmp
     import pandas as pd
 
     from pipeline.config import EvaluateConfig
-    from pipeline.evaluation import run as eval_run
+    from pipeline.evaluate.stage import run as eval_run
 
     manifests = make_manifests(tmp_path / "m", size=32, seed=3)
     ckpt = C.load_checkpoint(tiny_frame_checkpoint)

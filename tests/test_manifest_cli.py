@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import cli, manifest
+from pipeline import cli
+from pipeline.io import manifest
 
 
 def _faces(root, n=7):

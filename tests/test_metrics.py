@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline import metrics as M
+from pipeline.stats import bootstrap as B
+from pipeline.stats import metrics as M
 
 
 @pytest.fixture
@@ -168,14 +169,14 @@ def _grouped(n_groups, seed=0):
 
 def test_bootstrap_resamples_keep_groups_together():
     y, p, g = _grouped(10)
-    for idx in M.bootstrap_resamples(g, n=20, seed=1):
+    for idx in B.bootstrap_resamples(g, n=20, seed=1):
         assert len(idx) == 30
         drawn = g[idx]
         for grp in np.unique(drawn):
             # a drawn group comes with all three of its videos, k times over
             assert np.sum(drawn == grp) % 3 == 0
-    a = M.bootstrap_resamples(g, n=5, seed=7)
-    b = M.bootstrap_resamples(g, n=5, seed=7)
+    a = B.bootstrap_resamples(g, n=5, seed=7)
+    b = B.bootstrap_resamples(g, n=5, seed=7)
     assert all(np.array_equal(x, z) for x, z in zip(a, b, strict=True))
 
 
@@ -185,7 +186,7 @@ def test_bootstrap_interval_contains_estimate_and_shrinks():
         y, p, g = _grouped(n_groups)
         for name, fn in [("auc", skm.roc_auc_score), ("ll", M.log_loss)]:
             est = fn(y, p)
-            lo, hi = M.grouped_bootstrap(y, p, g, fn, n=300, seed=0)
+            lo, hi = B.grouped_bootstrap(y, p, g, fn, n=300, seed=0)
             assert lo <= est <= hi, (name, n_groups)
             if name == "auc":
                 widths.append(hi - lo)
@@ -198,14 +199,14 @@ def test_bootstrap_skips_one_class_resamples():
     p = np.array([0.2, 0.7, 0.8, 0.6, 0.9])
     g = np.array(["a", "a", "b", "c", "c"])
     auc = lambda yy, pp: M.video_metrics(yy, pp)["roc_auc"]  # noqa: E731
-    vals = M.grouped_bootstrap_values(y, p, g, auc, n=200, seed=0)
+    vals = B.grouped_bootstrap_values(y, p, g, auc, n=200, seed=0)
     skipped = np.isnan(vals).sum()
     assert 0 < skipped < 200
     # P(group "a" never drawn in 3 draws) = (2/3)^3 ~ 0.30
     assert 0.15 < skipped / 200 < 0.45
-    lo, hi = M.grouped_bootstrap(y, p, g, auc, n=200, seed=0)
+    lo, hi = B.grouped_bootstrap(y, p, g, auc, n=200, seed=0)
     assert lo == hi == 1.0
-    res = M.bootstrap_video_metrics(y, p, g, n=200, seed=0)
+    res = B.bootstrap_video_metrics(y, p, g, n=200, seed=0)
     assert res["roc_auc"]["n_skipped"] == skipped
     assert res["log_loss"]["n_skipped"] == 0
 
@@ -213,7 +214,7 @@ def test_bootstrap_skips_one_class_resamples():
 def test_bootstrap_video_metrics_intervals_contain_estimates():
     y, p, g = _grouped(60)
     est = M.video_metrics(y, p, 0.5)
-    ci = M.bootstrap_video_metrics(y, p, g, threshold=0.5, n=200, seed=0)
+    ci = B.bootstrap_video_metrics(y, p, g, threshold=0.5, n=200, seed=0)
     assert set(ci) == set(M.METRIC_NAMES)
     for name in M.METRIC_NAMES:
         assert ci[name]["lo"] <= est[name] <= ci[name]["hi"], name
@@ -240,11 +241,11 @@ def test_ranking_metrics_with_ties_match_sklearn(data, decimals):
 
 def test_paired_bootstrap_difference():
     y, p, g = _grouped(60)
-    same = M.paired_bootstrap(y, p, p, g, M.roc_auc, n=100, seed=0)
+    same = B.paired_bootstrap(y, p, p, g, M.roc_auc, n=100, seed=0)
     assert same["value"] == same["lo"] == same["hi"] == 0.0
     rng = np.random.default_rng(5)
     noisy = np.clip(p + rng.normal(0, 0.3, p.size), 0, 1)  # a clearly worse model
-    d = M.paired_bootstrap(y, p, noisy, g, M.roc_auc, n=200, seed=0)
+    d = B.paired_bootstrap(y, p, noisy, g, M.roc_auc, n=200, seed=0)
     assert d["value"] == pytest.approx(skm.roc_auc_score(y, p) - skm.roc_auc_score(y, noisy))
     assert 0 < d["lo"] <= d["value"] <= d["hi"]
     assert M.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p))

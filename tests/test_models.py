@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.models import (
     PRESETS,
     apply_preset,

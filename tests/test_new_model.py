@@ -19,7 +19,7 @@ from torch import nn
 from train_fixtures import make_manifests
 
 from pipeline import cli
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.models import (
     create_model,
     list_models,
@@ -98,7 +98,7 @@ def manifests(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     path = tmp_path_factory.mktemp("new_model_video") / "one.mp4"
     make_clip(path, n_frames=60, seed=1)
@@ -107,7 +107,7 @@ def video(tmp_path_factory) -> Path:
 
 @pytest.mark.slow  # ~25 s per kind: a training run, an evaluation and MTCNN on a clip
 def test_a_registered_model_trains_evaluates_and_scores(throwaway, manifests, video, tmp_path):
-    from pipeline.scoring import VideoScorer
+    from pipeline.score.scorer import VideoScorer
 
     torch.set_num_threads(1)
     spec = model_spec(throwaway)

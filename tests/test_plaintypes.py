@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.plaintypes import json_default, plain
+from pipeline.core.plaintypes import json_default, plain
 
 
 def test_plain_turns_numpy_tuples_and_paths_into_python_types():

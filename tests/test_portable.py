@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import cli, data, manifest
+from pipeline import cli
+from pipeline.io import manifest
+from pipeline.train import data
 from tests.train_fixtures import make_manifests
 
 
@@ -80,9 +82,10 @@ def test_moved_project_trains_and_a_moved_faces_folder_is_found_by_env(tmp_path,
 def test_extract_rebuild_streams_sorted_relative_rows(tmp_path, monkeypatch):
     """extract's manifest rebuild reads the per-video records in video order and hands them to
     the writer in chunks: sorted rows, crop paths relative to FACES_DIR, root in the metadata."""
-    from pipeline import extract
     from pipeline.config import ExtractConfig
-    from pipeline.discovery import _row
+    from pipeline.extract import manifests as extract
+    from pipeline.extract.worker import FACES_RECORD
+    from pipeline.io.discovery import _row
 
     out, rows = tmp_path / "faces", []
     for vid in ("c", "a", "b"):  # finished in any order
@@ -90,7 +93,7 @@ def test_extract_rebuild_streams_sorted_relative_rows(tmp_path, monkeypatch):
         lines = ["frame,track,x1,y1,x2,y2,prob,crop"] + [
             f"{f},{t},1.25,2.50,30.00,40.00,0.999000,{f:04d}_{t}.jpg" for f in (2, 0, 1)
             for t in (1, 0)]
-        (out / vid / extract.FACES_RECORD).write_text("\n".join(lines) + "\n")
+        (out / vid / FACES_RECORD).write_text("\n".join(lines) + "\n")
         rows.append(_row(video_id=vid, path=f"/v/{vid}.mp4", status="ok", n_faces=6))
     rows.append(_row(video_id="d", path="/v/d.mp4", status="read_error", reason="bad"))
     monkeypatch.setattr(extract, "FACE_CHUNK_ROWS", 4)

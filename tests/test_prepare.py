@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli, manifest
+from pipeline import cli
+from pipeline.io import manifest
 
 
 def write_inputs(d, videos: list[dict], faces: dict[str, list[tuple[int, int]]],
@@ -265,7 +266,7 @@ def expected_from_truth(truth: list[dict], lo=200, hi=400, n=30, stride=10, pad=
 
 def test_prepare_on_synth_plan_exactly_as_designed(tmp_path):
     from pipeline.config import SynthConfig
-    from pipeline.synth import plan_dataset
+    from pipeline.synth.dataset import plan_dataset
 
     cfg = SynthConfig(n_originals=10, fakes_per_original=2, outlier_share=0.2,
                       two_face_share=0.3, gap_share=0.3, seed=5)
@@ -293,7 +294,7 @@ def test_prepare_on_synth_plan_exactly_as_designed(tmp_path):
 
 def test_prepare_on_synth_plan_two_face_kept_and_padded(tmp_path):
     from pipeline.config import SynthConfig
-    from pipeline.synth import plan_dataset
+    from pipeline.synth.dataset import plan_dataset
 
     cfg = SynthConfig(n_originals=10, fakes_per_original=2, outlier_share=0.2,
                       two_face_share=0.3, gap_share=0.3, seed=5)
@@ -322,7 +323,7 @@ def test_prepare_after_real_extract_on_synth_dir(synth_dir, tmp_path):
     exactly: real detections put the no_face and multi_face gaps exactly where synth drew them."""
     import torch
 
-    from pipeline.synth import load_truth
+    from pipeline.synth.dataset import load_truth
 
     torch.set_num_threads(1)
     m = tmp_path / "m"
@@ -343,8 +344,8 @@ def test_prepare_after_real_extract_on_synth_dir(synth_dir, tmp_path):
 def test_the_four_manifests_are_one_set_and_clips_split_are_checked_together(tmp_path):
     import shutil
 
-    from pipeline.data import read_clips_and_split
-    from pipeline.errors import ManifestError
+    from pipeline.core.errors import ManifestError
+    from pipeline.train.data import read_clips_and_split
 
     videos, faces = dataset(8, 2)
     for d in ("a", "b"):
@@ -401,7 +402,7 @@ def test_legacy_csv_folder_gives_the_same_result_as_parquet(tmp_path):
 def test_prepare_samples_in_batches_with_the_same_result(tmp_path, monkeypatch):
     """Videos are sampled in batches (bounded memory): batches of 3 videos give the manifests
     one batch gives."""
-    from pipeline import prepare_columns
+    from pipeline.prepare import columns as prepare_columns
 
     videos, faces = dataset(8, 2)
     faces["o1"] = [(f, 0) for f in range(150)]  # slots 15..29 are gaps: padded

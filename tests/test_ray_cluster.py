@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.manifest import read_manifest
+from pipeline.io.manifest import read_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -104,7 +104,7 @@ def test_two_nodes_token_auth_and_loopback_only(cluster):
     # without the token a driver is refused (token auth really is on)
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
     no_token["HOME"] = str(cluster["state"])  # no ~/.ray/auth_token either
-    code = ("from pipeline.executors_ray import connect_ray; import sys; "
+    code = ("from pipeline.engines.ray_actors import connect_ray; import sys; "
             f"connect_ray({cluster['address']!r})")
     r = subprocess.run([sys.executable, "-c", code], env=no_token, capture_output=True, text=True,
                        timeout=120)

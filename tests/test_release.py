@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline import release
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.errors import CheckpointError, ConfigError
+from pipeline.core.errors import CheckpointError, ConfigError
+from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline" / "release" / release.DEFAULT_CHECKPOINT
@@ -48,7 +48,7 @@ def release_dir(tmp_path, monkeypatch, tiny_frame_checkpoint) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     path = tmp_path_factory.mktemp("release_clip") / "one.mp4"
     make_clip(path, n_frames=120, seed=1)
@@ -126,7 +126,7 @@ def test_serve_without_the_default_model_exits_2(tmp_path, monkeypatch, capsys):
 
 
 def test_trained_on_thousands_and_unknown():
-    from pipeline.scoring import _trained_on
+    from pipeline.score.card import trained_on as _trained_on
 
     data = {"synthetic": False, "description": "DFDC face crops (dfdc_faces)",
             "counts": {"train": {"REAL": 4820, "FAKE": 8945}}}
@@ -140,7 +140,7 @@ def test_service_model_names_the_card(release_dir):
     from fastapi.testclient import TestClient
 
     from pipeline.config import ServeConfig
-    from pipeline.scoring import VideoScorer
+    from pipeline.score.scorer import VideoScorer
     from pipeline.service.app import create_app
 
     app = create_app(lambda: VideoScorer.from_checkpoint("default", device="cpu"),
@@ -158,7 +158,7 @@ def test_service_model_names_the_card(release_dir):
 def test_crop_face_square_and_not():
     import cv2
 
-    from pipeline.faces import crop_face
+    from pipeline.faces.crops import crop_face
 
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
@@ -179,8 +179,10 @@ def test_crop_face_square_and_not():
 
 def test_jpeg_round_trip_equals_a_written_and_read_training_crop(tmp_path):
     """Scoring's in-memory round trip gives the very pixels training reads from the crop file."""
-    from pipeline.data import load_crop
-    from pipeline.faces import FaceRecord, VideoFaces, jpeg_round_trip, write_video_faces
+    from pipeline.faces.crops import jpeg_round_trip
+    from pipeline.faces.records import FaceRecord, VideoFaces
+    from pipeline.faces.video import write_video_faces
+    from pipeline.train.data import load_crop
 
     rng = np.random.default_rng(1)
     crops = [rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8) for _ in range(2)]
@@ -194,7 +196,7 @@ def test_jpeg_round_trip_equals_a_written_and_read_training_crop(tmp_path):
 
 
 def test_crop_recipe_from_checkpoint_or_extract_defaults():
-    from pipeline.scoring import crop_recipe
+    from pipeline.score.card import crop_recipe
 
     got = crop_recipe({"crop": {"margin": -0.05, "size": 224, "square": True, "jpeg_quality": 75}})
     assert got == {"margin": -0.05, "size": 224, "square": True, "jpeg_quality": 75,
@@ -209,8 +211,8 @@ def test_crop_recipe_from_checkpoint_or_extract_defaults():
 
 def test_scorer_crops_with_the_recipe_and_jpeg_round_trip(tiny_frame_checkpoint, tmp_path, clip):
     """The model sees crops of the recipe's size/margin/shape after the JPEG round trip."""
-    from pipeline.faces import jpeg_round_trip
-    from pipeline.scoring import VideoScorer
+    from pipeline.faces.crops import jpeg_round_trip
+    from pipeline.score.scorer import VideoScorer
 
     seen: dict[int, list[np.ndarray]] = {}
 
@@ -243,8 +245,8 @@ def test_train_records_the_extract_crop_recipe(tmp_path):
     import pandas as pd
 
     from pipeline.config import ExtractConfig, to_dict
-    from pipeline.manifest import SCHEMAS, manifest_path, write_manifest
-    from pipeline.training import train_crop
+    from pipeline.io.manifest import SCHEMAS, manifest_path, write_manifest
+    from pipeline.train.stage import train_crop
 
     empty = pd.DataFrame(columns=list(SCHEMAS["videos"].columns))
     cfg = ExtractConfig(margin=0.2, crop_size=128, jpeg_quality=90, square=False)
@@ -281,9 +283,9 @@ def _backbone_state(model):
 def test_init_encoder_copies_the_frame_encoder(tiny_frame_checkpoint, tmp_path):
     import torch
 
-    from pipeline.checkpoint import build_model
     from pipeline.models import create_model
-    from pipeline.training import init_encoder, model_kwargs
+    from pipeline.models.checkpoint import build_model
+    from pipeline.train.stage import init_encoder, model_kwargs
 
     cfg = _train_cfg(tiny_frame_checkpoint, tmp_path)
     model = create_model("cnn_lstm", **model_kwargs(cfg))
@@ -301,7 +303,7 @@ def test_init_encoder_copies_the_frame_encoder(tiny_frame_checkpoint, tmp_path):
 def test_init_encoder_refuses_another_backbone(tiny_frame_checkpoint, tmp_path):
     from torch import nn
 
-    from pipeline.training import init_encoder
+    from pipeline.train.stage import init_encoder
 
     cfg = _train_cfg(tiny_frame_checkpoint, tmp_path)
     cfg = replace(cfg, backbone="mobilenet_v3_small")
@@ -312,8 +314,8 @@ def test_init_encoder_refuses_another_backbone(tiny_frame_checkpoint, tmp_path):
 def test_train_with_init_encoder_frozen_records_it(tiny_frame_checkpoint, tmp_path):
     import torch
 
-    from pipeline.checkpoint import build_model
-    from pipeline.training import run
+    from pipeline.models.checkpoint import build_model
+    from pipeline.train.stage import run
 
     cfg = _train_cfg(tiny_frame_checkpoint, tmp_path, freeze_backbone_epochs=1,
                      data_description="blobs (train_fixtures)")
@@ -329,7 +331,7 @@ def test_train_with_init_encoder_frozen_records_it(tiny_frame_checkpoint, tmp_pa
 
 
 def release_id(path: Path) -> str:
-    from pipeline.fsutil import sha256_file
+    from pipeline.core.fsutil import sha256_file
 
     return sha256_file(path)[:12]
 
@@ -342,7 +344,7 @@ def test_estimate_jpeg_quality_pil_and_opencv(tmp_path, quality):
     import cv2
     from PIL import Image
 
-    from pipeline.cropcheck import estimate_jpeg_quality
+    from pipeline.bench.cropcheck import estimate_jpeg_quality
 
     img = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "a.jpg", quality=quality)
@@ -358,9 +360,10 @@ def test_match_crops_finds_the_margin_a_reference_was_made_with(clip, tmp_path):
     """A reference cropped by our own code at margin 0.1 is matched best at margin 0.1."""
     from PIL import Image
 
-    from pipeline.cropcheck import match_crops
-    from pipeline.faces import MTCNNDetector, crop_face
-    from pipeline.video_io import open_video
+    from pipeline.bench.cropcheck import match_crops
+    from pipeline.faces.crops import crop_face
+    from pipeline.faces.detect import MTCNNDetector
+    from pipeline.io.video import open_video
 
     det = MTCNNDetector(device="cpu")
     reader = open_video(clip)
@@ -379,8 +382,8 @@ def test_match_crops_finds_the_margin_a_reference_was_made_with(clip, tmp_path):
 
 
 def test_scores_by_margin(tiny_frame_checkpoint, clip):
-    from pipeline.cropcheck import scores_by_margin
-    from pipeline.scoring import VideoScorer
+    from pipeline.bench.cropcheck import scores_by_margin
+    from pipeline.score.scorer import VideoScorer
 
     res = scores_by_margin(str(tiny_frame_checkpoint), [clip, clip.with_name("gone.mp4")],
                            (0.0, 0.3))
@@ -447,13 +450,13 @@ def test_demo_without_the_shipped_model_skips_that_step(tmp_path, monkeypatch, c
 def test_extract_redoes_videos_cropped_with_another_shape():
     """--no-square changes the crops, so a video's record made with square crops is redone."""
     from pipeline.config import ExtractConfig
-    from pipeline.extract import result_params
+    from pipeline.extract.worker import result_params
 
     assert result_params(ExtractConfig(square=False)) != result_params(ExtractConfig())
 
 
 def test_margin_summary_auc_per_margin_without_training_clips():
-    from pipeline.cropcheck import margin_summary
+    from pipeline.bench.cropcheck import margin_summary
 
     samples = [{"path": Path(f"x/{v}.mp4"), "label": lab, "group": g} for v, lab, g in (
         ("ra", "REAL", "a"), ("fa", "FAKE", "a"), ("rb", "REAL", "b"), ("fb", "FAKE", "b"),

@@ -41,13 +41,13 @@ from bad_inputs import (
     write_good,
 )
 
-from pipeline import checkpoint as C
 from pipeline import cli
 from pipeline.config import ExtractConfig
-from pipeline.errors import CheckpointError
-from pipeline.extract import run as extract_run
-from pipeline.manifest import manifest_path, read_manifest
-from pipeline.scoring import read_journal
+from pipeline.core.errors import CheckpointError
+from pipeline.extract.stage import run as extract_run
+from pipeline.io.manifest import manifest_path, read_manifest
+from pipeline.models import checkpoint as C
+from pipeline.score.batch import read_journal
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def _as_nobody_kwargs(tmp: Path) -> dict | None:
     env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home), "TORCH_HOME": str(home)}
     kw = {"user": 65534, "group": 65534, "extra_groups": [], "env": env}
     try:
-        ok = subprocess.run([sys.executable, "-c", "import pipeline.extract, facenet_pytorch, torch"], cwd=ROOT, timeout=120,
+        ok = subprocess.run([sys.executable, "-c", "import pipeline.extract.stage, facenet_pytorch, torch"], cwd=ROOT, timeout=120,
                             capture_output=True, **kw).returncode == 0
     except PermissionError:
         ok = False
@@ -557,7 +557,7 @@ def test_4k_extraction_memory_is_bounded(tmp_path):
     (the batch and its copies inside MTCNN/cropping) + 512 MiB (FFmpeg frame pool, decord's
     opening read, detection pyramids at 4K). Before decord's streaming went through PyAV, decord
     held every decoded frame (+~1400 MiB at 48 frames, growing ~21 MiB per frame)."""
-    from pipeline.faces import MAX_BATCH_BYTES
+    from pipeline.faces.detect import MAX_BATCH_BYTES
 
     big, small = tmp_path / "big.mp4", tmp_path / "small.mp4"
     n = 72

@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline.synth import make_clip
-from pipeline.video_io import BACKENDS, open_video, rotation_steps
+from pipeline.io.video import BACKENDS, open_video, rotation_steps
+from pipeline.synth.dataset import make_clip
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None,
                                 reason="needs Debian ffmpeg (make test installs it)")
@@ -61,7 +61,8 @@ def test_backends_decode_rotated_video_as_displayed(clips, backend):
 
 def test_extracted_faces_of_a_rotated_video_are_upright_and_inside_the_frame(clips):
     from pipeline.config import ExtractConfig
-    from pipeline.faces import MTCNNDetector, extract_faces
+    from pipeline.faces.detect import MTCNNDetector
+    from pipeline.faces.video import extract_faces
 
     upright, phone, _ = clips
     cfg = ExtractConfig(decoder="decord", crop_size=160)
@@ -115,7 +116,7 @@ def test_a_damaged_middle_loses_only_its_frames(damaged, backend):
 
 def test_extract_keeps_a_damaged_video_with_its_lost_frames_counted(damaged, tmp_path):
     from pipeline import cli
-    from pipeline.manifest import read_manifest
+    from pipeline.io.manifest import read_manifest
 
     good, bad = damaged
     rc = cli.main(["extract", str(bad), "--out", str(tmp_path / "f"), "--manifest-dir",
@@ -127,7 +128,7 @@ def test_extract_keeps_a_damaged_video_with_its_lost_frames_counted(damaged, tmp
 
 
 def test_mostly_lost_is_a_read_error(damaged, tmp_path):
-    from pipeline.errors import VideoReadError
+    from pipeline.core.errors import VideoReadError
 
     good, _ = damaged
     cut = tmp_path / "cut.mp4"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import manifest
-from pipeline.errors import ConfigError
-from pipeline.sampling import (
+from pipeline.core.errors import ConfigError
+from pipeline.io import manifest
+from pipeline.prepare.sampling import (
     clip_rows,
     gap_rows,
     n_usable,
@@ -179,7 +179,7 @@ def test_sample_columns_equals_sample_video(sampler, n_frames, stride):
     """The columnar sampler (what prepare runs) gives sample_video's choice for every video."""
     import numpy as np
 
-    from pipeline.sampling import REASONS, sample_columns
+    from pipeline.prepare.sampling import REASONS, sample_columns
 
     rng = np.random.default_rng(3)
     faces = _random_faces(rng, 40)

@@ -1,6 +1,6 @@
 """Issue #15: scoring covers any video length and frame rate, and still images.
 
-Synthetic clips with a real detectable face (``pipeline.synth.make_clip``), real MTCNN, the tiny
+Synthetic clips with a real detectable face (``pipeline.synth.dataset.make_clip``), real MTCNN, the tiny
 random-init checkpoints of conftest; the shipped model on the real sample clips when present.
 """
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline.sampling import uniform_positions
-from pipeline.scoring import VideoScorer, read_journal
+from pipeline.prepare.sampling import uniform_positions
+from pipeline.score.batch import read_journal
+from pipeline.score.scorer import VideoScorer
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def frame(tiny_frame_checkpoint) -> VideoScorer:
 
 @pytest.fixture(scope="module")
 def short_clips(tmp_path_factory) -> dict[str, Path]:
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     d = tmp_path_factory.mktemp("short")
     out = {"2s": d / "two_seconds.mp4", "49": d / "forty_nine.mp4", "few": d / "few.mp4"}
@@ -44,7 +45,7 @@ def images(tmp_path_factory) -> dict[str, Path]:
     """One synthetic frame with a face, saved as JPEG, PNG and WebP (upper-case suffixes too)."""
     from PIL import Image
 
-    from pipeline.synth import make_clip, render_frames
+    from pipeline.synth.dataset import make_clip, render_frames
 
     d = tmp_path_factory.mktemp("images")
     spec = make_clip(d / "src.mp4", n_frames=1, seed=21)
@@ -95,8 +96,8 @@ def test_a_clip_with_a_few_face_frames_gets_a_low_evidence_verdict(which, reques
 def _long_faces(scorer: VideoScorer, n_frames: int, fps: float, seed: int = 0):
     """The faces ``find_faces`` would give for an ``n_frames`` video with one face on every
     slot frame (random crops: the sampling and the combining are under test, not detection)."""
-    from pipeline.faces import FaceRecord, VideoFaces
-    from pipeline.video_io import VideoInfo
+    from pipeline.faces.records import FaceRecord, VideoFaces
+    from pipeline.io.video import VideoInfo
 
     rng = np.random.default_rng(seed)
     frames = scorer.slot_frames(n_frames, fps)
@@ -127,7 +128,7 @@ def test_a_3000_frame_video_is_scored_over_its_whole_length(which, request, tmp_
 def test_a_3000_frame_video_file_timeline_spans_its_length(lstm, tmp_path):
     """End to end on an encoded 3,000-frame clip (100 s at 30 fps, 320x180): MTCNN runs on the
     300 slot frames of 10 windows and the timeline covers the whole video."""
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     clip = tmp_path / "long.mp4"
     make_clip(clip, n_frames=3000, width=320, height=180, seed=31)

@@ -1,19 +1,13 @@
-"""Sampling for scoring (``pipeline.score_sampling``): exact frame lists for any length and fps."""
+"""Sampling for scoring (``pipeline.score.plan``): exact frame lists for any length and fps."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.sampling import uniform_positions
-from pipeline.score_sampling import (
-    SlotPlan,
-    Window,
-    sample_window,
-    score_windows,
-    slot_plan,
-    window_frames,
-)
+from pipeline.core.errors import ConfigError
+from pipeline.prepare.sampling import uniform_positions
+from pipeline.score.plan import SlotPlan, Window, score_windows, slot_plan, window_frames
+from pipeline.score.windows import sample_window
 
 DFDC = SlotPlan(30, 1 / 3, "test")  # every 10th frame at 30 fps: a 10 s window
 
@@ -116,8 +110,8 @@ def test_training_records_its_videos_fps_for_the_slot_spacing(tmp_path):
     not NaN/0 rows), so a model trained on 25 fps videos spaces its slots 10 / 25 s apart."""
     import pandas as pd
 
-    from pipeline.manifest import empty, write_manifest
-    from pipeline.provenance import train_fps
+    from pipeline.io.manifest import empty, write_manifest
+    from pipeline.prepare.provenance import train_fps
 
     assert train_fps(tmp_path, pd.DataFrame({"video_id": [], "split": []})) is None  # no manifest
     ids = ["a", "b", "c", "d", "e"]

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline.discovery import discover_paths
-from pipeline.sampling import uniform_positions
-from pipeline.scoring import VIDEO_RULE, VideoScorer, read_journal
+from pipeline.io.discovery import discover_paths
+from pipeline.prepare.sampling import uniform_positions
+from pipeline.score.batch import read_journal
+from pipeline.score.scorer import VideoScorer
+from pipeline.score.verdict import VIDEO_RULE
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def scorer(tiny_checkpoint) -> VideoScorer:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     d = tmp_path_factory.mktemp("score_clips")
     out = {}
@@ -77,7 +79,7 @@ def test_failures_have_a_status_and_no_score(scorer, clips):
 
 
 def test_too_few_frames_only_when_almost_no_face(scorer, tiny_checkpoint, tmp_path):
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     clip = tmp_path / "glimpse.mp4"
     make_clip(clip, n_frames=60, seed=5, gap=(2, 60))  # the face in frames 0 and 1 only
@@ -99,8 +101,8 @@ def test_frame_checkpoint_scores_as_frame_mean(tiny_frame_checkpoint, clips):
 
 
 def test_a_confident_frames_rule_in_the_checkpoint_decides_the_track(tiny_frame_checkpoint, clips):
-    from pipeline.aggregation import aggregate
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.stats.aggregation import aggregate
 
     ck = load_checkpoint(tiny_frame_checkpoint)
     plain = VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu").score(clips["one"])
@@ -133,7 +135,7 @@ def test_explain_writes_png_and_html(scorer, clips, tmp_path):
 def test_grad_cam_maps_are_per_frame_and_normalised(scorer, clips):
     import torch
 
-    from pipeline.explain import grad_cam
+    from pipeline.score.explain import grad_cam
 
     clip = torch.randn(1, 30, 3, scorer.image_size, scorer.image_size)
     mask = torch.ones(1, 30)
@@ -240,7 +242,7 @@ class DyingScoreWorker:
     def __call__(self, item: dict) -> dict:
         import os
 
-        from pipeline.score_batch import ScoreWorker
+        from pipeline.score.batch import ScoreWorker
 
         if Path(item["path"]).name.startswith("die"):
             os.kill(os.getpid(), 9)
@@ -252,7 +254,7 @@ class DyingScoreWorker:
 def test_a_dead_worker_gives_its_video_an_error_row_and_exit_1(tiny_checkpoint, clips, tmp_path,
                                                                  monkeypatch):
     """Issue #12.1: the crashed worker's row kept its path and the run exits 1."""
-    from pipeline import score_batch
+    from pipeline.score import batch as score_batch
 
     monkeypatch.setattr(score_batch, "ScoreWorker", DyingScoreWorker)
     folder = tmp_path / "videos"
@@ -313,7 +315,7 @@ def test_duplicate_paths_each_get_a_row(tiny_checkpoint, clips, tmp_path):
     (folder / "a_link.mp4").symlink_to(real)
     found = discover_paths([str(folder)])
     assert [p.name for p in found] == ["a_link.mp4", "b_real.mp4"]
-    from pipeline.score_batch import find_duplicates
+    from pipeline.score.batch import find_duplicates
 
     assert find_duplicates(found) == {folder / "a_link.mp4": real}
     out = tmp_path / "r.csv"
@@ -346,7 +348,7 @@ def test_evidence_sheets_of_same_named_videos_do_not_collide(scorer, clips, tmp_
 
 
 def test_track_statuses_rules():
-    from pipeline.scoring import track_statuses
+    from pipeline.score.windows import track_statuses
 
     # 30 face frames: a full track, a 3-frame blip, a 12-frame identity with too few slots
     assert track_statuses([30, 3, 12], [30, 3, 4], 30, 0.3, 10) == ["ok", "brief", "too_few_frames"]
@@ -357,7 +359,7 @@ def test_track_statuses_rules():
 
 def test_a_brief_false_detection_never_decides_the_verdict(tiny_checkpoint, tmp_path):
     """Issue #12.9: a second face in 6 of 30 slot frames is a brief track, reported, not scored."""
-    from pipeline.synth import make_clip
+    from pipeline.synth.dataset import make_clip
 
     clip = tmp_path / "blip.mp4"
     make_clip(clip, n_frames=150, seed=4, two_face=(0, 30))
@@ -387,7 +389,7 @@ def test_grad_cam_is_safe_with_concurrent_calls(scorer):
 
     import torch
 
-    from pipeline.explain import grad_cam
+    from pipeline.score.explain import grad_cam
 
     size = scorer.image_size
     gen = torch.Generator().manual_seed(0)
@@ -434,7 +436,7 @@ def test_concurrent_scoring_with_evidence_equals_sequential(scorer, clips, tmp_p
 
 def test_score_takes_max_in_flight(tiny_checkpoint, clips, tmp_path, monkeypatch):
     """Issue #12.15: ``dfpipe score --max-in-flight N`` reaches the executor."""
-    from pipeline import executors
+    from pipeline.engines import dispatch as executors
 
     seen = {}
 
@@ -481,8 +483,8 @@ def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_chec
     older checkpoint (one threshold, chosen on middle frames) falls back to it with a warning."""
     import logging
 
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.scoring import checkpoint_threshold
+    from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.score.card import checkpoint_threshold
 
     ck = load_checkpoint(tiny_frame_checkpoint)
     assert set(ck["thresholds"]) == {"frame", "frame_mean"}
@@ -492,19 +494,19 @@ def test_a_frame_checkpoint_scores_with_its_frame_mean_threshold(tiny_frame_chec
     assert VideoScorer(ck, str(tiny_frame_checkpoint), device="cpu", threshold=0.4).threshold == 0.4
 
     old = {k: v for k, v in ck.items() if k != "thresholds"}
-    with caplog.at_level(logging.WARNING, logger="pipeline.score_card"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.score.card"):
         assert checkpoint_threshold(old, "frame_mean", "old.pt") == 0.3
     assert "old.pt: no frame_mean threshold" in caplog.text and "middle-frame" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.score_card"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.score.card"):
         assert checkpoint_threshold(old, "frame", "old.pt") == 0.3
     assert caplog.text == ""
 
 
 def test_score_settings_hold_the_threshold_the_scorer_uses(tiny_checkpoint, tiny_frame_checkpoint):
-    from pipeline.checkpoint import load_checkpoint
     from pipeline.config import ScoreConfig
-    from pipeline.score_batch import score_key, score_settings
+    from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.score.batch import score_key, score_settings
 
     for ck_path in (tiny_checkpoint, tiny_frame_checkpoint):
         ck = load_checkpoint(ck_path)

@@ -481,7 +481,7 @@ def test_requests_library_multipart_and_raw(live_server, video_bytes):
 @pytest.mark.slow
 def test_real_scorer_answers_carry_no_server_path(tiny_checkpoint, clip_factory, tmp_path):
     """The real scorer's reasons carry the path it was given: the service replaces it."""
-    from pipeline.scoring import VideoScorer
+    from pipeline.score.scorer import VideoScorer
 
     clip_factory(tmp_path / "noface.mp4", n_frames=40, gap=(0, 40))
     clip_factory(tmp_path / "face.mp4", n_frames=40)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from pipeline import cli
-from pipeline.errors import ConfigError
-from pipeline.manifest import read_manifest
-from pipeline.shards import in_shard, parse_shard, shard_of
+from pipeline.core.errors import ConfigError
+from pipeline.engines.shards import in_shard, parse_shard, shard_of
+from pipeline.io.manifest import read_manifest
 
 
 def test_parse_and_assign():
@@ -72,7 +72,7 @@ def test_merge_refuses_mixed_parameters_and_repeats(synth_dir, tmp_path):
 
 
 def test_a_shard_leaves_other_shards_writes_alone(tmp_path):
-    from pipeline.fsutil import TMP_PREFIX, remove_stale_temps
+    from pipeline.core.fsutil import TMP_PREFIX, remove_stale_temps
 
     ids = [f"v{i}" for i in range(12)]
     for v in ids:
@@ -84,7 +84,7 @@ def test_a_shard_leaves_other_shards_writes_alone(tmp_path):
 
 
 def test_sharded_scoring_merges_to_the_unsharded_result(tiny_checkpoint, clip_factory, tmp_path):
-    from pipeline.scoring import read_journal
+    from pipeline.score.batch import read_journal
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -118,9 +118,10 @@ def test_merge_streams_faces_video_by_video_across_row_groups(tmp_path, monkeypa
     import numpy as np
     import pandas as pd
 
-    from pipeline import manifest
-    from pipeline.extract import RESULT_PARAMS
-    from pipeline.shards import in_shard, merge_extract
+    from pipeline.engines.shards import in_shard
+    from pipeline.extract.merge import merge_extract
+    from pipeline.extract.worker import RESULT_PARAMS
+    from pipeline.io import manifest
 
     root = tmp_path / "faces"
     root.mkdir()

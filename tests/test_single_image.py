@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cli, manifest
-from pipeline.data import ClipDataset, build_records
+from pipeline import cli
+from pipeline.io import manifest
+from pipeline.train.data import ClipDataset, build_records
 
 
 def _jpeg(path, seed: int, size: int = 48) -> None:

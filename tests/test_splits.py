@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.errors import SplitError
-from pipeline.splits import (
+from pipeline.core.errors import SplitError
+from pipeline.prepare.splits import (
     assign_groups,
     check_split,
     split_counts,
@@ -143,7 +143,7 @@ def test_real_samples_ffpp_keeps_originals_with_fakes(real_samples):
 
 
 def test_union_groups_exact_components_and_smallest_representative():
-    from pipeline.splits import union_groups
+    from pipeline.prepare.splits import union_groups
 
     links = [["b", "c"], ["d"], ["e", "b"], ["a", "e"], ["x", "y", "z"], ["y"], ["d", "d"]]
     assert union_groups(links) == {"a": "a", "b": "a", "c": "a", "e": "a", "d": "d",
@@ -154,7 +154,7 @@ def test_union_groups_exact_components_and_smallest_representative():
 
 
 def test_identities_follow_ffpp_names_only_where_the_original_confirms_them():
-    from pipeline.splits import identities_of
+    from pipeline.prepare.splits import identities_of
 
     assert identities_of("004_982", "FAKE", "004") == ["004", "982"]
     assert identities_of("004_982", "FAKE", "004", "off") == ["004"]
@@ -166,7 +166,7 @@ def test_identities_follow_ffpp_names_only_where_the_original_confirms_them():
 
 
 def test_groups_merge_through_a_shared_identity():
-    from pipeline.splits import merge_report
+    from pipeline.prepare.splits import merge_report
 
     v = pd.DataFrame({"video_id": ["004", "982", "004_982", "982_100", "519", "519_515", "x_9"],
                       "label": ["REAL", "REAL", "FAKE", "FAKE", "REAL", "FAKE", "FAKE"],

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cli, synth
+from pipeline import cli
 from pipeline.config import SynthConfig, from_dict
-from pipeline.errors import ConfigError
-from pipeline.fsutil import sha256_file
+from pipeline.core.errors import ConfigError
+from pipeline.core.fsutil import sha256_file
+from pipeline.synth import dataset as synth
 
 decord = pytest.importorskip("decord")
 
@@ -325,7 +326,7 @@ def test_temporal_strength_keeps_single_frames_and_scales_flicker():
 
     def z(spec: synth.ClipSpec, w: float | None = None) -> np.ndarray:
         spec = spec if w is None else dataclasses.replace(spec, temporal_strength=w)
-        from pipeline.synth_render import _face_z
+        from pipeline.synth.render import _face_z
 
         return _face_z(spec, synth.make_scene(spec))  # (T, 4)
 

@@ -14,9 +14,9 @@ import json
 
 import pytest
 
-from pipeline.checkpoint import build_model, load_checkpoint
 from pipeline.cli import main
 from pipeline.models import backbone_of
+from pipeline.models.checkpoint import build_model, load_checkpoint
 from pipeline.release import default_checkpoint_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]

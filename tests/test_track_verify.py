@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import ExtractConfig
-from pipeline.faces import Detection, MTCNNDetector, Tracker, extract_faces
-from pipeline.track_verify import _dedupe, predict
-from pipeline.tracks import iou
-from pipeline.video_io import VideoInfo
+from pipeline.faces.detect import Detection, MTCNNDetector
+from pipeline.faces.track_verify import _dedupe, predict
+from pipeline.faces.tracks import Tracker, iou
+from pipeline.faces.video import extract_faces
+from pipeline.io.video import VideoInfo
 
 
 def test_predict_is_constant_velocity():
@@ -188,7 +189,7 @@ def test_track_mode_agrees_with_full_detection_on_real_clips(real_samples, clip,
     (On the street scene, before faces needed full detection's support, track mode had 7 real
     tracks to full detection's 5: two small faces that full detection finds on only 4 and 7 of
     105 frames were verified on the frames between.)"""
-    from pipeline.bench_extract import agreement
+    from pipeline.bench.extract import agreement
 
     path = real_samples / clip
     full = extract_faces(path, detector, replace(ExtractConfig(), detector_mode="full"))
@@ -201,8 +202,8 @@ def test_track_mode_agrees_with_full_detection_on_real_clips(real_samples, clip,
 
 
 def test_agreement_counts_presence_split_faces_and_extra_tracks():
-    from pipeline.bench_extract import agreement
-    from pipeline.faces import FaceRecord, VideoFaces
+    from pipeline.bench.extract import agreement
+    from pipeline.faces.records import FaceRecord, VideoFaces
 
     info = VideoInfo(n_frames=40, fps=25.0, width=400, height=100)
     box_a, box_b, box_c = (0, 0, 40, 40), (100, 0, 140, 40), (300, 0, 340, 40)
@@ -224,7 +225,7 @@ def test_agreement_counts_presence_split_faces_and_extra_tracks():
 
 def test_agreement_over_a_folder_reports_every_clip(tmp_path, clip_factory):
     """``dfpipe bench --what extract-agreement``'s core on a folder of one synthetic clip."""
-    from pipeline.bench_extract import agreement_all, agreement_markdown
+    from pipeline.bench.extract import agreement_all, agreement_markdown
 
     clip_factory(tmp_path / "clips" / "a.mp4", 24, gap=(10, 14))
     r = agreement_all(tmp_path / "clips", ExtractConfig(device="cpu", track_every=5))
@@ -260,8 +261,8 @@ def test_crops_go_to_the_sink_as_they_are_made_and_are_not_kept(mode):
 
 
 def test_track_support_outside_0_1_is_refused(tmp_path):
-    from pipeline.errors import ConfigError
-    from pipeline.extract import run
+    from pipeline.core.errors import ConfigError
+    from pipeline.extract.stage import run
 
     with pytest.raises(ConfigError, match="--track-support must be in"):
         run(replace(ExtractConfig(), inputs=(str(tmp_path),), out=str(tmp_path / "f"),

@@ -15,11 +15,13 @@ import pytest
 import torch
 from train_fixtures import make_manifests
 
-from pipeline import checkpoint as C
-from pipeline import cli, data, distributed, engine, training
+from pipeline import cli
 from pipeline.config import TrainConfig
-from pipeline.errors import CheckpointError, ConfigError
-from pipeline.splits import split_fingerprint
+from pipeline.core.errors import CheckpointError, ConfigError
+from pipeline.models import checkpoint as C
+from pipeline.prepare.splits import split_fingerprint
+from pipeline.train import data, distributed, engine
+from pipeline.train import stage as training
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +70,7 @@ def test_cli_train_writes_the_run_folder(manifests, tmp_path):
     assert set(ckpt["versions"]) >= {"torch", "torchvision", "dfpipe"}
     # the stored validation metrics are what the rebuilt model gives on the val split
     preds = _val_predictions(run / "best.pt", manifests)
-    from pipeline import metrics as M
+    from pipeline.stats import metrics as M
     auc = M.video_metrics(preds["label"], preds["p_fake"])["roc_auc"]
     assert auc == pytest.approx(ckpt["metrics"]["roc_auc"], abs=1e-9)
 
@@ -84,7 +86,7 @@ def test_frame_model_trains_with_balanced_sampler_and_yields_frame_mean(manifest
 
     # one threshold per use: the frame model's own, and frame_mean's (how score uses it),
     # chosen on frame_mean validation predictions (here: made by the FrameMean wrapper)
-    from pipeline import metrics as M
+    from pipeline.stats import metrics as M
 
     best = C.load_checkpoint(tmp_path / "f" / "best.pt")
     assert set(best["thresholds"]) == {"frame", "frame_mean"}
@@ -166,7 +168,7 @@ def test_resume_refuses_best_pt_and_an_existing_run_folder(manifests, tmp_path):
 def test_resume_refuses_a_split_that_moved_videos(tmp_path):
     """A rerun of prepare between the runs moves a val video into train: --resume refuses,
     naming the checkpoint and the manifest, unless --allow-other-split (then recorded)."""
-    from pipeline.manifest import read_manifest, write_manifest
+    from pipeline.io.manifest import read_manifest, write_manifest
 
     mdir = make_manifests(tmp_path / "m", n_frames=4, size=16)
     cfg = _cfg(mdir, tmp_path / "ck", run_name="r", epochs=1)
@@ -242,7 +244,7 @@ def test_torchrun_two_processes_train_like_one_process_with_the_combined_batch(m
     assert p_ddp["video_id"].tolist() == p_one["video_id"].tolist()
     np.testing.assert_allclose(p_ddp["p_fake"], p_one["p_fake"], atol=1e-4)
     ck = C.load_checkpoint(ddp / "last.pt")
-    from pipeline import metrics as M
+    from pipeline.stats import metrics as M
     again = M.video_metrics(p_ddp["label"], p_ddp["p_fake"], ck["metrics"]["threshold"])
     assert again["log_loss"] == pytest.approx(ck["metrics"]["log_loss"], abs=1e-6)
     assert ck["config"]["batch_size"] == 2 and len(ck["history"]) == 2

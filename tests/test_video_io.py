@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import VideoReadError
-from pipeline.synth import make_clip
-from pipeline.video_io import BACKENDS, VideoInfo, open_video
+from pipeline.core.errors import VideoReadError
+from pipeline.io.video import BACKENDS, VideoInfo, open_video
+from pipeline.synth.dataset import make_clip
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_one_open_probes_and_streams_the_first_pass(clip, monkeypatch):
     (the frames decoded while probing are not decoded again); a second pass opens it again."""
     import av
 
-    from pipeline.video_io import DecordReader, PyAVReader
+    from pipeline.io.video import DecordReader, PyAVReader
 
     opens = []
     real_open = av.open
@@ -112,7 +112,7 @@ def test_one_open_probes_and_streams_the_first_pass(clip, monkeypatch):
 def test_decode_floor_is_the_plain_loops_with_the_reader_beside_it(clip, monkeypatch):
     """The bench's floor is the faster plain decord/PyAV loop (both decode every frame), the
     project's reader is timed beside it, and its overhead is reader / floor."""
-    from pipeline import bench_extract as be
+    from pipeline.bench import extract as be
 
     n = open_video(clip).info.n_frames
     assert be.plain_decord(str(clip)) == be.plain_pyav(str(clip)) == n
@@ -130,7 +130,7 @@ def test_decode_floor_is_the_plain_loops_with_the_reader_beside_it(clip, monkeyp
 
 
 def test_bench_decode_lists_the_plain_loops_beside_the_readers(clip):
-    from pipeline.bench import bench_decode
+    from pipeline.bench.run import bench_decode
 
     names = ("decord_plain_loop", "pyav_plain_loop", "decord", "pyav")
     r = bench_decode(str(clip), names, repeats=1)

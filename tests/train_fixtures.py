@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.manifest import write_manifest
+from pipeline.io.manifest import write_manifest
 
 
 def _base_image(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -19,8 +19,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.models.registry import Registry
+
+# ImageNet statistics: the default normalization. torchvision backbones were trained with them;
+# the tiny CNN and InceptionResnetV1 are fine-tuned with them too. A backbone trained with other
+# statistics declares ``input_mean``/``input_std`` (EfficientNet-Lite: [-1, 1]); training records
+# the pair in the checkpoint's ``preprocess`` and evaluation/scoring read it from there.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +60,8 @@ def normalization(module: nn.Module) -> tuple[tuple[float, ...], tuple[float, ..
     """(mean, std) per RGB channel that backbone ``module`` expects on [0, 1] pixels.
 
     A backbone declares ``input_mean``/``input_std`` when it was trained with other statistics
-    than ImageNet's (EfficientNet-Lite: [-1, 1]); otherwise ``pipeline.data.MEAN``/``STD``.
+    than ImageNet's (EfficientNet-Lite: [-1, 1]); otherwise ImageNet's ``MEAN``/``STD``.
     """
-    from pipeline.data import MEAN, STD
-
     return (tuple(float(v) for v in getattr(module, "input_mean", MEAN)),
             tuple(float(v) for v in getattr(module, "input_std", STD)))
 

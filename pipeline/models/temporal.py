@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.models import register_model
 from pipeline.models.backbones import create_backbone
+from pipeline.models.factory import register_model
 
 FRAME_EPS = 1e-6  # frame_mean clamps the mean probability into [eps, 1-eps]: finite logits
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import CheckpointError
+from pipeline.core.errors import CheckpointError
 
 RELEASE_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = "dfdc_frame_lite2.pt"

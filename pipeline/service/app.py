@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.config import ServeConfig
-from pipeline.errors import MissingDependencyError
-from pipeline.explain import provenance_line, synthetic_warning
+from pipeline.core.errors import MissingDependencyError
+from pipeline.score.explain import provenance_line, synthetic_warning
 from pipeline.service.jobs import Job, JobStore, frames_to_scan, install_frame_counter, scoring_job
 from pipeline.service.uploads import (
     IMAGE_SUFFIXES,
@@ -66,7 +66,7 @@ ERRORS = {413: {"description": "upload too large"},
 
 
 class Scorer(Protocol):
-    """What the service needs from the scoring stage (``pipeline.scoring.VideoScorer``).
+    """What the service needs from the scoring stage (``pipeline.score.scorer.VideoScorer``).
 
     ``score`` may also take ``progress=callable(stage, done, total)``; the service passes one
     when it does."""
@@ -317,11 +317,11 @@ def run(cfg: ServeConfig) -> int:
     _require_fastapi()
     import uvicorn
 
-    from pipeline.scoring import VideoScorer
+    from pipeline.score.scorer import VideoScorer
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable from other machines", cfg.host)
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.models.checkpoint import load_checkpoint
     from pipeline.release import resolve_checkpoint
 
     path = resolve_checkpoint(cfg.checkpoint)  # "" / default: the shipped model

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from pipeline.errors import VideoReadError
-from pipeline.video_io import VIDEO_EXTENSIONS
+from pipeline.core.errors import VideoReadError
+from pipeline.io.video import VIDEO_EXTENSIONS
 
 IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                   ".webp": "image/webp"}
@@ -200,7 +200,7 @@ def reason(e: Exception) -> str:
 def _video_media(path: Path) -> dict[str, Any]:
     """Raise ValueError if ``path`` is a video container whose video stream has no frames (422),
     VideoReadError if it is not a decodable video at all (415); else its media info."""
-    from pipeline.video_io import open_video
+    from pipeline.io.video import open_video
 
     try:
         reader = open_video(path)
