@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe: reproduce the shipped release model (pipeline/release/dfdc_frame_lite2.pt) from the
-# dfdc_faces crops. dfpipe commands only; every step is documented in README.md ("A real
+# dfdc_faces crops. dfpipe commands only; every step is documented in docs/model.md ("A real
 # detector"). About 55 minutes on 2 idle CPU cores; run it with the project's venv on PATH.
 #
 #   scripts/train_release.sh [DATA_DIR] [WORK_DIR]

@@ -45,7 +45,7 @@ class Case:
     path: Path
     extract: str  # expected videos.csv status
     score: str | None  # expected score status (None: score never sees it, e.g. metadata)
-    what: str  # the case, in words (the README table)
+    what: str  # the case, in words (the table in docs/bad-input.md)
 
 
 # ------------------------------------------------------------------------------ generators

@@ -414,12 +414,16 @@ def test_prefetch_with_and_without_a_decode_thread_gives_the_same_batches():
 
 
 def test_an_extract_worker_process_does_not_import_pandas():
-    """Every pool child imports the worker's module; pandas (0.4 s per process, before any
-    video) belongs to the driver, which writes the manifests."""
+    """Every pool child imports the worker's module (``pipeline.extract.worker``, where
+    ``ExtractWorker`` lives) and what it runs; pandas (0.4 s per process, before any video)
+    belongs to the driver, which writes the manifests."""
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.extract.stage, pipeline.engines.pool, pipeline.faces.detect, "
-            "pipeline.faces.track_verify; print('pandas' in sys.modules)")
+    from pipeline.extract.worker import ExtractWorker
+
+    assert ExtractWorker.__module__ == "pipeline.extract.worker"
+    code = ("import sys, pipeline.extract.worker, pipeline.engines.pool, pipeline.faces.video, "
+            "pipeline.faces.detect, pipeline.faces.track_verify; print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

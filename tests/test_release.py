@@ -221,13 +221,13 @@ def test_scorer_crops_with_the_recipe_and_jpeg_round_trip(tiny_frame_checkpoint,
                           crop={"margin": 0.0, "size": 48, "square": False,
                                 "jpeg_quality": quality})
         s = VideoScorer.from_checkpoint(path, device="cpu")
-        inputs = s._inputs
+        inputs = s.predictor.inputs
 
         def spy(tracks, crops):
             seen[quality] = list(crops)
             return inputs(tracks, crops)
 
-        s._inputs = spy
+        s.predictor.inputs = spy
         return s
 
     raw, jpg = scorer(0), scorer(40)

@@ -126,7 +126,7 @@ def _frameless_video(path: Path) -> bytes:
 
 def test_video_without_frames_is_422_and_never_scored(tmp_path):
     """Issue #12.15: a decodable container whose video stream has no frames gets the 422 the
-    README promises (the 415 branch used to catch it first)."""
+    docs promise (docs/usage.md) (the 415 branch used to catch it first)."""
     scorer = RecordingScorer()
     with _client(scorer) as c:
         r = c.post("/score?filename=blank.avi", content=_frameless_video(tmp_path / "blank.avi"))

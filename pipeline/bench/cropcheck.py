@@ -224,7 +224,7 @@ def scores_by_margin(checkpoint: str, videos: Sequence[str | os.PathLike],
     """p_fake of each video at each crop margin, all else as the checkpoint's crop recipe.
 
     Each video is decoded and its faces detected and tracked once; only the crops change with
-    the margin (``faces.crop_face``, then the recipe's JPEG round trip), scored by
+    the margin (``faces.crops.crop_face``, then the recipe's JPEG round trip), scored by
     ``VideoScorer.score(faces=...)``.
 
     Returns ``{"recipe": ..., "rows": [{"video", "margin", "p_fake", "frame_mean", "status"}]}``;

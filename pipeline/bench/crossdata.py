@@ -127,7 +127,7 @@ def _f(x: Any, nd: int = 3) -> str:
 
 
 def markdown(r: dict[str, Any]) -> list[str]:
-    """The samples table and summary as Markdown lines (the README's cross-data-set table)."""
+    """The samples table and summary as Markdown lines (docs/model.md's cross-data-set table)."""
     lines = [f"## samples: every real sample clip scored by `{r['model']}`", "",
              f"Checkpoint `{r['checkpoint']}`, threshold {r['threshold']:.4f} (p_fake >= "
              "threshold -> FAKE). `*`: the clip's crop is in the training data (seen; in no "

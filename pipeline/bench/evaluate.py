@@ -1,6 +1,6 @@
 """Evaluation at scale (the ``evaluate`` step of ``dfpipe bench --what scale``).
 
-``eval_tables`` generates, seeded and deterministic, the tables ``evaluation.build_report``
+``eval_tables`` generates, seeded and deterministic, the tables ``evaluate.stage.build_report``
 consumes for ``n_test`` DFDC-like test videos: one REAL per ~6 videos, ~2.7 videos per original
 group; two models, ``cnn_lstm`` and ``frame`` (with its derived ``frame_mean``); a per-video
 score ``y * 1.81 + N(0, 1)`` (binormal, ROC AUC ~0.9) that each scorer sees with its own noise;

@@ -12,8 +12,8 @@ probabilities near 1 (MTCNN's).
 ``dfpipe prepare`` on those manifests, a training-index build (``data.read_clips_and_split`` +
 ``build_records`` for the train split), the core of the sampler (per (video, frame) counts
 and the first usable frame per slot) in pyarrow+numpy (ours), polars and duckdb when installed,
-and evaluation's report stage (``evaluation.build_report``, 1000 grouped-bootstrap resamples)
-on generated prediction tables for ``n_test`` test videos (``bench_eval``).
+and evaluation's report stage (``evaluate.stage.build_report``, 1000 grouped-bootstrap resamples)
+on generated prediction tables for ``n_test`` test videos (``bench.evaluate``).
 Storage: bytes of each manifest file. Speed lives here, never in tests.
 """
 

@@ -17,7 +17,7 @@ from pipeline.core.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 #: estimated peak memory of one worker process (MTCNN + decoding a 1080p clip in batches of 32;
-#: the README's memory section measures 0.8-2.4 GiB): the default worker count divides by this
+#: docs/bad-input.md's memory section measures 0.8-2.4 GiB): the default worker count divides by this
 WORKER_PEAK_BYTES = 2 * 1024**3
 
 

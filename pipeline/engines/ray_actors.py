@@ -176,7 +176,7 @@ def _run_ray(worker_cls: type, worker_args: tuple, items: Sequence[dict], n_work
             if os.environ.get("PYTHONPATH"):
                 paths.append(os.environ["PYTHONPATH"])
             env = {"PYTHONPATH": os.pathsep.join(paths), **env}
-        # a cluster's nodes import dfpipe as installed there (the same version: README)
+        # a cluster's nodes import dfpipe as installed there (the same version: docs/engines.md)
         host = ray.remote(_ActorHost).options(
             num_cpus=threads, max_restarts=-1, max_task_retries=ITEM_RETRIES,
             runtime_env={"env_vars": env})

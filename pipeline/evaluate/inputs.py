@@ -1,4 +1,4 @@
-"""Checkpoints and the split -> what ``evaluation.build_report`` takes.
+"""Checkpoints and the split -> what ``evaluate.stage.build_report`` takes.
 
 Prediction tables joined to the split's labels and groups (``attach_split``), a checkpoint's
 whole training history (``full_history``), its preprocessing (``preprocess_of``), the warning

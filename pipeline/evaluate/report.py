@@ -1,7 +1,7 @@
 """The evaluation report as Markdown: metrics summary + model infos -> ``report.md`` text.
 
-``render_markdown`` takes the summary ``evaluation.build_report`` computed (see
-``evaluation_stats``) and writes nothing itself; ``cell`` formats one "value [95% interval]".
+``render_markdown`` takes the summary ``evaluate.stage.build_report`` computed (see
+``evaluate.stats``) and writes nothing itself; ``cell`` formats one "value [95% interval]".
 """
 
 from __future__ import annotations

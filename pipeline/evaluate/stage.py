@@ -22,8 +22,8 @@ threshold is the one stored in its checkpoint (0.5 where it stores none) and the
 
 The pure core is ``build_report`` (prediction tables in, report folder out); ``evaluate`` loads
 the checkpoints, predicts, and calls it (``run`` logs its summary, ``dfpipe evaluate`` prints
-it). The whole folder is replaced atomically. The parts: ``evaluation_inputs`` (checkpoints and
-split -> tables), ``evaluation_stats`` (tables -> numbers), ``evaluation_report`` (numbers ->
+it). The whole folder is replaced atomically. The parts: ``evaluate.inputs`` (checkpoints and
+split -> tables), ``evaluate.stats`` (tables -> numbers), ``evaluate.report`` (numbers ->
 Markdown). Which derived scorers a model brings comes from the registry (``model_spec``).
 """
 

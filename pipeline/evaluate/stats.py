@@ -3,8 +3,8 @@
 Video-level metrics at a threshold with their grouped-bootstrap intervals and class counts
 (``metrics_with_ci``), each model's validation threshold (``val_threshold``), paired differences
 against the first model (``paired``) and the per-frame view of frame models (``frame_level``).
-``ModelInfo`` is what the report says about one model. ``evaluation.build_report`` puts them
-together; ``evaluation_report`` renders them as Markdown.
+``ModelInfo`` is what the report says about one model. ``evaluate.stage.build_report`` puts them
+together; ``evaluate.report`` renders them as Markdown.
 """
 
 from __future__ import annotations

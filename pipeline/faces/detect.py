@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from pipeline.faces.crops import _padded
 from pipeline.faces.tracks import Box
 
 logger = logging.getLogger(__name__)

@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.faces.detect import Detection
-from pipeline.faces.tracks import Box, Tracker, iou
-from pipeline.faces.records import FaceRecord, VideoFaces
 from pipeline.faces.crops import crop_face
+from pipeline.faces.detect import Detection
+from pipeline.faces.records import FaceRecord, VideoFaces
+from pipeline.faces.tracks import Box, Tracker, iou
 from pipeline.io.video import prefetch
 
 SHOT_CHANGE = 40.0

@@ -141,7 +141,7 @@ def discover_paths(inputs: Sequence[str | os.PathLike],
     recursively in folders; sorted by path.
 
     Every distinct input path is kept, also two paths of one file (a symlink, a hard link):
-    ``score_batch.find_duplicates`` says which ones are the same file. Only the same path named
+    ``score.batch.find_duplicates`` says which ones are the same file. Only the same path named
     twice (a folder and a file in it) is listed once. A named path that does not exist, and a
     sub-folder that cannot be listed, are kept as items of their own (the caller gives them a
     row with the reason) rather than raising.

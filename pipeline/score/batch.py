@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 OUTCOME_STATUSES = ("ok", "no_face", "too_few_frames", "duplicate")
 """Statuses that are an answer about the input; anything else counts as a failure."""
 SAMPLING_RULES = "windows-v1"
-"""Version of the scoring sampling (``score_sampling``) in every score key: journals written
+"""Version of the scoring sampling (``score.plan``) in every score key: journals written
 with the earlier rules (slots 0, 10, ..., 290 only) are not resumed as if they were current."""
 
 

@@ -1,7 +1,7 @@
 """What a checkpoint says about how to use it: checkpoint -> crop recipe, thresholds, card lines.
 
 Pure functions over a loaded checkpoint dict (``checkpoint.load_checkpoint``), shared by the
-per-video scorer (``scoring``) and the batch runner (``score_batch``).
+per-video scorer (``score.scorer``) and the batch runner (``score.batch``).
 """
 
 from __future__ import annotations
