@@ -49,6 +49,7 @@ from pipeline.faces.records import VideoFaces
 from pipeline.io.images import is_image
 from pipeline.models import model_spec
 from pipeline.models.checkpoint import build_model, load_checkpoint
+from pipeline.models.fuse import fuse_for_inference
 from pipeline.release import resolve_checkpoint
 from pipeline.score.card import (
     card_title,
@@ -88,6 +89,7 @@ class VideoScorer:
         # a frame checkpoint scores videos as frame_mean: every sampled frame, probabilities averaged
         self.model = build_model(ckpt, as_model=model_spec(self.model_name).scores_as)
         self.model.to(self.device).eval()
+        fuse_for_inference(self.model)  # batch norms folded into the convolutions: same outputs
         pre = ckpt.get("preprocess", {})
         self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
         self.mean, self.std = normalization_of(pre)  # the statistics the model was trained with

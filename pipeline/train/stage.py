@@ -27,6 +27,7 @@ import datetime as _dt
 import logging
 import math
 import time
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from pipeline.models import (
 )
 from pipeline.models import checkpoint as ckpt_io
 from pipeline.models.backbones import normalization
+from pipeline.models.fuse import fuse_for_inference
 from pipeline.prepare.provenance import data_summary, train_crop
 from pipeline.prepare.splits import check_checkpoint_split
 from pipeline.train import engine
@@ -192,6 +194,13 @@ def derived_thresholds(model: nn.Module, loader: Any, device: torch.device, rule
         metrics = {k: float(v) for k, v in M.video_metrics(y, p, threshold).items()}
         out[name] = {"threshold": float(threshold), "metrics": metrics, "aggregation": agg}
     return out
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """An evaluation-mode copy of ``model`` with its batch norms folded (``models.fuse``)."""
+    copy = deepcopy(model).eval()
+    fuse_for_inference(copy)
+    return copy
 
 
 def gather_predictions(d: Any) -> Any:
@@ -381,7 +390,8 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         train_loss = mean_over_ranks(tr["loss"] * tr["samples"], tr["samples"], d)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        ev = engine.evaluate(net_model, val_loader, d.device, amp=use_amp,
+        # validation on a folded copy (the same outputs, ~2x faster on a CPU; the model trains on)
+        ev = engine.evaluate(inference_copy(net_model), val_loader, d.device, amp=use_amp,
                              threshold_rule=cfg.threshold_rule, target_fpr=cfg.target_fpr,
                              gather=gather_predictions(d) if len(val_ds) < len(val_rec) else None)
         metrics = {k: v for k, v in ev.items() if k != "predictions"}
