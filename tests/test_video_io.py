@@ -1,4 +1,4 @@
-"""video_io: decoder backends agree, stream in order, and fail with typed one-line errors."""
+"""pipeline.io.video: decoder backends agree, stream in order, and fail with typed one-line errors."""
 
 from __future__ import annotations
 
