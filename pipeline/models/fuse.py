@@ -34,16 +34,17 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     k = conv.kernel_size
-    stride_one_same = (tuple(conv.stride) == (1, 1) and all(n % 2 == 1 for n in k)
-                       and _dynamic_same(conv))
-    padding = (k[0] // 2, k[1] // 2) if stride_one_same else conv.padding
-    cls = nn.Conv2d if stride_one_same or not _dynamic_same(conv) else type(conv)
-    if cls is nn.Conv2d:
+    # the package's "SAME" convolution pads in forward; at stride 1 with an odd kernel that
+    # padding is symmetric, so a plain convolution does it; at stride 2 it depends on the input
+    keep_dynamic = _dynamic_same(conv) and not (tuple(conv.stride) == (1, 1)
+                                               and all(n % 2 == 1 for n in k))
+    if keep_dynamic:
+        out = type(conv)(conv.in_channels, conv.out_channels, k, stride=conv.stride,
+                         dilation=conv.dilation, groups=conv.groups, bias=True)
+    else:
+        padding = (k[0] // 2, k[1] // 2) if _dynamic_same(conv) else conv.padding
         out = nn.Conv2d(conv.in_channels, conv.out_channels, k, stride=conv.stride,
                         padding=padding, dilation=conv.dilation, groups=conv.groups, bias=True)
-    else:  # stride 2: keep the input-dependent "SAME" padding
-        out = cls(conv.in_channels, conv.out_channels, k, stride=conv.stride,
-                  dilation=conv.dilation, groups=conv.groups, bias=True)
     with torch.no_grad():
         out.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
         out.bias.copy_(bn.bias.detach() + (bias - bn.running_mean) * scale)

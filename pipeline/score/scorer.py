@@ -87,14 +87,11 @@ class VideoScorer:
         self.ckpt_path = str(ckpt_path)
         self.model_name = ckpt["model"]["name"]
         # a frame checkpoint scores videos as frame_mean: every sampled frame, probabilities averaged
-        self.model = build_model(ckpt, as_model=model_spec(self.model_name).scores_as)
-        self.model.to(self.device).eval()
-        fuse_for_inference(self.model)  # batch norms folded into the convolutions: same outputs
+        model = build_model(ckpt, as_model=model_spec(self.model_name).scores_as)
+        model.to(self.device).eval()
+        fuse_for_inference(model)  # batch norms folded into the convolutions: same outputs
         pre = ckpt.get("preprocess", {})
-        self.image_size = int(pre.get("image_size", ckpt["config"].get("image_size", 160)))
-        self.mean, self.std = normalization_of(pre)  # the statistics the model was trained with
         self.plan = slot_plan(ckpt)  # n_slots frames slot_seconds apart, as the training clips
-        self.n_slots = self.plan.n_slots
         self.threshold = float(threshold if threshold is not None
                                else checkpoint_threshold(ckpt, scored_as(ckpt), self.ckpt_path))
         # an image is one frame: the threshold chosen on the image model's own predictions
@@ -147,9 +144,21 @@ class VideoScorer:
         self.per_frame = model_spec(self.card["scored_as"]).per_frame
         self.verdict_rule = video_rule(self.per_frame, self.aggregation)
         self.card["aggregation"] = dict(self.aggregation)
-        self.predictor = Predictor(self.model, self.device, scored_as=self.card["scored_as"],
-                                   image_size=self.image_size, mean=self.mean, std=self.std,
-                                   n_slots=self.n_slots, aggregation=self.aggregation)
+        mean, std = normalization_of(pre)  # the statistics the model was trained with
+        self.predictor = Predictor(
+            model, self.device, scored_as=self.card["scored_as"],
+            image_size=int(pre.get("image_size", ckpt["config"].get("image_size", 160))),
+            mean=mean, std=std, n_slots=self.plan.n_slots, aggregation=self.aggregation)
+
+    @property
+    def model(self) -> Any:
+        """The checkpoint's model (evaluation mode, folded for inference): the predictor's."""
+        return self.predictor.model
+
+    @property
+    def image_size(self) -> int:
+        """Input size of the model in pixels."""
+        return self.predictor.image_size
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None, **kwargs: Any) -> VideoScorer:
