@@ -25,6 +25,8 @@ gone and the batch norms no longer learn.
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import torch
 from torch import nn
 
@@ -71,16 +73,66 @@ def fuse_for_inference(model: nn.Module) -> int:
     n = 0
     for lite in [m for m in model.modules() if isinstance(m, EfficientNetLite)]:
         net = lite.net
-        owners = [(net, _NET_PAIRS), *((block, _BLOCK_PAIRS) for block in net._blocks)]
-        for owner, pairs in owners:
-            for conv_name, bn_name in pairs:
-                conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
-                if conv is None or not isinstance(bn, nn.BatchNorm2d):
-                    continue
-                setattr(owner, conv_name, fold_batchnorm(conv, bn))
-                setattr(owner, bn_name, nn.Identity())
-                n += 1
-        for owner in [net, *net._blocks]:
-            if isinstance(getattr(owner, "_swish", None), nn.ReLU6):
-                owner._swish = nn.ReLU6(inplace=True)
+        n += _fold_module(net, _NET_PAIRS)
+        n += sum(_fold_module(block, _BLOCK_PAIRS) for block in net._blocks)
     return n
+
+
+def _fold_module(owner: nn.Module, pairs: tuple[tuple[str, str], ...]) -> int:
+    """Fold ``owner``'s (conv, batch norm) ``pairs`` in place and make its ReLU6 in place;
+    returns the number folded."""
+    n = 0
+    for conv_name, bn_name in pairs:
+        conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+        if conv is None or not isinstance(bn, nn.BatchNorm2d):
+            continue
+        setattr(owner, conv_name, fold_batchnorm(conv, bn))
+        setattr(owner, bn_name, nn.Identity())
+        n += 1
+    if isinstance(getattr(owner, "_swish", None), nn.ReLU6):
+        owner._swish = nn.ReLU6(inplace=True)
+    return n
+
+
+class _FoldedStem(nn.Module):
+    """Stem conv + its batch norm folded + ReLU6, then the first MBConv blocks (folded)."""
+
+    def __init__(self, conv: nn.Module, swish: nn.Module, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.conv, self.swish, self.blocks = conv, swish, nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.swish(self.conv(x))
+        for block in self.blocks:
+            x = block(x, drop_connect_rate=0.0)  # evaluation mode: no drop-connect anyway
+        return x
+
+
+def fold_fixed_prefix(lite: nn.Module, n_stages: int) -> nn.Module | None:
+    """Let an EfficientNet-Lite's first ``n_stages`` stages (stem, then blocks) run as a folded,
+    evaluation-mode copy in its forward pass; returns the copy (None for ``n_stages`` 0).
+
+    For fine-tuning with those stages fixed for the whole run (``--train-blocks``): fixed, they
+    run in evaluation mode and never change, so the copy computes what they do to float
+    rounding, in about half the time (their batch norms folded, stride-1 padding in the
+    convolution: ``fuse_for_inference``). They are most of a training step's forward pass on a
+    CPU: they work at the highest resolutions. The copy is kept outside the module tree (not in
+    ``parameters()`` or ``state_dict()``; checkpoints are unchanged) and its parameters never
+    need gradients. Call it after the weights are final (after resuming) and again if the fixed
+    stages change; ``fold_fixed_prefix(lite, 0)`` removes it.
+    """
+    blocks = lite.net._blocks
+    if n_stages <= 0:
+        lite.__dict__.pop("fixed_prefix", None)
+        return None
+    if n_stages > len(blocks) + 1:
+        raise ValueError(f"fold_fixed_prefix: {n_stages} stages, but stem + {len(blocks)} blocks "
+                         "(the head conv is not part of a prefix)")
+    net = lite.net
+    conv = fold_batchnorm(net._conv_stem, net._bn0)
+    prefix = _FoldedStem(conv, nn.ReLU6(inplace=True), [deepcopy(b) for b in blocks[: n_stages - 1]])
+    for block in prefix.blocks:
+        _fold_module(block, _BLOCK_PAIRS)
+    prefix.eval().requires_grad_(False)
+    lite.__dict__["fixed_prefix"] = (prefix, n_stages - 1)
+    return prefix

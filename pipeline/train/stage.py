@@ -50,7 +50,7 @@ from pipeline.models import (
 )
 from pipeline.models import checkpoint as ckpt_io
 from pipeline.models.backbones import normalization
-from pipeline.models.fuse import fuse_for_inference
+from pipeline.models.fuse import fold_fixed_prefix, fuse_for_inference
 from pipeline.prepare.provenance import data_summary, train_crop
 from pipeline.prepare.splits import check_checkpoint_split
 from pipeline.train import engine
@@ -351,6 +351,10 @@ def main(cfg: TrainConfig, d: Dist) -> int:
         set_rng_state(resume_state["rng"])
         if d.rank:
             torch.manual_seed(cfg.seed + d.rank + 1000 * start)
+    if tail_frozen is not None and not cfg.feature_cache:
+        # the fixed stages never change: they run as a folded copy (models.fuse), ~25 % less time
+        # per training step on a CPU; made after resuming, from the final weights
+        fold_fixed_prefix(model.encoder, len(tail_frozen))
     net = net_model
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(
