@@ -30,6 +30,7 @@ def extract_faces(
     cfg: Any,
     *,
     frames: Sequence[int] | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
     sink: Callable[[FaceRecord, np.ndarray], None] | None = None,
 ) -> VideoFaces:
     """Detect, track and crop every face of one video (nothing written to disk).
@@ -40,6 +41,9 @@ def extract_faces(
         cfg: an ``ExtractConfig`` (uses batch_size, detect_every, iou_threshold, margin,
             crop_size, square, decoder).
         frames: frame indices to process (default: all).
+        spans: instead of ``frames``, one frame per ``[start, end)`` span, as the reader picks
+            it (``VideoReader.iter_spans``: the first frame of the span it decodes anyway, or the
+            start); scoring's slots.
         sink: called with each face's record and crop as it is made, instead of keeping the
             crops (``VideoFaces.sink``).
 
@@ -59,8 +63,10 @@ def extract_faces(
         if isinstance(reader_or_path, (str, os.PathLike))
         else reader_or_path
     )
-    if (getattr(cfg, "detector_mode", "full") == "track" and int(cfg.detect_every) == 1
-            and _consecutive(frames) and hasattr(detector, "verify")):
+    if spans is not None:
+        frames = [start for start, _ in spans]
+    if (spans is None and getattr(cfg, "detector_mode", "full") == "track"
+            and int(cfg.detect_every) == 1 and _consecutive(frames) and hasattr(detector, "verify")):
         return extract_faces_tracked(reader, detector, cfg, frames=frames, sink=sink)
     every = max(1, int(cfg.detect_every))
     batch_size = frames_per_batch(cfg.batch_size, reader.info)
@@ -68,7 +74,9 @@ def extract_faces(
     result = VideoFaces(info=reader.info, sink=sink)
     carried: list[tuple[int, Box]] = []  # (track, box) from the last detection
     k = 0  # position among processed frames
-    for idx, batch in prefetch(reader.iter_batches(batch_size, frames)):
+    stream = (reader.iter_spans(batch_size, spans) if spans is not None and hasattr(reader, "iter_spans")
+              else reader.iter_batches(batch_size, frames))
+    for idx, batch in prefetch(stream):
         det_pos = [j for j in range(len(idx)) if (k + j) % every == 0]
         dets = detector.detect(batch[det_pos]) if det_pos else []
         by_pos = dict(zip(det_pos, dets, strict=True))

@@ -19,7 +19,7 @@ from pipeline.faces.crops import jpeg_round_trip
 from pipeline.faces.records import VideoFaces
 from pipeline.faces.video import extract_faces
 from pipeline.io.video import open_video
-from pipeline.score.plan import SlotPlan, score_windows, window_frames
+from pipeline.score.plan import SlotPlan, score_windows, slot_spans
 
 
 def find_faces(path: str | os.PathLike, detector: Any, cfg: Any, jpeg_quality: int,
@@ -52,8 +52,8 @@ def find_faces(path: str | os.PathLike, detector: Any, cfg: Any, jpeg_quality: i
         if n < MIN_FRAMES:
             raise VideoReadError(f"{path}: {n} frame(s), need at least {MIN_FRAMES}",
                                  status="too_short")
-        frames = None if plan is None else window_frames(score_windows(n, reader.info.fps, plan))
-        faces = extract_faces(reader, detector, cfg, frames=frames)
+        spans = None if plan is None else slot_spans(score_windows(n, reader.info.fps, plan))
+        faces = extract_faces(reader, detector, cfg, spans=spans)
     finally:
         reader.close()
     if jpeg_quality:  # the training crops were JPEG files

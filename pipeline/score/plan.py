@@ -153,6 +153,19 @@ def score_windows(n_frames: int, fps: float, plan: SlotPlan) -> list[Window]:
     return out
 
 
+def slot_spans(windows: Iterable[Window]) -> list[tuple[int, int]]:
+    """Each distinct slot's ``[start, end)`` over all windows, sorted by start; where two
+    windows' slots share a start, the shorter span (no frame of it belongs to another slot)."""
+    spans: dict[int, int] = {}
+    for w in windows:
+        for start, end in zip(w.starts, w.ends, strict=True):
+            stop = max(end, start + 1)
+            spans[start] = min(spans.get(start, stop), stop)
+    out = sorted(spans.items())
+    # overlapping windows: a span ends where the next slot starts
+    return [(a, min(b, out[i + 1][0]) if i + 1 < len(out) else b) for i, (a, b) in enumerate(out)]
+
+
 def window_frames(windows: Iterable[Window]) -> list[int]:
     """Sorted slot start frames of all windows (what MTCNN runs on with ``detect='slots'``)."""
     return sorted({f for w in windows for f in w.starts})

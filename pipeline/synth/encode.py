@@ -87,7 +87,7 @@ def _write_h264(frames: Iterable[np.ndarray], path: Path, fps: float) -> int:
                 stream.pix_fmt = "yuv420p"
                 stream.thread_count = 1
                 stream.options = {"preset": "veryfast", "crf": "18", "threads": "1",
-                                  "g": "60", "bframes": "0"}
+                                  "g": "60", "bf": "0"}  # no B-frames (the generic option: "bframes" is not one)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
             n += 1
