@@ -421,7 +421,7 @@ class PyAVReader(_Sequential):
         where that cannot serve every span. Spans must be sorted and not overlap."""
         import av
 
-        if any(b2 < b1 or a2 < b1 for (a1, b1), (a2, b2) in zip(spans, spans[1:], strict=False)) \
+        if any(a2 < b1 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False)) \
                 or not self.info.fps or not math.isfinite(self.info.fps):
             return None
         k = rotation_steps(self.info.rotation)
