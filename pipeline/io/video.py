@@ -349,6 +349,18 @@ class PyAVReader(_Sequential):
         self.info = info
         self.frames_lost = 0
 
+    def _take_opened(self) -> _Opened:
+        """The probe's open container (once: its first frames are pending), else a new open."""
+        import av
+
+        opened, self._opened = self._opened, None
+        if opened is None:
+            c = av.open(self.path)
+            s = c.streams.video[0]
+            _set_threads(s, self._threads)
+            opened = _Opened(c, c.demux(s), [])
+        return opened
+
     def _frames(self, wanted: set[int] | None = None) -> Iterator[tuple[int, np.ndarray | None]]:
         """``(frame index, frame)`` in display order; a packet that does not decode loses its
         frame (counted in ``frames_lost``; the index moves on) instead of ending the stream. Only
@@ -362,14 +374,9 @@ class PyAVReader(_Sequential):
             return rotate_frames(frame.to_ndarray(format="rgb24"), k)  # (H, W, 3) as displayed
 
         k = rotation_steps(self.info.rotation)
-        opened, self._opened = self._opened, None
         i = 0
         try:
-            if opened is None:
-                c = av.open(self.path)
-                s = c.streams.video[0]
-                _set_threads(s, self._threads)
-                opened = _Opened(c, c.demux(s), [])
+            opened = self._take_opened()
             with opened.container:
                 for frame in opened.pending:  # decoded while probing
                     yield i, rgb(i, frame)
@@ -419,21 +426,15 @@ class PyAVReader(_Sequential):
     def _reference_frames(self, spans: list[tuple[int, int]]) -> list[tuple[int, np.ndarray]] | None:
         """``(frame index, frame)`` for each span from a reference-frames-only decode, or None
         where that cannot serve every span. Spans must be sorted and not overlap."""
-        import av
 
         if any(a2 < b1 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False)) \
                 or not self.info.fps or not math.isfinite(self.info.fps):
             return None
         k = rotation_steps(self.info.rotation)
-        opened, self._opened = self._opened, None
         out: list[tuple[int, np.ndarray]] = []
         j, first_pts, last = 0, None, -1
         try:
-            if opened is None:
-                c = av.open(self.path)
-                stream = c.streams.video[0]
-                _set_threads(stream, self._threads)
-                opened = _Opened(c, c.demux(stream), [])
+            opened = self._take_opened()
             stream = opened.container.streams.video[0]
             stream.codec_context.skip_frame = "NONREF"
             tb = stream.time_base
