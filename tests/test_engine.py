@@ -116,3 +116,40 @@ def test_train_one_epoch_lowers_the_loss_and_frozen_encoder_stays_fixed(manifest
                                      progress=False)["loss"] for e in range(8)]
     assert losses[-1] < losses[0]
     assert any(not torch.equal(a, b) for a, b in zip(enc_before, model.encoder.parameters(), strict=True))
+
+
+def test_inference_precision_follows_the_cpu_and_the_override(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(engine.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(engine, "_cpu_bf16", lambda: True)
+    assert engine.inference_precision(cpu) == "bfloat16"
+    monkeypatch.setattr(engine, "_cpu_bf16", lambda: False)
+    assert engine.inference_precision(cpu) == "float32"
+    monkeypatch.setenv(engine.PRECISION_ENV, "bfloat16")
+    assert engine.inference_precision(cpu) == "bfloat16"
+    monkeypatch.setenv(engine.PRECISION_ENV, " Float32 ")
+    monkeypatch.setattr(engine, "_cpu_bf16", lambda: True)
+    assert engine.inference_precision(cpu) == "float32"
+    monkeypatch.setenv(engine.PRECISION_ENV, "fp8")
+    with pytest.raises(ValueError, match="DFPIPE_INFERENCE_PRECISION must be auto, float32 or bfloat16"):
+        engine.inference_precision(cpu)
+
+
+def test_bfloat16_inference_runs_convolutions_in_bfloat16_and_returns_float32_probabilities(
+        monkeypatch, manifests):
+    """Under the bfloat16 rule the model's convolutions see bfloat16 (autocast) and predict's
+    p_fake stay float probabilities close to the float32 run's; float32 keeps float32."""
+    model = create_model("frame", backbone="tiny").eval()
+    seen = []
+    hook = model.encoder.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    loader = engine.make_loader(data.split_dataset(manifests, "val", "image", image_size=16), 4)
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        monkeypatch.setenv(engine.PRECISION_ENV, precision)
+        seen.clear()
+        runs[precision] = engine.predict(model, loader, torch.device("cpu"))["p_fake"].to_numpy()
+        assert set(seen) == {torch.float32 if precision == "float32" else torch.bfloat16}
+    hook.remove()
+    a, b = runs["float32"], runs["bfloat16"]
+    assert a.dtype == b.dtype == np.float64 and ((b >= 0) & (b <= 1)).all()
+    assert np.abs(a - b).max() < 0.05 and not np.array_equal(a, b)

@@ -279,7 +279,7 @@ def _score_argv(videos, ckpt, out, *extra) -> list[str]:
 
 
 def test_resume_is_keyed_on_checkpoint_and_settings(tiny_checkpoint, tiny_frame_checkpoint, clips,
-                                                    tmp_path, capfd):
+                                                    tmp_path, capfd, monkeypatch):
     """Issue #12.2: another --threshold or --checkpoint never reprints the old verdicts."""
     out = tmp_path / "r.jsonl"
     assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.25")) == 0
@@ -295,6 +295,13 @@ def test_resume_is_keyed_on_checkpoint_and_settings(tiny_checkpoint, tiny_frame_
     assert cli.main(_score_argv([clips["one"]], tiny_frame_checkpoint, out,
                                 "--threshold", "0.25")) == 2
     assert out.read_text() == first  # nothing lost
+    # the same settings in another inference precision: refused too (p_fake would differ)
+    monkeypatch.setenv("DFPIPE_INFERENCE_PRECISION",
+                       "float32" if json.loads(first)["checkpoint"]["precision"] == "bfloat16"
+                       else "bfloat16")
+    assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.25")) == 2
+    assert "precision" in capfd.readouterr().err and out.read_text() == first
+    monkeypatch.delenv("DFPIPE_INFERENCE_PRECISION")
     # --overwrite rescores with what was asked for
     assert cli.main(_score_argv([clips["one"]], tiny_checkpoint, out, "--threshold", "0.75",
                                 "--overwrite")) == 0

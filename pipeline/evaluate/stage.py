@@ -271,7 +271,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         normalization_of,
         read_clips_and_split,
     )
-    from pipeline.train.engine import frame_pass, make_loader, predict
+    from pipeline.train.engine import frame_pass, inference_precision, make_loader, predict
 
     if not cfg.checkpoint:
         raise ConfigError("evaluate: give at least one --checkpoint (or --checkpoint default: "
@@ -347,7 +347,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                               f"({ckpt.get('threshold_rule', '?')}, "
                               + ("used as is: --split all has no val split)" if cfg.split == "all"
                                  else "informational: the report re-chooses it on this "
-                                      "manifest's val split)") + here_note)
+                                      "manifest's val split)") + here_note
+                              + f"; inference in {inference_precision(device)}")
         infos[name] = info
         for which in records:
             logger.info("%s: predicting %d %s videos", name, len(records[which]), which)

@@ -83,10 +83,15 @@ def crashed_row(path: str, row: dict) -> dict[str, Any]:
 
 
 def score_settings(cfg: ScoreConfig, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What a result depends on: the checkpoint's content id and the scoring settings."""
+    """What a result depends on: the checkpoint's content id, the scoring settings and the
+    inference precision (``train.engine.inference_precision``: bfloat16 moves p_fake a little)."""
+    from pipeline.core.device import resolve_device
+    from pipeline.train.engine import inference_precision
+
     threshold = (cfg.threshold if cfg.threshold is not None
                  else checkpoint_threshold(ckpt, scored_as(ckpt), cfg.checkpoint))
     return {"checkpoint_id": file_id(cfg.checkpoint), "threshold": float(threshold),
+            "precision": inference_precision(resolve_device(cfg.device)),
             "sampling": SAMPLING_RULES, "detect": cfg.detect, "min_frames": cfg.min_frames,
             "low_evidence_frames": cfg.low_evidence_frames,
             "min_track_share": cfg.min_track_share, "decoder": cfg.decoder,

@@ -66,7 +66,7 @@ class Predictor:
             chunk = slots[i:i + CLIPS_PER_PASS]
             where = [(c, s.slot) for c, clip in enumerate(chunk) for s, _ in clip]
             clip, mask = self.inputs(where, [crop for clip in chunk for _, crop in clip])
-            with torch.no_grad():
+            with torch.no_grad(), engine.inference_autocast(self.device):
                 ps = self.per_slot(clip, mask)  # (b, T)
                 if self.per_frame and self.rule != "mean":
                     m = mask.cpu().numpy() > 0  # (b, T)
@@ -115,6 +115,6 @@ class Predictor:
         """A still image's face crops, each scored by the frame model on its own: the model
         inputs (n, C, H, W) and p_fake (n,)."""
         x = crops_to_tensor(crops, self.image_size, self.mean, self.std).to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), engine.inference_autocast(self.device):
             p = engine.probabilities(self.model.frame(x)).cpu().numpy()  # (n,)
         return x, p

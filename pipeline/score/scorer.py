@@ -67,6 +67,7 @@ from pipeline.score.predict import Predictor, window_clips
 from pipeline.score.verdict import verdict, video_rule
 from pipeline.score.windows import place
 from pipeline.train.data import normalization_of
+from pipeline.train.engine import inference_precision
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ class VideoScorer:
     def _ck_summary(self) -> dict[str, Any]:
         return {"id": self.card["checkpoint_id"], "model": self.card["scored_as"],
                 "backbone": self.card["backbone"], "path": self.ckpt_path,
-                "trained_on": self.card["trained_on"], "card_title": self.card["card_title"]}
+                "trained_on": self.card["trained_on"], "card_title": self.card["card_title"],
+                "precision": inference_precision(self.device)}
 
     def windows(self, n_frames: int, fps: float | None = None) -> list[Window]:
         """The scoring windows of a video (``score.plan.score_windows``; fps None: 30)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,11 +56,49 @@ def forward_batch(model: nn.Module, batch: dict[str, Any], device: torch.device)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when supported (fp16 otherwise); nothing on CPU."""
+    """bf16 autocast on CUDA when supported (fp16 otherwise); nothing on CPU (training steps)."""
     if device.type != "cuda" or not enabled:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+PRECISION_ENV = "DFPIPE_INFERENCE_PRECISION"
+"""``float32`` or ``bfloat16`` forces the CPU inference precision; unset or ``auto``: bfloat16
+where the CPU computes it natively (AVX-512 BF16), float32 elsewhere."""
+
+
+def inference_precision(device: torch.device, amp: bool = False) -> str:
+    """The precision every prediction (validation, threshold, evaluation, scoring) runs in.
+
+    On a CPU with native bfloat16 (AVX-512 BF16) the model runs under bfloat16 autocast: convolutions
+    in bfloat16 with float32 accumulation, the logits back in float32. Measured on the shipped
+    Lite2 (30 face crops at 224 px, flip TTA, 2 threads): 1.0 s -> 0.48 s; logits within 0.02 of
+    float32. Training steps stay float32 (bfloat16 did not speed them up here). On CUDA: ``amp``.
+    """
+    if device.type == "cuda":
+        return "amp" if amp else "float32"
+    forced = os.environ.get(PRECISION_ENV, "auto").strip().lower()
+    if forced in ("float32", "bfloat16"):
+        return forced
+    if forced not in ("", "auto"):
+        raise ValueError(f"{PRECISION_ENV} must be auto, float32 or bfloat16, got {forced!r}")
+    return "bfloat16" if _cpu_bf16() else "float32"
+
+
+def _cpu_bf16() -> bool:
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(check and check())
+
+
+def inference_autocast(device: torch.device, amp: bool = False) -> contextlib.AbstractContextManager:
+    """The context of every prediction: ``inference_precision``'s autocast (or none)."""
+    precision = inference_precision(device, amp)
+    if precision == "amp":
+        return autocast(device, True)
+    if precision == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class EpochSampler(Sampler):
@@ -177,7 +216,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: 
     model.eval()
     ids, labels, probs = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        with autocast(device, amp):
+        with inference_autocast(device, amp):
             logits = forward_batch(model, batch, device)
         probs.append(probabilities(logits).cpu())
         labels.append(batch["label"].to(torch.int64))
@@ -244,7 +283,9 @@ def frame_pass(frame_model: nn.Module, loader: DataLoader, device: torch.device,
         flat = clip.reshape(b * t, *clip.shape[2:])[valid].to(device)  # (N_valid, C, H, W)
         probs = torch.zeros(b * t, dtype=torch.float64)  # (B*T,)
         if flat.shape[0]:
-            probs[valid] = probabilities(frame_model(flat)).cpu().double()  # (N_valid,)
+            with inference_autocast(device):
+                logits = frame_model(flat)
+            probs[valid] = probabilities(logits).cpu().double()  # (N_valid,)
         probs = probs.reshape(b, t)  # (B, T)
         p_video = frame_mean_p(probs, mask)  # (B,)
         rule = (aggregation or {}).get("rule", "mean")
