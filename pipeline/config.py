@@ -368,7 +368,9 @@ class BenchConfig:
                       choices=["auto", "cpu", "cuda"])
     checkpoint: str | None = opt(None, "crop-margin: also score the labelled real sample clips at "
                                  "each margin with this checkpoint ('default': the shipped model); "
-                                 "samples: the checkpoint to check (none: the shipped model)")
+                                 "samples: the checkpoint to check (none: the shipped model); "
+                                 "score: measure this checkpoint as dfpipe score runs it, "
+                                 "interleaved with the decode floor and a float32 run")
     margins: tuple[float, ...] = opt((-0.15, -0.1, -0.075, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3),
                                      "crop-margin: margins to compare (negative: tighter than the box)")
     samples: str = opt("../shared/data/real_samples", "crop-margin, extract-agreement, samples: the real "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,9 @@ def bench_score(video: str | os.PathLike, repeats: int = 1, checkpoint: str | No
                 ) -> dict[str, Any]:
     """End-to-end seconds to score ``video`` (default settings), with and without evidence.
 
-    Without ``checkpoint`` random-init ``cnn_lstm`` checkpoints are made per backbone. The ratio
-    to the decode-only time of the same video is the target (<= 3x on CPU).
+    Without ``checkpoint`` random-init ``cnn_lstm`` checkpoints are made per backbone (1 torch
+    thread). The ratio to the decode-only time of the same video is the target (<= 3x on CPU).
+    With ``checkpoint`` (a path, or ``default``: the shipped model): ``bench_score_checkpoint``.
     """
     import tempfile
 
@@ -116,15 +117,16 @@ def bench_score(video: str | os.PathLike, repeats: int = 1, checkpoint: str | No
 
     from pipeline.score.scorer import VideoScorer
 
+    if checkpoint:
+        return bench_score_checkpoint(video, repeats, checkpoint, device)
     torch.set_num_threads(1)
     path = str(video)
     dec, _ = _median_time(lambda: _decode_all(path, "decord"), repeats)
     res: dict[str, Any] = {"video": path, "repeats": repeats, "device": device,
                            "decode_only_s": round(dec, 2), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpts = {Path(checkpoint).name: checkpoint} if checkpoint else {
-            f"cnn_lstm/{b} (random init)": str(_tiny_random_checkpoint(Path(tmp), b))
-            for b in backbones}
+        ckpts = {f"cnn_lstm/{b} (random init)": str(_tiny_random_checkpoint(Path(tmp), b))
+                 for b in backbones}
         for name, ck in ckpts.items():
             scorer = VideoScorer.from_checkpoint(ck, device=device)
             scorer.score(path)  # warm-up: first call pays one-off start-up costs
@@ -136,6 +138,65 @@ def bench_score(video: str | os.PathLike, repeats: int = 1, checkpoint: str | No
                                    "with_explain_x_decode": round(sec_x / dec, 2),
                                    "status": r["status"], "frames_used": r["frames_used"]}
     return res
+
+
+def bench_score_checkpoint(video: str | os.PathLike, repeats: int, checkpoint: str,
+                           device: str = "cpu") -> dict[str, Any]:
+    """Seconds to score ``video`` with ``checkpoint`` as ``dfpipe score`` runs it (torch's default
+    threads, the inference precision of this machine), against the decode floor (decord's plain
+    loop, no project code) and the same scorer in float32: one warm-up each, then ``repeats``
+    rounds interleaved (decode, score, score in float32), medians (a busy moment slows every
+    variant alike)."""
+    import statistics
+
+    import torch
+
+    from pipeline.release import resolve_checkpoint
+    from pipeline.score.scorer import VideoScorer
+    from pipeline.train.engine import inference_precision
+
+    path = str(video)
+    scorer = VideoScorer.from_checkpoint(resolve_checkpoint(checkpoint), device=device)
+    floor = "decode floor (decord plain loop)"
+    runs: dict[str, Callable[[], Any]] = {floor: lambda: _decode_all(path, "decord_plain_loop")}
+    for precision in dict.fromkeys((inference_precision(scorer.device), "float32")):
+        runs[f"score, {precision}"] = lambda p=precision: _in_precision(p, scorer.score, path)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    last: dict[str, Any] = {k: fn() for k, fn in runs.items()}  # warm-up
+    for _ in range(max(1, repeats)):
+        for k, fn in runs.items():
+            t = time.perf_counter()
+            last[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    dec = statistics.median(times[floor])
+    res: dict[str, Any] = {"video": path, "repeats": repeats, "device": device,
+                           "checkpoint": scorer.ckpt_path, "torch_threads": torch.get_num_threads(),
+                           "decode_only_s": round(dec, 3), "models": {}}
+    for k in runs:
+        if k == floor:
+            continue
+        sec, r = statistics.median(times[k]), last[k]
+        res["models"][k] = {"s_per_video": round(sec, 2), "x_decode": round(sec / dec, 2),
+                            "runs_s": [round(t, 2) for t in times[k]], "status": r["status"],
+                            "p_fake": r["p_fake"], "label": r["label"],
+                            "frames_used": r["frames_used"],
+                            "precision": r["checkpoint"]["precision"]}
+    return res
+
+
+def _in_precision(precision: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with ``DFPIPE_INFERENCE_PRECISION=precision`` (restored after)."""
+    from pipeline.train.engine import PRECISION_ENV
+
+    before = os.environ.get(PRECISION_ENV)
+    os.environ[PRECISION_ENV] = precision
+    try:
+        return fn(*args)
+    finally:
+        if before is None:
+            os.environ.pop(PRECISION_ENV, None)
+        else:
+            os.environ[PRECISION_ENV] = before
 
 
 def bench_scaling(video: str | os.PathLike, n_videos: int = 4, device: str = "cpu",
@@ -244,10 +305,17 @@ def _markdown(results: dict[str, Any]) -> str:
         lines += agreement_markdown(results["extract_agreement"])
     if "score" in results:
         r = results["score"]
-        lines += [f"## score (end to end): decode-only {r['decode_only_s']} s", ""]
-        lines += _table(["model", "s/video", "x decode", "with evidence s", "x decode"],
-                        [[k, v["s_per_video"], v["x_decode"], v["with_explain_s"],
-                          v["with_explain_x_decode"]] for k, v in r["models"].items()])
+        lines += [f"## score (end to end): decode-only {r['decode_only_s']} s"
+                  + (f", {r['checkpoint']}, {r['torch_threads']} torch threads"
+                     if r.get("checkpoint") else ""), ""]
+        if r.get("checkpoint"):
+            lines += _table(["run", "s/video (median)", "x decode", "runs s", "p_fake", "label"],
+                            [[k, v["s_per_video"], v["x_decode"], v["runs_s"], v["p_fake"],
+                              v["label"]] for k, v in r["models"].items()])
+        else:
+            lines += _table(["model", "s/video", "x decode", "with evidence s", "x decode"],
+                            [[k, v["s_per_video"], v["x_decode"], v["with_explain_s"],
+                              v["with_explain_x_decode"]] for k, v in r["models"].items()])
     if "scaling" in results:
         r = results["scaling"]
         lines += [f"## extraction scaling: {r['videos']} copies", ""]
@@ -296,7 +364,7 @@ def run(cfg: BenchConfig) -> int:
                                                cfg=ExtractConfig(device=cfg.device),
                                                cli_videos=cfg.scaling_videos)),
              ("extract-agreement", lambda: _extract_agreement(cfg)),
-             ("score", lambda: bench_score(video, cfg.repeats, device=cfg.device)),
+             ("score", lambda: bench_score(video, cfg.repeats, cfg.checkpoint, device=cfg.device)),
              ("scaling", lambda: bench_scaling(video, cfg.scaling_videos, cfg.device)),
              ("train", lambda: _bench_train(cfg)),
              ("crop-margin", lambda: bench_crop_margin(cfg)),
