@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.score.explain import (
+    PROVENANCE_WIDTH,
     SYNTHETIC_WARNING,
     evidence_line,
     figure_text,
@@ -60,7 +61,7 @@ def test_timeline_seconds_and_evidence_line():
 def test_sheet_of_a_synthetic_model_carries_provenance_and_warning():
     fig = sheet_figure(**_inputs(), card=SYNTH_CARD)
     text = figure_text(fig)
-    assert provenance_line(SYNTH_CARD) in text
+    assert _words(provenance_line(SYNTH_CARD)) in _words(text)
     assert SYNTHETIC_WARNING in text
     assert "verdict rests on 6 face frames (video: 300 frames, 12.0 s)" in text
     timeline_ax = next(a for a in fig.axes if a.get_ylabel())
@@ -72,7 +73,21 @@ def test_sheet_of_a_synthetic_model_carries_provenance_and_warning():
 
 def test_sheet_of_a_real_data_model_has_no_warning():
     text = figure_text(sheet_figure(**_inputs(), card=REAL_CARD))
-    assert provenance_line(REAL_CARD) in text and "WARNING" not in text
+    assert _words(provenance_line(REAL_CARD)) in _words(text) and "WARNING" not in text
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_a_long_provenance_line_is_wrapped_to_the_sheet():
+    """A long model-card title is wrapped (it once stretched the saved sheet far past its panels)."""
+    long_card = {**REAL_CARD, "card_title": "a model card title " * 12}
+    fig = sheet_figure(**_inputs(), card=long_card)
+    [block] = [t.get_text() for t in fig.texts if "a model card title" in t.get_text()]
+    lines = block.splitlines()
+    assert len(lines) >= 3 and max(map(len, lines)) <= PROVENANCE_WIDTH
+    assert _words(block).startswith(_words(provenance_line(long_card)))
 
 
 def test_sheet_png_and_html_written(tmp_path):

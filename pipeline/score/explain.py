@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ from pipeline.core.fsutil import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
+
+PROVENANCE_WIDTH = 150
+"""Characters per line of the provenance text on a sheet (fits its 15 inches at 10 pt)."""
 
 SYNTHETIC_WARNING = ("WARNING: this model was trained on SYNTHETIC data: its verdicts on real "
                      "videos mean nothing")
@@ -181,7 +185,12 @@ def sheet_figure(
     n_heat = len(heatmaps)
     warning = synthetic_warning(card) if card else None
     head = 0.1 + 0.26 * (f"{title}\n{verdict}".count("\n") + 1)  # inches of the bold lines
-    top = head + 0.55 + (0.5 if warning else 0.0)  # inches above the panels for the header
+    # the provenance line wrapped to the sheet's width (a long model-card title once stretched
+    # the saved figure far past its panels)
+    lines = [textwrap.fill(provenance_line(card), PROVENANCE_WIDTH) if card else "",
+             evidence_line(frames_used if frames_used is not None else n_strip, n_frames, fps)]
+    small = "\n".join(x for x in lines if x)
+    top = head + 0.35 + 0.2 * small.count("\n") + (0.5 if warning else 0.0)  # header inches
     has_timeline = bool(timeline) or bool(n_frames)  # a still image has none: no empty axes
     panels = 1.1 * strip_rows + (2.4 if has_timeline else 0) + (2.6 if n_heat else 0)
     height = top + panels
@@ -195,11 +204,9 @@ def sheet_figure(
     fig.text(0.5, y, f"{title}\n{verdict}", ha="center", va="top", fontsize=13,
              fontweight="bold")
     y -= head / height
-    lines = [provenance_line(card) if card else "",
-             evidence_line(frames_used if frames_used is not None else n_strip, n_frames, fps)]
-    fig.text(0.5, y, "\n".join(x for x in lines if x), ha="center", va="top", fontsize=10)
+    fig.text(0.5, y, small, ha="center", va="top", fontsize=10)
     if warning:
-        y -= 0.5 / height
+        y -= (0.3 + 0.2 * small.count("\n")) / height
         fig.text(0.5, y, warning, ha="center", va="top", fontsize=13, fontweight="bold",
                  color="white", bbox={"boxstyle": "square,pad=0.4", "facecolor": "#b00020",
                                       "edgecolor": "#b00020"})
