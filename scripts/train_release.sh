@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Recipe: reproduce the shipped release model (pipeline/release/dfdc_frame_lite2.pt) from the
 # dfdc_faces crops. dfpipe commands only; every step is documented in docs/model.md ("A real
-# detector"). About 60 minutes on 2 CPU cores; run it with the project's venv on PATH.
+# detector"). 53 min 24 s on 2 CPU cores (2026-12-04); run it with the project's venv on PATH.
 #
 #   scripts/train_release.sh [DATA_DIR] [WORK_DIR]
 #     DATA_DIR  the dfdc_faces folder (faces_224/ + metadata.csv); default ../shared/data/dfdc_faces
 #     WORK_DIR  where manifests, the run folder and the report go; default runs/release
 #   PROCS=2     training processes (torchrun, 1 thread each: on a busy machine one thread per
 #               process is several times faster than two threads in one process)
-#   EPOCHS=7    training epochs (one cosine schedule; 5 gave test AUC 0.944, 6 gave 0.949)
+#   EPOCHS=7    training epochs (one cosine schedule; 5 gave test AUC 0.944, 6 gave 0.949, 7 0.953-0.954)
 #   BACKBONE=efficientnet_lite2   chosen by scripts/compare_backbones.sh (validation AUC per minute)
 #   EXPORT=1    also write the release file (needs its model card, pipeline/release/dfdc_frame_lite2.md)
 set -euo pipefail
@@ -32,7 +32,8 @@ dfpipe prepare --manifest-dir "$M"
 #    23 encoder stages (stem and the first 10 MBConv blocks fixed) at the crops' native 224 px;
 #    augmentations of real-world video degradation (flip, colour, JPEG, blur, crop jitter, a smaller face upscaled back,
 #    strong compression at quality 30-90); flip test-time augmentation in every prediction after
-#    training (validation, threshold, evaluation, scoring); one cosine schedule over EPOCHS epochs
+#    training (validation, threshold, evaluation, scoring; bfloat16 on a CPU with AVX-512 BF16,
+#    DFPIPE_INFERENCE_PRECISION=float32 to turn it off); one cosine schedule over EPOCHS epochs
 torchrun --standalone --nproc-per-node "$PROCS" -m pipeline train \
     --model frame --backbone "$BACKBONE" --pretrained --manifest-dir "$M" \
     --out-dir "$WORK/checkpoints" --run-name "$RUN" --image-size 224 --train-blocks 12 \
