@@ -100,6 +100,17 @@ def test_frame_checkpoint_scores_as_frame_mean(tiny_frame_checkpoint, clips):
     assert r["p_fake"] == pytest.approx(mean, abs=1e-4)
 
 
+def test_the_scorer_names_the_precision_it_ran_in(tiny_frame_checkpoint, clips, monkeypatch):
+    s = VideoScorer.from_checkpoint(tiny_frame_checkpoint, device="cpu")
+    got = {}
+    for precision in ("float32", "bfloat16"):
+        monkeypatch.setenv("DFPIPE_INFERENCE_PRECISION", precision)
+        r = s.score(clips["one"])
+        assert s.info()["precision"] == r["checkpoint"]["precision"] == precision
+        got[precision] = r["p_fake"]
+    assert got["float32"] == pytest.approx(got["bfloat16"], abs=0.05)
+
+
 def test_a_confident_frames_rule_in_the_checkpoint_decides_the_track(tiny_frame_checkpoint, clips):
     from pipeline.models.checkpoint import load_checkpoint
     from pipeline.stats.aggregation import aggregate

@@ -170,8 +170,9 @@ class VideoScorer:
         return cls(ckpt, str(path), **kwargs)
 
     def info(self) -> dict[str, Any]:
-        """The model card: which model, which checkpoint, thresholds, sampling, training data."""
-        return dict(self.card)
+        """The model card: which model, which checkpoint, thresholds, sampling, training data,
+        and the precision its predictions run in here (``train.engine.inference_precision``)."""
+        return {**self.card, "precision": inference_precision(self.device)}
 
     # ------------------------------------------------------------------------------ one input
 
