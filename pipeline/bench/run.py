@@ -185,18 +185,13 @@ def bench_score_checkpoint(video: str | os.PathLike, repeats: int, checkpoint: s
 
 
 def _in_precision(precision: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` with ``DFPIPE_INFERENCE_PRECISION=precision`` (restored after)."""
+    """``fn(*args)`` with ``DFPIPE_INFERENCE_PRECISION=precision`` (the environment restored after)."""
+    from unittest import mock
+
     from pipeline.train.engine import PRECISION_ENV
 
-    before = os.environ.get(PRECISION_ENV)
-    os.environ[PRECISION_ENV] = precision
-    try:
+    with mock.patch.dict(os.environ, {PRECISION_ENV: precision}):
         return fn(*args)
-    finally:
-        if before is None:
-            os.environ.pop(PRECISION_ENV, None)
-        else:
-            os.environ[PRECISION_ENV] = before
 
 
 def bench_scaling(video: str | os.PathLike, n_videos: int = 4, device: str = "cpu",
