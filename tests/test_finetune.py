@@ -260,6 +260,63 @@ def test_release_augmentations_are_the_same_on_every_frame_of_a_clip(tmp_path):
         clip = ds[(0, epoch)]["clip"]
         for t in range(1, 3):
             torch.testing.assert_close(clip[t], clip[0])
+    # the noise is drawn again on every frame (the rest of the clip's augmentation is shared)
+    ds = data.split_dataset(out, "train", "clip", image_size=32, augment=("noise",))
+    for epoch in range(40):
+        if ds._augmenter(0, epoch).noise_sigma:
+            clip = ds[(0, epoch)]["clip"]
+            assert not torch.allclose(clip[1], clip[0])
+            break
+    else:
+        pytest.fail("no clip drew noise in 40 epochs")
+
+
+
+def test_gray_is_the_bt601_luma_in_every_channel():
+    img = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
+    out = data.ClipAugment(gray=True)(img)
+    # 0.299 * 255 = 76.2, 0.587 * 255 = 149.7, 0.114 * 255 = 29.1, 3 + 11.7 + 3.4 = 18.1
+    expect = np.array([[76, 150], [29, 18]], dtype=np.uint8)
+    assert out.dtype == np.uint8
+    for c in range(3):
+        assert np.array_equal(out[..., c], expect)
+    assert np.array_equal(data.ClipAugment(gray=False)(img), img)
+
+
+def test_noise_is_seeded_gaussian_clipped_and_new_on_every_frame():
+    flat = np.full((64, 64, 3), 128, dtype=np.uint8)
+    aug = data.ClipAugment(noise_sigma=4.0, noise_seed=7)
+    out = aug(flat, 0)
+    expect = np.clip(np.rint(128 + np.random.default_rng([7, 0]).normal(0.0, 4.0, flat.shape)
+                             .astype(np.float32)), 0, 255).astype(np.uint8)
+    assert np.array_equal(out, expect)  # exactly the seeded draw, rounded
+    d = out.astype(float) - 128
+    assert abs(d.mean()) < 0.1 and 3.8 < d.std() < 4.2
+    assert np.array_equal(aug(flat, 0), out)  # the same clip, frame and seed: the same noise
+    assert not np.array_equal(aug(flat, 1), out)  # the next frame: new noise (a sensor's, not a mask)
+    white = np.full((8, 8, 3), 255, dtype=np.uint8)
+    assert aug(white).max() == 255 and aug(white).dtype == np.uint8  # clipped, not wrapped
+    assert np.array_equal(data.ClipAugment(noise_sigma=0.0)(flat), flat)
+
+
+def test_sampled_noise_and_gray_stay_in_their_ranges():
+    rng = np.random.default_rng(4)
+    augs = [data.ClipAugment.sample(("noise", "gray"), rng) for _ in range(1000)]
+    sig = np.array([a.noise_sigma for a in augs])
+    assert abs(np.mean(sig > 0) - data.NOISE_P) < 0.05
+    assert sig[sig > 0].min() >= data.NOISE_SIGMA[0] and sig.max() <= data.NOISE_SIGMA[1]
+    assert abs(np.mean([a.gray for a in augs]) - data.GRAY_P) < 0.03
+    assert len({a.noise_seed for a in augs if a.noise_sigma}) > 250  # each clip its own noise
+    assert all(a.jpeg_quality == 0 and a.scale == 1.0 for a in augs)  # nothing else switched on
+
+
+def test_noise_comes_before_the_last_encode():
+    flat = np.full((32, 32, 3), 100, dtype=np.uint8)
+    noisy = data.ClipAugment(noise_sigma=5.0, noise_seed=1)(flat)
+    both = data.ClipAugment(noise_sigma=5.0, noise_seed=1, jpeg_quality=30)(flat)
+    ok, buf = data.cv2.imencode(".jpg", np.ascontiguousarray(noisy[..., ::-1]),
+                                [data.cv2.IMWRITE_JPEG_QUALITY, 30])
+    assert np.array_equal(both, data.cv2.imdecode(buf, data.cv2.IMREAD_COLOR)[..., ::-1])
 
 
 # --- flip test-time augmentation ---------------------------------------------------------------

@@ -38,14 +38,24 @@ from pipeline.models.backbones import MEAN, STD  # ImageNet's: the default norma
 logger = logging.getLogger(__name__)
 
 
-AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop", "rescale", "compress")
+AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop", "rescale", "compress", "noise", "gray")
 """``rescale``: a smaller face upscaled back (the face sizes scoring sees: 30-100 % of the crop's
 side); ``compress``: strong JPEG (quality 30-90), the block artefacts and lost detail of a heavily
-compressed video (FaceForensics++ c40, a re-upload), drawn more often than ``jpeg``'s 40-95."""
+compressed video (FaceForensics++ c40, a re-upload), drawn more often than ``jpeg``'s 40-95;
+``noise``: Gaussian sensor noise (sigma 1-6 grey levels, a new draw on every frame) before the
+last encode, so a clean studio camera and a noisy phone look alike to the model; ``gray``: the
+crop in grey levels (a colour cast or a saturated set carries no verdict). ``noise`` and ``gray``
+follow the DFDC winner's augmentations (GaussNoise, ToGray)."""
 RESCALE_RANGE = (0.3, 1.0)
 """``rescale``: side share the crop is shrunk to (log-uniform), before it is upscaled back."""
 COMPRESS_QUALITY = (30, 90)
 """``compress``: JPEG quality range (inclusive)."""
+NOISE_SIGMA = (1.0, 6.0)
+"""``noise``: range of the Gaussian noise's standard deviation, in grey levels (uniform)."""
+NOISE_P, GRAY_P = 0.3, 0.1
+"""Shares of clips that get ``noise`` / ``gray`` when those are on."""
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+"""ITU-R BT.601 luma weights: grey level of an RGB pixel."""
 
 
 class CropReadError(PipelineError):
@@ -110,6 +120,9 @@ class ClipAugment:
     blur_sigma: float = 0.0  # Gaussian blur sigma in pixels of the crop; 0: none
     crop: tuple[float, float, float] = (1.0, 0.0, 0.0)  # (side share, x0 share, y0 share) kept
     scale: float = 1.0  # side share the crop is shrunk to before it is upscaled back; 1: none
+    noise_sigma: float = 0.0  # Gaussian noise std in grey levels; 0: none
+    noise_seed: int = 0  # with the frame index: the noise of one frame
+    gray: bool = False  # grey levels in all three channels
 
     @classmethod
     def identity(cls) -> ClipAugment:
@@ -141,12 +154,17 @@ class ClipAugment:
             kw["scale"] = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         if "compress" in ops and rng.random() < 0.6:  # wins over a "jpeg" draw: the last encode
             kw["jpeg_quality"] = int(rng.integers(COMPRESS_QUALITY[0], COMPRESS_QUALITY[1] + 1))
+        if "noise" in ops and rng.random() < NOISE_P:
+            kw["noise_sigma"] = float(rng.uniform(*NOISE_SIGMA))
+            kw["noise_seed"] = int(rng.integers(2**31))
+        if "gray" in ops and rng.random() < GRAY_P:
+            kw["gray"] = True
         return cls(**kw)
 
-    def __call__(self, crop: np.ndarray) -> np.ndarray:
-        """Apply to one RGB uint8 crop: window, rescale, flip, colour, blur, JPEG (the order of a
-        camera pipeline: a smaller face first, re-compression last); the output has the input's
-        size."""
+    def __call__(self, crop: np.ndarray, frame: int = 0) -> np.ndarray:
+        """Apply to one RGB uint8 crop: window, rescale, flip, colour, grey, blur, noise, JPEG (the
+        order of a camera pipeline: a smaller face first, re-compression last); the output has the
+        input's size. ``frame``: the crop's slot in its clip, so each frame gets its own noise."""
         x = crop
         side, x0, y0 = self.crop
         if side < 1.0:
@@ -161,13 +179,20 @@ class ClipAugment:
             x = x[:, ::-1]
         if (self.brightness, self.contrast, self.saturation) != (1.0, 1.0, 1.0):
             f = x.astype(np.float32) * self.brightness
-            gray = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W)
+            gray = f @ LUMA  # (H, W)
             f = gray.mean() + self.contrast * (f - gray.mean())
-            gray = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            gray = f @ LUMA
             f = gray[..., None] + self.saturation * (f - gray[..., None])
             x = np.clip(f, 0, 255).astype(np.uint8)
+        if self.gray:
+            x = np.repeat(np.clip(np.rint(x.astype(np.float32) @ LUMA), 0, 255)
+                          .astype(np.uint8)[..., None], 3, axis=2)
         if self.blur_sigma > 0:
             x = cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), self.blur_sigma)
+        if self.noise_sigma > 0:
+            rng = np.random.default_rng([self.noise_seed, int(frame)])
+            f = x.astype(np.float32) + rng.normal(0.0, self.noise_sigma, x.shape).astype(np.float32)
+            x = np.clip(np.rint(f), 0, 255).astype(np.uint8)
         if self.jpeg_quality:
             ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(x[..., ::-1]),
                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
@@ -306,13 +331,13 @@ class ClipDataset(Dataset):
         label = torch.tensor(float(rec.label))
         if self.mode == "image":
             slot = nearest_valid_slot(rec.mask, self.frame_index)
-            image = crops_to_tensor([aug(load_crop(rec.paths[slot]))], self.image_size,
+            image = crops_to_tensor([aug(load_crop(rec.paths[slot]), slot)], self.image_size,
                                     self.mean, self.std)[0]
             return {"image": image, "label": label, "video_id": rec.video_id}
         valid = [i for i, m in enumerate(rec.mask) if m]
         clip = torch.zeros(len(rec.mask), 3, self.image_size, self.image_size)  # (T, C, H, W)
         if valid:
-            clip[valid] = crops_to_tensor([aug(load_crop(rec.paths[i])) for i in valid],
+            clip[valid] = crops_to_tensor([aug(load_crop(rec.paths[i]), i) for i in valid],
                                           self.image_size, self.mean, self.std)
         mask = torch.tensor(rec.mask, dtype=torch.float32)  # (T,)
         return {"clip": clip, "mask": mask, "label": label, "video_id": rec.video_id}
