@@ -271,7 +271,6 @@ def test_release_augmentations_are_the_same_on_every_frame_of_a_clip(tmp_path):
         pytest.fail("no clip drew noise in 40 epochs")
 
 
-
 def test_gray_is_the_bt601_luma_in_every_channel():
     img = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
     out = data.ClipAugment(gray=True)(img)
