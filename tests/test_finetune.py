@@ -273,13 +273,13 @@ def test_release_augmentations_are_the_same_on_every_frame_of_a_clip(tmp_path):
 
 def test_gray_is_the_bt601_luma_in_every_channel():
     img = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
-    out = data.ClipAugment(gray=True)(img)
-    # 0.299 * 255 = 76.2, 0.587 * 255 = 149.7, 0.114 * 255 = 29.1, 3 + 11.7 + 3.4 = 18.1
-    expect = np.array([[76, 150], [29, 18]], dtype=np.uint8)
+    out = data.ClipAugment(saturation=0.0)(img)  # what a "gray" draw sets
+    # 0.299 * 255 = 76.2, 0.587 * 255 = 149.7, 0.114 * 255 = 29.1, 3 + 11.7 + 3.4 = 18.1 (truncated,
+    # as the colour step does)
+    expect = np.array([[76, 149], [29, 18]], dtype=np.uint8)
     assert out.dtype == np.uint8
     for c in range(3):
         assert np.array_equal(out[..., c], expect)
-    assert np.array_equal(data.ClipAugment(gray=False)(img), img)
 
 
 def test_noise_is_seeded_gaussian_clipped_and_new_on_every_frame():
@@ -304,7 +304,8 @@ def test_sampled_noise_and_gray_stay_in_their_ranges():
     sig = np.array([a.noise_sigma for a in augs])
     assert abs(np.mean(sig > 0) - data.NOISE_P) < 0.05
     assert sig[sig > 0].min() >= data.NOISE_SIGMA[0] and sig.max() <= data.NOISE_SIGMA[1]
-    assert abs(np.mean([a.gray for a in augs]) - data.GRAY_P) < 0.03
+    assert abs(np.mean([a.saturation == 0.0 for a in augs]) - data.GRAY_P) < 0.03
+    assert {a.saturation for a in augs} == {0.0, 1.0}  # grey or untouched: no colour jitter drawn
     assert len({a.noise_seed for a in augs if a.noise_sigma}) > 250  # each clip its own noise
     assert all(a.jpeg_quality == 0 and a.scale == 1.0 for a in augs)  # nothing else switched on
 

@@ -44,7 +44,8 @@ side); ``compress``: strong JPEG (quality 30-90), the block artefacts and lost d
 compressed video (FaceForensics++ c40, a re-upload), drawn more often than ``jpeg``'s 40-95;
 ``noise``: Gaussian sensor noise (sigma 1-6 grey levels, a new draw on every frame) before the
 last encode, so a clean studio camera and a noisy phone look alike to the model; ``gray``: the
-crop in grey levels (a colour cast or a saturated set carries no verdict). ``noise`` and ``gray``
+crop in grey levels, i.e. saturation 0 in the colour step (a colour cast or a saturated set
+carries no verdict). ``noise`` and ``gray``
 follow the DFDC winner's augmentations (GaussNoise, ToGray)."""
 RESCALE_RANGE = (0.3, 1.0)
 """``rescale``: side share the crop is shrunk to (log-uniform), before it is upscaled back."""
@@ -122,7 +123,6 @@ class ClipAugment:
     scale: float = 1.0  # side share the crop is shrunk to before it is upscaled back; 1: none
     noise_sigma: float = 0.0  # Gaussian noise std in grey levels; 0: none
     noise_seed: int = 0  # with the frame index: the noise of one frame
-    gray: bool = False  # grey levels in all three channels
 
     @classmethod
     def identity(cls) -> ClipAugment:
@@ -157,12 +157,12 @@ class ClipAugment:
         if "noise" in ops and rng.random() < NOISE_P:
             kw["noise_sigma"] = float(rng.uniform(*NOISE_SIGMA))
             kw["noise_seed"] = int(rng.integers(2**31))
-        if "gray" in ops and rng.random() < GRAY_P:
-            kw["gray"] = True
+        if "gray" in ops and rng.random() < GRAY_P:  # grey levels: the colour step, saturation 0
+            kw["saturation"] = 0.0
         return cls(**kw)
 
     def __call__(self, crop: np.ndarray, frame: int = 0) -> np.ndarray:
-        """Apply to one RGB uint8 crop: window, rescale, flip, colour, grey, blur, noise, JPEG (the
+        """Apply to one RGB uint8 crop: window, rescale, flip, colour, blur, noise, JPEG (the
         order of a camera pipeline: a smaller face first, re-compression last); the output has the
         input's size. ``frame``: the crop's slot in its clip, so each frame gets its own noise."""
         x = crop
@@ -184,9 +184,6 @@ class ClipAugment:
             gray = f @ LUMA
             f = gray[..., None] + self.saturation * (f - gray[..., None])
             x = np.clip(f, 0, 255).astype(np.uint8)
-        if self.gray:
-            x = np.repeat(np.clip(np.rint(x.astype(np.float32) @ LUMA), 0, 255)
-                          .astype(np.uint8)[..., None], 3, axis=2)
         if self.blur_sigma > 0:
             x = cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), self.blur_sigma)
         if self.noise_sigma > 0:
