@@ -38,7 +38,8 @@ from pipeline.models.backbones import MEAN, STD  # ImageNet's: the default norma
 logger = logging.getLogger(__name__)
 
 
-AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop", "rescale", "compress", "noise", "gray")
+AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop", "rescale", "compress", "noise", "gray",
+                 "blend")
 """``rescale``: a smaller face upscaled back (the face sizes scoring sees: 30-100 % of the crop's
 side); ``compress``: strong JPEG (quality 30-90), the block artefacts and lost detail of a heavily
 compressed video (FaceForensics++ c40, a re-upload), drawn more often than ``jpeg``'s 40-95;
@@ -46,7 +47,10 @@ compressed video (FaceForensics++ c40, a re-upload), drawn more often than ``jpe
 last encode, so a clean studio camera and a noisy phone look alike to the model; ``gray``: the
 crop in grey levels, i.e. saturation 0 in the colour step (a colour cast or a saturated set
 carries no verdict). ``noise`` and ``gray``
-follow the DFDC winner's augmentations (GaussNoise, ToGray)."""
+follow the DFDC winner's augmentations (GaussNoise, ToGray). ``blend``: self-blended images
+(Shiohara and Yamasaki, CVPR 2022): a share of the REAL clips becomes FAKE, the crop's own face
+blended into itself after a small colour, sharpness and position change (``SelfBlend``), so the
+model learns the traces of face blending from real faces and not only the set's own fakes."""
 RESCALE_RANGE = (0.3, 1.0)
 """``rescale``: side share the crop is shrunk to (log-uniform), before it is upscaled back."""
 COMPRESS_QUALITY = (30, 90)
@@ -55,6 +59,8 @@ NOISE_SIGMA = (1.0, 6.0)
 """``noise``: range of the Gaussian noise's standard deviation, in grey levels (uniform)."""
 NOISE_P, GRAY_P = 0.3, 0.1
 """Shares of clips that get ``noise`` / ``gray`` when those are on."""
+BLEND_P = 0.3
+"""``blend``: share of the REAL clips turned into self-blended FAKE clips."""
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 """ITU-R BT.601 luma weights: grey level of an RGB pixel."""
 
@@ -206,6 +212,84 @@ def rescale(crop: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+@dataclass(frozen=True)
+class SelfBlend:
+    """A self-blended image (SBI, Shiohara and Yamasaki, CVPR 2022) of one tight face crop.
+
+    The source is the crop itself, slightly changed: per-channel colour shift, brightness, a
+    blur or a sharpening (the smoother or crisper face a generator renders), a stretch and a
+    shift of a few per cent (a misaligned paste). It is pasted back onto the unchanged crop
+    through a soft ellipse around the inner face (the crops are MTCNN boxes, eyebrows to chin,
+    so no landmarks are needed), at ``ratio`` opacity. Every share is of the crop's side, so the
+    same parameters fit any crop size. Drawn once per clip, the same on every frame.
+    """
+
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to R, G, B, in grey levels
+    brightness: float = 1.0
+    sharpness: float = 0.0  # < 0: Gaussian blur of sigma -sharpness px; > 0: unsharp amount
+    stretch: tuple[float, float] = (1.0, 1.0)  # source scale in x, y about the centre
+    offset: tuple[float, float] = (0.0, 0.0)  # source shift in x, y, share of the side
+    center: tuple[float, float] = (0.5, 0.55)  # ellipse centre, shares of width, height
+    axes: tuple[float, float] = (0.36, 0.42)  # ellipse half-axes, shares of width, height
+    feather: float = 0.05  # Gaussian blur of the mask, sigma as a share of the side
+    ratio: float = 1.0  # opacity of the pasted face
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> SelfBlend:
+        """Draw one blend: the ranges of SBI's source-target augmentation and mask."""
+        sharp = 0.0
+        r = rng.random()
+        if r < 0.25:
+            sharp = -float(rng.uniform(0.5, 1.5))
+        elif r < 0.5:
+            sharp = float(rng.uniform(0.3, 1.0))
+        return cls(
+            shift=tuple(float(v) for v in rng.uniform(-15.0, 15.0, size=3)),
+            brightness=float(rng.uniform(0.9, 1.1)), sharpness=sharp,
+            stretch=tuple(float(v) for v in rng.uniform(0.95, 1.05, size=2)),
+            offset=tuple(float(v) for v in rng.uniform(-0.03, 0.03, size=2)),
+            center=(float(0.5 + rng.uniform(-0.03, 0.03)), float(0.55 + rng.uniform(-0.03, 0.03))),
+            axes=(float(rng.uniform(0.30, 0.42)), float(rng.uniform(0.36, 0.48))),
+            feather=float(rng.uniform(0.02, 0.08)),
+            ratio=float(rng.choice([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])))
+
+    def mask(self, h: int, w: int) -> np.ndarray:
+        """The blend weight per pixel, float32 (H, W) in [0, ``ratio``]: 1 inside the ellipse
+        before feathering, 0 outside."""
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        cx, cy = self.center[0] * w - 0.5, self.center[1] * h - 0.5
+        inside = ((xx - cx) / (self.axes[0] * w)) ** 2 + ((yy - cy) / (self.axes[1] * h)) ** 2 <= 1.0
+        m = inside.astype(np.float32)
+        if self.feather > 0:
+            m = cv2.GaussianBlur(m, (0, 0), self.feather * max(h, w))
+        return m * np.float32(self.ratio)
+
+    def source(self, crop: np.ndarray) -> np.ndarray:
+        """The changed copy of ``crop`` that is pasted, float32 (H, W, 3), not clipped."""
+        h, w = crop.shape[:2]
+        x = crop
+        if (self.stretch, self.offset) != ((1.0, 1.0), (0.0, 0.0)):
+            cx, cy = (w - 1) / 2, (h - 1) / 2
+            sx, sy = self.stretch
+            affine = np.float32([[sx, 0, cx - sx * cx + self.offset[0] * w],
+                                 [0, sy, cy - sy * cy + self.offset[1] * h]])
+            x = cv2.warpAffine(np.ascontiguousarray(x), affine, (w, h), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)
+        f = x.astype(np.float32)
+        if self.sharpness < 0:
+            f = cv2.GaussianBlur(f, (0, 0), -self.sharpness)
+        elif self.sharpness > 0:
+            f = f + self.sharpness * (f - cv2.GaussianBlur(f, (0, 0), 1.0))
+        return f * np.float32(self.brightness) + np.float32(self.shift)
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        """Blend the changed face into ``crop`` (RGB uint8); same size and dtype."""
+        h, w = crop.shape[:2]
+        m = self.mask(h, w)[..., None]
+        out = m * self.source(crop) + (1.0 - m) * crop.astype(np.float32)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 # --------------------------------------------------------------------------------------------
 # manifests -> per-video records
 # --------------------------------------------------------------------------------------------
@@ -321,20 +405,33 @@ class ClipDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         return ClipAugment.sample(self.augment, rng)
 
+    def _blend(self, index: int, epoch: int, label: int) -> SelfBlend | None:
+        """The self-blend that turns this REAL sample into a FAKE one this epoch, or None
+        (its own random stream: the other augmentations draw what they drew without it)."""
+        if "blend" not in self.augment or label != 0:
+            return None
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
+        return SelfBlend.sample(rng) if rng.random() < BLEND_P else None
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
         rec = self.records[index]
         aug = self._augmenter(int(index), int(epoch))
-        label = torch.tensor(float(rec.label))
+        blend = self._blend(int(index), int(epoch), rec.label)
+
+        def view(slot: int) -> np.ndarray:  # the blend first, then the camera pipeline
+            crop = load_crop(rec.paths[slot])
+            return aug(crop if blend is None else blend(crop), slot)
+
+        label = torch.tensor(1.0 if blend is not None else float(rec.label))
         if self.mode == "image":
             slot = nearest_valid_slot(rec.mask, self.frame_index)
-            image = crops_to_tensor([aug(load_crop(rec.paths[slot]), slot)], self.image_size,
-                                    self.mean, self.std)[0]
+            image = crops_to_tensor([view(slot)], self.image_size, self.mean, self.std)[0]
             return {"image": image, "label": label, "video_id": rec.video_id}
         valid = [i for i, m in enumerate(rec.mask) if m]
         clip = torch.zeros(len(rec.mask), 3, self.image_size, self.image_size)  # (T, C, H, W)
         if valid:
-            clip[valid] = crops_to_tensor([aug(load_crop(rec.paths[i]), i) for i in valid],
+            clip[valid] = crops_to_tensor([view(i) for i in valid],
                                           self.image_size, self.mean, self.std)
         mask = torch.tensor(rec.mask, dtype=torch.float32)  # (T,)
         return {"clip": clip, "mask": mask, "label": label, "video_id": rec.video_id}

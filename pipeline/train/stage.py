@@ -54,7 +54,7 @@ from pipeline.models.fuse import fold_fixed_prefix, fuse_for_inference
 from pipeline.prepare.provenance import data_summary, train_crop
 from pipeline.prepare.splits import check_checkpoint_split
 from pipeline.train import engine
-from pipeline.train.data import ClipDataset, build_records, read_clips_and_split
+from pipeline.train.data import BLEND_P, ClipDataset, build_records, read_clips_and_split
 from pipeline.train.distributed import (
     Dist,
     mean_over_ranks,
@@ -328,7 +328,10 @@ def main(cfg: TrainConfig, d: Dist) -> int:
             ClipDataset(val_rec, "clip", cfg.image_size, cfg.frame_index, mean=mean, std=std),
             cfg.batch_size, workers=cfg.workers, pin_memory=pin)
 
-    pos_weight = torch.tensor(n_real / n_fake) if cfg.balance == "weighted_loss" else None
+    # ``blend`` turns a share of the REAL samples into FAKE ones: weigh the classes as trained
+    shown = BLEND_P * n_real if "blend" in cfg.augment else 0.0
+    pos_weight = (torch.tensor((n_real - shown) / (n_fake + shown))
+                  if cfg.balance == "weighted_loss" else None)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight).to(d.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: cosine(e, cfg.epochs))
