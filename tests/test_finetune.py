@@ -319,6 +319,87 @@ def test_noise_comes_before_the_last_encode():
     assert np.array_equal(both, data.cv2.imdecode(buf, data.cv2.IMREAD_COLOR)[..., ::-1])
 
 
+def test_self_blend_mask_is_the_ellipse_at_its_opacity():
+    b = data.SelfBlend(center=(0.5, 0.5), axes=(0.25, 0.25), feather=0.0, ratio=0.5)
+    m = b.mask(8, 8)
+    # centre (3.5, 3.5), radius 2 px: the 4 x 4 block of rows/columns 2-5 without its corners
+    expect = np.zeros((8, 8), np.float32)
+    expect[2:6, 2:6] = 0.5
+    expect[[2, 2, 5, 5], [2, 5, 2, 5]] = 0.0
+    assert m.dtype == np.float32 and np.array_equal(m, expect)
+    soft = data.SelfBlend(center=(0.5, 0.5), axes=(0.25, 0.25), feather=0.1).mask(32, 32)
+    assert 0.0 < soft[16, 8] < 1.0 and soft[16, 16] > 0.9 and soft[0, 0] < 1e-3  # feathered edge
+
+
+def test_self_blend_pastes_the_changed_face_inside_and_keeps_the_rest():
+    flat = np.full((8, 8, 3), 100, dtype=np.uint8)
+    inside = (slice(3, 5), slice(3, 5))
+    full = data.SelfBlend(shift=(10.0, -20.0, 0.0), center=(0.5, 0.5), axes=(0.25, 0.25),
+                          feather=0.0)(flat)
+    assert full.dtype == np.uint8 and full.shape == flat.shape
+    assert np.array_equal(full[inside], np.broadcast_to(np.uint8([110, 80, 100]), (2, 2, 3)))
+    assert np.array_equal(full[0], flat[0]) and np.array_equal(full[:, 0], flat[:, 0])
+    half = data.SelfBlend(shift=(10.0, -20.0, 0.0), brightness=1.1, center=(0.5, 0.5),
+                          axes=(0.25, 0.25), feather=0.0, ratio=0.5)(flat)
+    # 0.5 * (100 * 1.1 + shift) + 0.5 * 100
+    assert np.array_equal(half[inside], np.broadcast_to(np.uint8([110, 95, 105]), (2, 2, 3)))
+    white = np.full((8, 8, 3), 250, dtype=np.uint8)
+    assert data.SelfBlend(shift=(20.0, 0.0, 0.0), feather=0.0)(white)[4, 4, 0] == 255  # clipped
+    assert np.array_equal(data.SelfBlend(feather=0.0)(_pattern()), _pattern())  # no change: no trace
+
+
+def test_self_blend_source_is_shifted_stretched_and_blurred_or_sharpened():
+    ramp = np.tile(np.arange(0, 160, 20, dtype=np.uint8)[None, :, None], (8, 1, 3))  # x * 20
+    moved = data.SelfBlend(offset=(0.25, 0.0)).source(ramp)  # 2 px to the right
+    assert np.array_equal(moved[:, 2:], ramp[:, :-2].astype(np.float32))
+    wide = data.SelfBlend(stretch=(2.0, 1.0)).source(ramp)  # twice as wide about x = 3.5
+    assert np.array_equal(wide[:, 3:5, 0], np.tile(np.float32([65, 75]), (8, 1)))  # x = 3.25, 3.75
+    pat = _pattern()
+    std = pat.astype(np.float32).std()
+    assert data.SelfBlend(sharpness=-1.0).source(pat).std() < 0.7 * std
+    assert data.SelfBlend(sharpness=0.8).source(pat).std() > 1.2 * std
+
+
+def test_sampled_self_blends_stay_in_their_ranges():
+    rng = np.random.default_rng(5)
+    bs = [data.SelfBlend.sample(rng) for _ in range(2000)]
+    sharp = np.array([b.sharpness for b in bs])
+    assert abs(np.mean(sharp < 0) - 0.25) < 0.03 and abs(np.mean(sharp > 0) - 0.25) < 0.03
+    assert sharp.min() >= -1.5 and sharp.max() <= 1.0 and np.all((sharp == 0) | (np.abs(sharp) >= 0.3))
+    assert {b.ratio for b in bs} == {0.25, 0.5, 0.75, 1.0}
+    assert abs(np.mean([b.ratio == 1.0 for b in bs]) - 0.5) < 0.04
+    shifts = np.array([b.shift for b in bs])
+    assert np.abs(shifts).max() <= 15.0 and shifts.std() > 7.0
+    ax = np.array([b.axes for b in bs])
+    assert ax[:, 0].min() >= 0.30 and ax[:, 0].max() <= 0.42
+    assert ax[:, 1].min() >= 0.36 and ax[:, 1].max() <= 0.48
+    assert all(0.95 <= v <= 1.05 for b in bs for v in b.stretch)
+    assert all(abs(v) <= 0.03 for b in bs for v in b.offset)
+    assert all(0.02 <= b.feather <= 0.08 for b in bs)
+
+
+def test_blend_turns_a_share_of_the_real_clips_fake_and_leaves_the_rest(tmp_path):
+    out = make_manifests(tmp_path, n_real={"train": 40}, n_fake={"train": 20}, n_frames=3, size=32,
+                         flicker=0.0)
+    blend = data.split_dataset(out, "train", "clip", image_size=32, augment=("blend", "compress"))
+    plain = data.split_dataset(out, "train", "clip", image_size=32, augment=("compress",))
+    turned, kept = 0, 0
+    for epoch in range(3):
+        for i, rec in enumerate(blend.records):
+            got, ref = blend[(i, epoch)], plain[(i, epoch)]
+            if rec.label == 1:  # a FAKE stays as it is
+                assert got["label"] == 1.0 and torch.equal(got["clip"], ref["clip"])
+            elif got["label"] == 1.0:  # a self-blended REAL: changed, the same on every frame
+                turned += 1
+                assert not torch.equal(got["clip"], ref["clip"])
+                torch.testing.assert_close(got["clip"][2], got["clip"][0])
+            else:  # the other REAL clips draw the same augmentation as without blend
+                kept += 1
+                assert torch.equal(got["clip"], ref["clip"])
+    assert abs(turned / (turned + kept) - data.BLEND_P) < 0.12
+    assert all(plain[(i, 0)]["label"] == r.label for i, r in enumerate(plain.records))
+
+
 # --- flip test-time augmentation ---------------------------------------------------------------
 
 
