@@ -234,7 +234,8 @@ class TrainConfig:
     augment: tuple[str, ...] = opt(("flip",), "augmentations (same on every frame): flip, color, "
                                    "jpeg, blur, crop (a jittered 80-100 %% window), rescale (a smaller face "
                                    "upscaled back), compress (strong JPEG, quality 30-90), noise, "
-                                   "gray, blend (30 %% of REAL clips become self-blended FAKEs)")
+                                   "gray, blend (30 %% of REAL clips become self-blended FAKEs), "
+                                   "rotate (up to 15 degrees of head roll)")
     tta: str = opt("none", "frame model: test-time augmentation in every prediction after training "
                    "(validation, threshold, evaluation, scoring); flip: the mean logit of the "
                    "crop and its mirror image", choices=["none", "flip"])

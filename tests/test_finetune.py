@@ -3,6 +3,7 @@ for a frozen encoder (``--feature-cache``) and partial fine-tuning (``--train-bl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -317,6 +318,43 @@ def test_noise_comes_before_the_last_encode():
     ok, buf = data.cv2.imencode(".jpg", np.ascontiguousarray(noisy[..., ::-1]),
                                 [data.cv2.IMWRITE_JPEG_QUALITY, 30])
     assert np.array_equal(both, data.cv2.imdecode(buf, data.cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def test_rotate_turns_the_crop_about_its_centre_counter_clockwise():
+    x = np.zeros((5, 5, 3), dtype=np.uint8)
+    x[0, 2] = (200, 100, 50)  # top middle
+    out = data.ClipAugment(angle=90.0)(x)
+    expect = np.zeros_like(x)
+    expect[2, 0] = (200, 100, 50)  # a quarter turn counter-clockwise: left middle
+    assert np.array_equal(out, expect)
+    assert np.array_equal(data.ClipAugment(angle=-90.0)(x)[2, 4], [200, 100, 50])  # clockwise: right
+    assert np.array_equal(data.ClipAugment(angle=0.0)(x), x)
+
+
+def test_rotate_fills_the_corners_by_reflection_not_black():
+    gray = np.full((32, 32, 3), 90, dtype=np.uint8)
+    out = data.rotate(gray, 15.0)
+    assert out.shape == gray.shape and np.array_equal(out, gray)  # no black wedge in the corners
+    ramp = np.tile(np.arange(0, 256, 8, dtype=np.uint8)[None, :, None], (32, 1, 3))  # (32, 32, 3)
+    turned = data.rotate(ramp, 10.0)
+    assert np.abs(turned[16].astype(int) - ramp[16]).max() <= 8  # the centre row barely moves
+    assert turned[0, 0].min() > 0 and not np.array_equal(turned, ramp)
+
+
+def test_rotate_comes_first_and_is_drawn_last():
+    x = np.random.default_rng(3).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    both = data.ClipAugment(angle=12.0, flip=True)(x)
+    assert np.array_equal(both, data.rotate(x, 12.0)[:, ::-1])  # rotated, then mirrored
+    ops = ("flip", "color", "jpeg", "blur", "crop", "rescale", "compress", "noise", "gray")
+    for seed in range(50):  # switching rotate on changes no other parameter of any clip
+        a = data.ClipAugment.sample(ops, np.random.default_rng(seed))
+        b = data.ClipAugment.sample((*ops, "rotate"), np.random.default_rng(seed))
+        assert a == dataclasses.replace(b, angle=0.0)
+    rng = np.random.default_rng(5)
+    angles = np.array([data.ClipAugment.sample(("rotate",), rng).angle for _ in range(1000)])
+    assert abs(np.mean(angles != 0) - data.ROTATE_P) < 0.05
+    assert np.abs(angles).max() <= data.ROTATE_DEG and np.abs(angles).max() > 0.9 * data.ROTATE_DEG
+    assert abs(angles[angles != 0].mean()) < 1.5  # both directions
 
 
 def test_self_blend_mask_is_the_ellipse_at_its_opacity():

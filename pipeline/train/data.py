@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 AUGMENTATIONS = ("flip", "color", "jpeg", "blur", "crop", "rescale", "compress", "noise", "gray",
-                 "blend")
+                 "blend", "rotate")
 """``rescale``: a smaller face upscaled back (the face sizes scoring sees: 30-100 % of the crop's
 side); ``compress``: strong JPEG (quality 30-90), the block artefacts and lost detail of a heavily
 compressed video (FaceForensics++ c40, a re-upload), drawn more often than ``jpeg``'s 40-95;
@@ -50,7 +50,10 @@ carries no verdict). ``noise`` and ``gray``
 follow the DFDC winner's augmentations (GaussNoise, ToGray). ``blend``: self-blended images
 (Shiohara and Yamasaki, CVPR 2022): a share of the REAL clips becomes FAKE, the crop's own face
 blended into itself after a small colour, sharpness and position change (``SelfBlend``), so the
-model learns the traces of face blending from real faces and not only the set's own fakes."""
+model learns the traces of face blending from real faces and not only the set's own fakes.
+``rotate``: the crop turned about its centre by up to ``ROTATE_DEG`` (head roll: DFDC's faces are
+mostly upright, and 15 degrees of roll doubled the release's false alarms on real crops), the
+corners filled by reflection so no black wedge marks a rotated crop."""
 RESCALE_RANGE = (0.3, 1.0)
 """``rescale``: side share the crop is shrunk to (log-uniform), before it is upscaled back."""
 COMPRESS_QUALITY = (30, 90)
@@ -61,6 +64,8 @@ NOISE_P, GRAY_P = 0.3, 0.1
 """Shares of clips that get ``noise`` / ``gray`` when those are on."""
 BLEND_P = 0.3
 """``blend``: share of the REAL clips turned into self-blended FAKE clips."""
+ROTATE_DEG, ROTATE_P = 15.0, 0.5
+"""``rotate``: largest angle in degrees (uniform in +-) and the share of clips rotated."""
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 """ITU-R BT.601 luma weights: grey level of an RGB pixel."""
 
@@ -129,6 +134,7 @@ class ClipAugment:
     scale: float = 1.0  # side share the crop is shrunk to before it is upscaled back; 1: none
     noise_sigma: float = 0.0  # Gaussian noise std in grey levels; 0: none
     noise_seed: int = 0  # with the frame index: the noise of one frame
+    angle: float = 0.0  # rotation about the crop's centre, degrees counter-clockwise; 0: none
 
     @classmethod
     def identity(cls) -> ClipAugment:
@@ -165,13 +171,18 @@ class ClipAugment:
             kw["noise_seed"] = int(rng.integers(2**31))
         if "gray" in ops and rng.random() < GRAY_P:  # grey levels: the colour step, saturation 0
             kw["saturation"] = 0.0
+        if "rotate" in ops and rng.random() < ROTATE_P:  # drawn last: the other draws stay as they were
+            kw["angle"] = float(rng.uniform(-ROTATE_DEG, ROTATE_DEG))
         return cls(**kw)
 
     def __call__(self, crop: np.ndarray, frame: int = 0) -> np.ndarray:
-        """Apply to one RGB uint8 crop: window, rescale, flip, colour, blur, noise, JPEG (the
-        order of a camera pipeline: a smaller face first, re-compression last); the output has the
-        input's size. ``frame``: the crop's slot in its clip, so each frame gets its own noise."""
+        """Apply to one RGB uint8 crop: rotation, window, rescale, flip, colour, blur, noise, JPEG
+        (the order of a camera pipeline: the head's pose and a smaller face first, re-compression
+        last); the output has the input's size. ``frame``: the crop's slot in its clip, so each
+        frame gets its own noise."""
         x = crop
+        if self.angle:
+            x = rotate(x, self.angle)
         side, x0, y0 = self.crop
         if side < 1.0:
             h, w = x.shape[:2]
@@ -201,6 +212,15 @@ class ClipAugment:
                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             x = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
         return np.ascontiguousarray(x)
+
+
+def rotate(crop: np.ndarray, angle: float) -> np.ndarray:
+    """An RGB crop turned ``angle`` degrees counter-clockwise about its centre (bilinear, the
+    same size; the corners filled by reflecting the crop at its border)."""
+    h, w = crop.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), float(angle), 1.0)  # (2, 3)
+    return cv2.warpAffine(np.ascontiguousarray(crop), m, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT_101)
 
 
 def rescale(crop: np.ndarray, scale: float) -> np.ndarray:
