@@ -76,7 +76,7 @@ def test_augmentation_is_identical_on_every_frame_and_reproducible():
     assert np.array_equal(aug(frame), frame[:, ::-1])
     assert np.array_equal(data.ClipAugment.identity()(frame), frame)
     with pytest.raises(ValueError, match="unknown augmentation"):
-        data.ClipAugment.sample(("rotate",), rng)
+        data.ClipAugment.sample(("sharpen",), rng)
 
 
 def test_augmented_clip_frames_share_the_same_parameters(tmp_path):
