@@ -100,6 +100,31 @@ def test_frame_checkpoint_scores_as_frame_mean(tiny_frame_checkpoint, clips):
     assert r["p_fake"] == pytest.approx(mean, abs=1e-4)
 
 
+def test_frame_passes_are_small_and_give_the_one_pass_scores(tiny_frame_checkpoint, clips,
+                                                             monkeypatch):
+    """A frame model sees at most FRAMES_PER_PASS crops per pass (caches); the video's scores
+    are those of one pass over all its crops."""
+    from pipeline.score import predict
+
+    s = VideoScorer.from_checkpoint(tiny_frame_checkpoint, device="cpu")
+    frame = s.predictor.model.frame
+    sizes: list[int] = []
+    hook = frame.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    try:
+        small = s.score(clips["one"])
+        monkeypatch.setattr(predict, "FRAMES_PER_PASS", 10_000)
+        n_small = len(sizes)
+        one = s.score(clips["one"])
+    finally:
+        hook.remove()
+    assert small["status"] == one["status"] == "ok"
+    assert n_small > 1 and max(sizes[:n_small]) <= 4 and len(sizes) == n_small + 1
+    assert sum(sizes[:n_small]) == sizes[-1] >= small["frames_used"] > 4
+    assert small["p_fake"] == pytest.approx(one["p_fake"], abs=1e-5)
+    assert [p["p_fake"] for p in small["timeline"]] == pytest.approx(
+        [p["p_fake"] for p in one["timeline"]], abs=1e-5)
+
+
 def test_the_scorer_names_the_precision_it_ran_in(tiny_frame_checkpoint, clips, monkeypatch):
     s = VideoScorer.from_checkpoint(tiny_frame_checkpoint, device="cpu")
     got = {}
